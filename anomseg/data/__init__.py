@@ -1,0 +1,41 @@
+"""Datasets: one sample contract, one entry point.
+
+``build_dataset(name, root, split, **options)`` returns a dataset whose items are dicts with
+``image`` uint8 (H, W, 3) RGB, ``semantic`` int64 (H, W) (255 = ignore), ``anomaly`` uint8 (H, W)
+(0 inlier / 1 anomaly / 255 void) and ``name``; it has ``class_names`` and ``__len__``.
+The synthetic set is written in the StreetHazards layout and read with ``"streethazards"``.
+"""
+
+from __future__ import annotations
+
+from anomseg.data.base import LabelTable, Record, SegmentationDataset, resize_nearest
+from anomseg.data.bdd_anomaly import BDDAnomalyDataset, prepare_bdd_anomaly
+from anomseg.data.cityscapes import CityscapesDataset
+from anomseg.data.streethazards import StreetHazardsDataset
+from anomseg.data.synthetic import generate_synthetic
+from anomseg.errors import DatasetError
+
+DATASETS = {
+    "cityscapes": CityscapesDataset,
+    "streethazards": StreetHazardsDataset,
+    "bdd_anomaly": BDDAnomalyDataset,
+}
+
+
+def build_dataset(name: str, root, split: str = "train", **options) -> SegmentationDataset:
+    """Build a dataset by name (one of :data:`DATASETS`); options go to its constructor."""
+    try:
+        cls = DATASETS[name]
+    except KeyError:
+        raise DatasetError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(DATASETS))}") from None
+    try:
+        return cls(root=root, split=split, **options)
+    except TypeError as exc:
+        raise DatasetError(f"dataset {name!r}: bad option ({exc})") from None
+
+
+__all__ = [
+    "DATASETS", "build_dataset", "generate_synthetic", "prepare_bdd_anomaly", "DatasetError",
+    "LabelTable", "Record", "SegmentationDataset", "resize_nearest",
+    "CityscapesDataset", "StreetHazardsDataset", "BDDAnomalyDataset",
+]

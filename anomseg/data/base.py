@@ -1,0 +1,208 @@
+"""The sample contract and the one mechanism every adapter shares.
+
+Every real dataset here stores one 8-bit id per pixel; a :class:`LabelTable` maps each raw
+value to a closed-set train id (``semantic``) and an anomaly mark (``anomaly``) through two
+256-entry lookup tables, and flags values that are not in the dataset's table at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from anomseg.data.io import read_label, read_rgb
+from anomseg.errors import DatasetError
+
+IGNORE = 255  #: ``semantic`` value of pixels outside the closed set
+INLIER, ANOMALY, VOID = 0, 1, 255  #: ``anomaly`` values
+
+
+@dataclass(frozen=True)
+class LabelTable:
+    """Raw 8-bit label value -> (semantic train id, anomaly mark).
+
+    Attributes:
+        name: the table's name, used in error messages.
+        semantic: int64 (256,), the train id of each raw value (255 = ignore).
+        anomaly: uint8 (256,), 0 inlier / 1 anomaly / 255 void for each raw value.
+        valid: bool (256,), whether a raw value belongs to the table at all.
+    """
+
+    name: str
+    semantic: np.ndarray
+    anomaly: np.ndarray
+    valid: np.ndarray
+
+    @classmethod
+    def build(
+        cls,
+        name: str,
+        closed: Mapping[int, int],
+        anomaly: Iterable[int] = (),
+        void: Iterable[int] = (),
+    ) -> "LabelTable":
+        """Build a table from raw value sets.
+
+        Args:
+            closed: raw value -> closed-set train id (inlier pixels).
+            anomaly: raw values of anomaly / open-set pixels (semantic 255, anomaly 1).
+            void: raw values excluded everywhere (semantic 255, anomaly 255).
+        Every other raw value is invalid and makes :meth:`decode` raise.
+        """
+        semantic = np.full(256, IGNORE, dtype=np.int64)
+        anom = np.full(256, VOID, dtype=np.uint8)
+        valid = np.zeros(256, dtype=bool)
+        seen: set[int] = set()
+        for group, values in (("closed", closed.keys()), ("anomaly", anomaly), ("void", void)):
+            for v in values:
+                if not 0 <= v <= 255 or v in seen:
+                    raise ValueError(f"label table {name}: raw value {v} ({group}) is out of 0..255 or listed twice")
+                seen.add(v)
+                valid[v] = True
+        for raw, train_id in closed.items():
+            semantic[raw] = train_id
+            anom[raw] = INLIER
+        for raw in anomaly:
+            anom[raw] = ANOMALY
+        return cls(name=name, semantic=semantic, anomaly=anom, valid=valid)
+
+    def check(self, raw: np.ndarray, path: str | Path) -> None:
+        """Raise DatasetError listing the raw values of ``raw`` that are not in the table."""
+        bad = ~self.valid[raw]
+        if bad.any():
+            values = np.unique(raw[bad]).tolist()
+            allowed = np.flatnonzero(self.valid).tolist()
+            raise DatasetError(
+                f"{path}: label values {values} are not in the {self.name} table "
+                f"(valid raw values: {_ranges(allowed)}); is this the right dataset or label file?"
+            )
+
+    def decode(self, raw: np.ndarray, path: str | Path = "<array>") -> tuple[np.ndarray, np.ndarray]:
+        """uint8 (H, W) raw ids -> (semantic int64 (H, W), anomaly uint8 (H, W))."""
+        self.check(raw, path)
+        return self.semantic[raw], self.anomaly[raw]
+
+
+def _ranges(values: Sequence[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    out, start = [], None
+    for i, v in enumerate(values):
+        if start is None:
+            start = v
+        if i + 1 == len(values) or values[i + 1] != v + 1:
+            out.append(f"{start}" if start == v else f"{start}-{v}")
+            start = None
+    return ", ".join(out)
+
+
+def resize_nearest(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a (H, W) map to ``size`` = (h, w).
+
+    Output pixel (i, j) takes input pixel (floor((i + 0.5) * H / h), floor((j + 0.5) * W / w)):
+    the input pixel under the centre of the output cell (for a factor-4 reduction, the pixel at
+    offset 2 in each 4x4 block), which keeps labels aligned with stride-s feature maps.
+    """
+    h, w = size
+    H, W = label.shape[:2]
+    rows = np.minimum(((np.arange(h) + 0.5) * H / h).astype(np.int64), H - 1)
+    cols = np.minimum(((np.arange(w) + 0.5) * W / w).astype(np.int64), W - 1)
+    return label[rows[:, None], cols[None, :]]
+
+
+@dataclass(frozen=True)
+class Record:
+    """One sample on disk: its name, image file and label file."""
+
+    name: str
+    image: Path
+    label: Path
+
+
+class SegmentationDataset:
+    """A list of image/label records decoded through a :class:`LabelTable`.
+
+    ``dataset[i]`` returns the sample contract, a dict with:
+
+    * ``image``: uint8 (H, W, 3) RGB;
+    * ``semantic``: int64 (h, w) closed-set train ids 0..K-1, 255 = ignore;
+    * ``anomaly``: uint8 (h, w), 0 inlier / 1 anomaly / 255 void;
+    * ``name``: str, a stable identifier of the sample.
+
+    (h, w) = (H, W) unless ``label_scale`` is set, in which case labels are nearest-downsampled to
+    (round(H * label_scale), round(W * label_scale)).
+
+    Args:
+        records: the samples, in order.
+        table: how raw label values decode.
+        class_names: the K closed-set classes, index = train id.
+        split: the split's name (for messages and ``repr``).
+        label_scale: optional factor in (0, 1] for labels served at reduced resolution.
+        transform: optional callable ``sample -> sample`` applied last (augmentation).
+    """
+
+    def __init__(
+        self,
+        *,
+        records: Sequence[Record],
+        table: LabelTable,
+        class_names: Sequence[str],
+        split: str,
+        label_scale: float | None = None,
+        transform: Callable[[dict], dict] | None = None,
+    ):
+        if len(records) == 0:
+            raise DatasetError(f"{table.name} split {split!r} is empty; check the dataset root and split lists")
+        if label_scale is not None and not 0 < label_scale <= 1:
+            raise DatasetError(f"label_scale={label_scale} must lie in (0, 1], e.g. 0.25 for stride-4 features")
+        self.records = list(records)
+        self.table = table
+        self.class_names = list(class_names)
+        self.split = split
+        self.label_scale = label_scale
+        self.transform = transform
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(split={self.split!r}, images={len(self)}, classes={self.num_classes})"
+
+    def load_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(image uint8 (H, W, 3), raw label uint8 (H, W)) of a record, sizes checked."""
+        rec = self.records[index]
+        image = read_rgb(rec.image)
+        raw = read_label(rec.label)
+        if raw.shape != image.shape[:2]:
+            raise DatasetError(
+                f"{rec.label}: label size {raw.shape[1]}x{raw.shape[0]} differs from image {rec.image} "
+                f"size {image.shape[1]}x{image.shape[0]} (WxH); the pair does not belong together"
+            )
+        return image, raw
+
+    def __getitem__(self, index: int) -> dict:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        rec = self.records[index]
+        image, raw = self.load_raw(index)
+        if self.label_scale is not None and self.label_scale != 1:
+            H, W = raw.shape
+            raw = resize_nearest(raw, (max(1, round(H * self.label_scale)), max(1, round(W * self.label_scale))))
+        semantic, anomaly = self.table.decode(raw, rec.label)
+        sample = {"image": image, "semantic": semantic, "anomaly": anomaly, "name": rec.name}
+        if self.transform is not None:
+            sample = self.transform(sample)
+        return sample
+
+
+def require_dir(path: Path, what: str, expected: str) -> Path:
+    """Return ``path`` if it is a directory, else raise a DatasetError showing the expected tree."""
+    if not path.is_dir():
+        raise DatasetError(f"{path}: {what} not found; expected layout: {expected}")
+    return path

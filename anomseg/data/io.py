@@ -1,0 +1,52 @@
+"""Reading images and label maps, with errors that name the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from anomseg.errors import DatasetError
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        img = Image.open(path)
+        img.load()  # forces decoding: a truncated file raises here, not later
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found; check the dataset root and split") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DatasetError(
+            f"{path}: unreadable or truncated image ({exc}); re-extract or re-download this file"
+        ) from None
+    return img
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Read an image file as uint8 (H, W, 3) RGB; RGBA, palette and grey images are converted."""
+    img = _open(Path(path))
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def read_label(path: str | Path) -> np.ndarray:
+    """Read a single-channel label PNG as uint8 (H, W), values untouched.
+
+    Raises DatasetError if the file is not single-channel 8-bit (a colour-coded label map was
+    probably given instead of an id map).
+    """
+    path = Path(path)
+    img = _open(path)
+    if img.mode == "P":
+        # Palette PNGs store the index per pixel; the index is the label value.
+        arr = np.asarray(img, dtype=np.uint8)
+    elif img.mode == "L":
+        arr = np.asarray(img, dtype=np.uint8)
+    else:
+        raise DatasetError(
+            f"{path}: label map has mode {img.mode!r}, expected a single-channel 8-bit id map "
+            f"(mode 'L'); pass the *labelIds / *_train_id / annotation PNG, not a colour rendering"
+        )
+    return arr

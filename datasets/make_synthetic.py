@@ -1,0 +1,9 @@
+"""Generate the synthetic street-scene dataset: ``python datasets/make_synthetic.py ROOT [--seed N]``.
+
+A thin wrapper over :func:`anomseg.data.generate_synthetic`; ``--help`` lists the options.
+"""
+
+from anomseg.data.synthetic import main
+
+if __name__ == "__main__":
+    main()

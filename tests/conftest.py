@@ -1,0 +1,38 @@
+"""Shared helpers: small fixture trees in the real dataset layouts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def write_png(path: Path, arr: np.ndarray, mode: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr, mode=mode).save(path) if mode else Image.fromarray(arr).save(path)
+    return path
+
+
+def write_jpg(path: Path, arr: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, quality=90)
+    return path
+
+
+def random_image(rng, h, w, channels=3) -> np.ndarray:
+    return rng.integers(0, 256, (h, w, channels), dtype=np.uint8)
+
+
+def tiled_label(values, h, w) -> np.ndarray:
+    """A (h, w) uint8 map cycling through ``values`` pixel by pixel, so that every value occurs."""
+    flat = np.resize(np.asarray(values, np.uint8), h * w)
+    return flat.reshape(h, w)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
