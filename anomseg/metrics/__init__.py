@@ -1,0 +1,14 @@
+"""Evaluation: exact per-image metrics, the CAOS and pooled protocols, component metrics.
+
+``AnomalyMetrics(protocol=...)`` streams images (``update``), merges shards (``merge``,
+:func:`reduce_distributed`) and returns a plain dict (``compute``).
+"""
+
+from anomseg.metrics.components import ComponentStats, image_components
+from anomseg.metrics.curves import exact_metrics, group_metrics
+from anomseg.metrics.distributed import reduce_distributed
+from anomseg.metrics.evaluator import PROTOCOLS, AnomalyMetrics, MetricInputError
+from anomseg.metrics.histogram import ScoreHistogram
+
+__all__ = ["AnomalyMetrics", "MetricInputError", "PROTOCOLS", "ScoreHistogram", "ComponentStats",
+           "exact_metrics", "group_metrics", "image_components", "reduce_distributed"]

@@ -1,0 +1,292 @@
+"""AnomalyMetrics: the streaming evaluator every reported number goes through."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from anomseg.errors import AnomsegError
+from anomseg.metrics.components import TRACKS, ComponentStats, image_components
+from anomseg.metrics.curves import exact_metrics
+from anomseg.metrics.histogram import ScoreHistogram
+
+PROTOCOLS = ("per_image", "caos", "pooled")
+
+
+class MetricInputError(AnomsegError, ValueError):
+    """Scores or targets given to the evaluator are malformed."""
+
+
+def _numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch tensor
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _fsum_mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and population std (ddof 0, as numpy's default) by exactly rounded sums: order-independent."""
+    n = len(values)
+    if n == 0:
+        return float("nan"), float("nan")
+    mean = math.fsum(values) / n
+    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / n)
+
+
+class AnomalyMetrics:
+    """Pixel-level anomaly metrics, streamed image by image.
+
+    Args:
+        protocol: ``"per_image"`` (default: metrics per image with void excluded, unweighted mean
+            over images; images without anomaly or without inlier pixels are skipped and counted),
+            ``"caos"`` (the CAOS reference, hendrycks/anomaly-seg: per image, void counted as
+            inlier, FPR at the recall nearest 0.95), or ``"pooled"`` (SMIYC / Fishyscapes: all
+            non-void pixels of all images pooled, FPR at the first TPR >= 0.95).
+        exact: pooled protocol only; keep every pixel and compute exactly (small sets). Default:
+            a constant-memory histogram (:class:`~anomseg.metrics.histogram.ScoreHistogram`) whose
+            error bounds are returned with the values.
+        mantissa_bits: histogram resolution (pooled, and for the best-F1 component threshold).
+        components: also compute SMIYC component metrics (sIoU, PPV, mean F1).
+        component_track: ``"anomaly"`` (sizes 500 / 100) or ``"obstacle"`` (50 / 10).
+        min_pred_size, min_gt_size: override the track's minimum component sizes.
+        component_threshold: a fixed score threshold, or ``"best_f1"`` (default): the pixel
+            threshold maximising pooled F1, found from the histogram after the stream; the score maps
+            then wait in a temporary folder on disk (``spill_dir``) for the second pass.
+
+    ``update(scores, anomaly, ids=None)`` takes float scores (N, H, W) or (H, W) (numpy or torch,
+    higher = more anomalous, never transformed) and uint8 targets of the same shape (0 inlier,
+    1 anomaly, 255 void). ``ids`` are global image indices (default: a running count); results are
+    independent of the order and sharding of the images.
+    """
+
+    def __init__(self, protocol: str = "per_image", *, exact: bool = False, mantissa_bits: int = 11,
+                 components: bool = False, component_track: str = "anomaly", min_pred_size: int | None = None,
+                 min_gt_size: int | None = None, component_threshold: float | str = "best_f1",
+                 spill_dir: str | Path | None = None):
+        if protocol not in PROTOCOLS:
+            raise MetricInputError(f"protocol={protocol!r} is unknown; choose one of {', '.join(PROTOCOLS)}")
+        if exact and protocol != "pooled":
+            raise MetricInputError("exact=True applies to protocol='pooled' only (per-image metrics are always exact)")
+        if component_track not in TRACKS:
+            raise MetricInputError(f"component_track={component_track!r} is unknown; choose one of {', '.join(TRACKS)}")
+        if isinstance(component_threshold, str) and component_threshold != "best_f1":
+            raise MetricInputError(f"component_threshold={component_threshold!r}: give a number or 'best_f1'")
+        self.protocol = protocol
+        self.exact = exact
+        self.mantissa_bits = mantissa_bits
+        self.components = components
+        track = TRACKS[component_track]
+        self.min_pred_size = track["min_pred_size"] if min_pred_size is None else min_pred_size
+        self.min_gt_size = track["min_gt_size"] if min_gt_size is None else min_gt_size
+        self.component_threshold = component_threshold
+        self._spill_parent = spill_dir
+        self._spill: Path | None = None
+        self.reset()
+
+    # -- state ---------------------------------------------------------------------------
+    def reset(self) -> None:
+        self.records: dict[int, dict] = {}  # per-image results (per_image / caos), by image id
+        self.skipped: dict[int, str] = {}
+        self.seen: set[int] = set()
+        self._next_id = 0
+        needs_hist = self.protocol == "pooled" and not self.exact
+        needs_hist |= self.components and self.component_threshold == "best_f1"
+        if not needs_hist:
+            self.hist = None
+        elif getattr(self, "hist", None) is not None:
+            self.hist.reset()  # keep the (already touched) memory: no reallocation per reset
+        else:
+            self.hist = ScoreHistogram(self.mantissa_bits)
+        self.pooled_pos: list[np.ndarray] = []
+        self.pooled_neg: list[np.ndarray] = []
+        self.comp = ComponentStats()
+        self._spilled: list[Path] = []
+        self._resolved_components: tuple[ComponentStats, float] | None = None
+        if self._spill is not None:
+            shutil.rmtree(self._spill, ignore_errors=True)
+            self._spill = None
+
+    def __del__(self):
+        if getattr(self, "_spill", None) is not None:
+            shutil.rmtree(self._spill, ignore_errors=True)
+
+    # -- input ---------------------------------------------------------------------------
+    def _check(self, scores: np.ndarray, anomaly: np.ndarray, image_id: int) -> tuple[int, int, int]:
+        """Validate one image; returns its (inlier, anomaly, void) pixel counts."""
+        if scores.shape != anomaly.shape:
+            raise MetricInputError(f"image {image_id}: scores shape {scores.shape} != anomaly shape {anomaly.shape}; "
+                                   f"resize the score map to the label size first")
+        if not np.issubdtype(scores.dtype, np.floating):
+            raise MetricInputError(f"image {image_id}: scores have dtype {scores.dtype}; pass float scores")
+        finite = np.isfinite(scores)
+        if not finite.all():
+            bad = scores[~finite]
+            raise MetricInputError(f"image {image_id}: {bad.size} scores are NaN or infinite "
+                                   f"(e.g. {bad[0]}); fix the score function or clip explicitly before evaluating")
+        n0 = int(np.count_nonzero(anomaly == 0))
+        n1 = int(np.count_nonzero(anomaly == 1))
+        n255 = int(np.count_nonzero(anomaly == 255))
+        if n0 + n1 + n255 != anomaly.size:
+            values = np.unique(anomaly)
+            bad = values[~np.isin(values, (0, 1, 255))]
+            raise MetricInputError(f"image {image_id}: target values {bad.tolist()} are not 0 (inlier), "
+                                   f"1 (anomaly) or 255 (void)")
+        return n0, n1, n255
+
+    def update(self, scores, anomaly, ids=None) -> None:
+        """Add a batch: scores float (N, H, W) or (H, W), anomaly uint8 of the same shape."""
+        scores, anomaly = _numpy(scores), _numpy(anomaly)
+        if scores.ndim == 2 and anomaly.ndim == 2:
+            scores, anomaly = scores[None], anomaly[None]
+        if scores.ndim != 3 or anomaly.ndim != 3:
+            raise MetricInputError(f"scores {scores.shape} and anomaly {anomaly.shape} must both be (N, H, W) or (H, W)")
+        if ids is None:
+            ids = range(self._next_id, self._next_id + len(scores))
+        ids = [int(i) for i in np.atleast_1d(ids)]
+        if len(ids) != len(scores):
+            raise MetricInputError(f"{len(ids)} ids for a batch of {len(scores)} images")
+        for s, a, i in zip(scores, anomaly, ids):
+            if i in self.seen:
+                raise MetricInputError(f"image id {i} was already evaluated; ids must be unique across updates and shards")
+            counts = self._check(s, a, i)
+            if s.dtype == np.float16:
+                s = s.astype(np.float32)
+            if a.dtype != np.uint8:
+                a = a.astype(np.uint8)
+            self._update_one(s, a, i, counts)
+            self.seen.add(i)
+            self._next_id = max(self._next_id, i + 1)
+
+    def _update_one(self, s: np.ndarray, a: np.ndarray, image_id: int, counts: tuple[int, int, int]) -> None:
+        n_in, n_anom, n_void = counts
+        if self.protocol == "pooled":
+            if self.exact:
+                self.pooled_pos.append(s[a == 1])
+                self.pooled_neg.append(s[a == 0])
+        else:
+            if self.protocol == "caos":
+                n_in += n_void
+            if n_anom == 0 or n_in == 0:
+                self.skipped[image_id] = "no anomaly pixel" if n_anom == 0 else "no inlier pixel"
+            else:
+                inlier = (a != 1) if self.protocol == "caos" else (a == 0)
+                m = exact_metrics(s[a == 1], s[inlier])
+                self.records[image_id] = {"id": image_id, "auroc": m["auroc"], "aupr": m["aupr"],
+                                          "fpr95": m["fpr95_nearest"] if self.protocol == "caos" else m["fpr95"],
+                                          "anomaly_px": n_anom, "inlier_px": n_in}
+        if self.hist is not None:
+            self.hist.update(s, a)
+        if self.components:
+            if self.component_threshold == "best_f1":
+                self._spill_image(s, a, image_id)
+            else:
+                self.comp.add(*image_components(s, a, float(self.component_threshold), self.min_pred_size, self.min_gt_size))
+
+    def _spill_image(self, s: np.ndarray, a: np.ndarray, image_id: int) -> None:
+        if self._spill is None:
+            self._spill = Path(tempfile.mkdtemp(prefix="anomseg_components_", dir=self._spill_parent))
+        path = self._spill / f"{image_id}.npz"
+        np.savez(path, score=s.astype(np.float32), anomaly=a)
+        self._spilled.append(path)
+
+    # -- combine -------------------------------------------------------------------------
+    def merge(self, other: "AnomalyMetrics") -> None:
+        """Add another evaluator's state (same settings); merged shards equal one run."""
+        for name in ("protocol", "exact", "mantissa_bits", "components", "min_pred_size", "min_gt_size", "component_threshold"):
+            if getattr(self, name) != getattr(other, name):
+                raise MetricInputError(f"cannot merge evaluators with different {name}: {getattr(self, name)!r} vs {getattr(other, name)!r}")
+        dup = self.seen & other.seen
+        if dup:
+            raise MetricInputError(f"image ids {sorted(dup)[:5]} were evaluated in both shards; give each image one id")
+        self.records.update(other.records)
+        self.skipped.update(other.skipped)
+        self.seen |= other.seen
+        self._next_id = max(self._next_id, other._next_id)
+        if self.hist is not None:
+            self.hist.merge(other.hist)
+        self.pooled_pos += other.pooled_pos
+        self.pooled_neg += other.pooled_neg
+        self.comp.merge(other.comp)
+        self._spilled += other._spilled
+
+    def settings(self) -> dict:
+        """The constructor arguments that define this evaluator (spill folder aside)."""
+        return {"protocol": self.protocol, "exact": self.exact, "mantissa_bits": self.mantissa_bits,
+                "components": self.components, "min_pred_size": self.min_pred_size, "min_gt_size": self.min_gt_size,
+                "component_threshold": self.component_threshold}
+
+    def state_dict(self) -> dict:
+        """Picklable state (histogram sparse); spilled score maps stay on this machine."""
+        return {"settings": self.settings(), "records": self.records, "skipped": self.skipped, "seen": sorted(self.seen),
+                "next_id": self._next_id, "hist": self.hist.state_dict() if self.hist is not None else None,
+                "pooled_pos": self.pooled_pos, "pooled_neg": self.pooled_neg,
+                "siou": self.comp.siou, "ppv": self.comp.ppv}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "AnomalyMetrics":
+        m = cls(**state["settings"])
+        m.records, m.skipped, m.seen = dict(state["records"]), dict(state["skipped"]), set(state["seen"])
+        m._next_id = state["next_id"]
+        if state["hist"] is not None:
+            m.hist.load_state_dict(state["hist"])
+        m.pooled_pos, m.pooled_neg = list(state["pooled_pos"]), list(state["pooled_neg"])
+        m.comp.siou, m.comp.ppv = list(state["siou"]), list(state["ppv"])
+        return m
+
+    def spilled_components(self, threshold: float) -> ComponentStats:
+        """Component statistics of this evaluator's spilled score maps at ``threshold``."""
+        stats = ComponentStats()
+        for path in sorted(self._spilled, key=lambda p: int(p.stem)):
+            with np.load(path) as z:
+                stats.add(*image_components(z["score"], z["anomaly"], threshold, self.min_pred_size, self.min_gt_size))
+        return stats
+
+    # -- results -------------------------------------------------------------------------
+    def per_image(self) -> list[dict]:
+        """Per-image records (per_image / caos protocols), sorted by image id."""
+        return [self.records[i] for i in sorted(self.records)]
+
+    def compute(self) -> dict:
+        """Metrics as a plain dict: at least ``auroc, aupr, fpr95, images, skipped``."""
+        out: dict = {"protocol": self.protocol, "images": len(self.seen) - len(self.skipped), "skipped": len(self.skipped)}
+        if self.protocol == "pooled":
+            if self.exact:
+                if not self.pooled_pos or not sum(len(p) for p in self.pooled_pos) or not sum(len(n) for n in self.pooled_neg):
+                    raise MetricInputError("pooled metrics need at least one anomaly and one inlier pixel in total")
+                m = exact_metrics(np.concatenate(self.pooled_pos), np.concatenate(self.pooled_neg))
+                out.update(auroc=m["auroc"], aupr=m["aupr"], fpr95=m["fpr95"], exact=True)
+            else:
+                _, pos, neg = self.hist.groups()
+                if pos.sum() == 0 or neg.sum() == 0:
+                    raise MetricInputError("pooled metrics need at least one anomaly and one inlier pixel in total")
+                m = self.hist.metrics()
+                out.update({k: m[k] for k in ("auroc", "aupr", "fpr95", "auroc_bound", "aupr_low", "aupr_high", "fpr95_low")})
+                out["exact"] = False
+            out["anomaly_px"], out["inlier_px"] = m["pos"], m["neg"]
+        else:
+            recs = self.per_image()
+            for key in ("auroc", "aupr", "fpr95"):
+                out[key], out[f"{key}_std"] = _fsum_mean_std([r[key] for r in recs])
+            out["skipped_reasons"] = {str(i): r for i, r in sorted(self.skipped.items())}
+        if self.components:
+            out.update(self._components())
+        return out
+
+    def component_threshold_value(self) -> float:
+        """The threshold the component metrics use (best pooled pixel F1, or the fixed value)."""
+        if self.component_threshold != "best_f1":
+            return float(self.component_threshold)
+        return self.hist.best_f1_threshold()[0]
+
+    def _components(self) -> dict:
+        if self._resolved_components is not None:
+            stats, t = self._resolved_components
+        elif self.component_threshold == "best_f1":
+            t = self.component_threshold_value()
+            stats = self.spilled_components(t)
+        else:
+            t, stats = float(self.component_threshold), self.comp
+        return {**stats.compute(), "component_threshold": t}
