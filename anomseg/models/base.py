@@ -1,0 +1,75 @@
+"""What every backbone shares: input normalisation and the (logits, features) output."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# ImageNet statistics (RGB, on [0, 1] inputs), as the HRNet and CSAIL releases normalise.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class SegOutput(NamedTuple):
+    """A backbone's forward result.
+
+    Attributes:
+        logits: float (N, K, h, w) class scores at the backbone's output stride.
+        features: float (N, D, h', w') penultimate per-pixel features (the classifier's input).
+        aux: float (N, K, h'', w'') deep-supervision logits in training mode (PSPNet), else None.
+    """
+
+    logits: torch.Tensor
+    features: torch.Tensor
+    aux: torch.Tensor | None = None
+
+
+def to_model_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, 3) / (N, 3, H, W) or float (N, 3, H, W) in [0, 1] -> float (N, 3, H, W) in [0, 1]."""
+    if images.ndim != 4:
+        raise ValueError(f"images must be a batch (N, 3, H, W) or (N, H, W, 3); got shape {tuple(images.shape)}")
+    if images.dtype == torch.uint8:
+        if images.shape[1] != 3 and images.shape[-1] == 3:
+            images = images.permute(0, 3, 1, 2)
+        return images.float().div_(255.0)
+    if images.shape[1] != 3:
+        raise ValueError(f"float images must be (N, 3, H, W) RGB in [0, 1]; got shape {tuple(images.shape)}")
+    return images.float()
+
+
+class SegmentationBackbone(nn.Module):
+    """Base class: normalises RGB input, then ``forward_normalized`` gives a :class:`SegOutput`.
+
+    Subclasses set ``num_classes``, ``feature_dim`` and ``stride`` and implement
+    ``forward_normalized(x)`` on ImageNet-normalised float (N, 3, H, W).
+    """
+
+    num_classes: int
+    feature_dim: int
+    stride: int
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> SegOutput:
+        x = to_model_input(images).to(self.pixel_mean.device)
+        return self.forward_normalized((x - self.pixel_mean) / self.pixel_std)
+
+    def forward_normalized(self, x: torch.Tensor) -> SegOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def classifier(self) -> nn.Module:
+        """The module mapping ``features`` to ``logits`` (a 1x1 conv or a small head)."""
+        raise NotImplementedError
+
+
+def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinearly resize (N, C, h, w) maps to ``size`` = (H, W) (align_corners=False)."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)

@@ -1,0 +1,29 @@
+"""Pixel anomaly scores: float32 (N, H, W), higher = more anomalous, from logits (N, K, H, W).
+
+Post-hoc: :func:`msp`, :func:`max_logit`, :func:`entropy`, :func:`energy`, :func:`background`,
+:func:`gen`. Fitted: :class:`StandardizedMaxLogit`, :class:`KLMatching`. Sampling:
+:func:`mc_dropout`. :func:`build_score` makes any of them by name.
+"""
+
+from anomseg.scores.fitted import KLMatching, StandardizedMaxLogit, mc_dropout
+from anomseg.scores.posthoc import POSTHOC, background, energy, entropy, gen, max_logit, msp
+
+FITTED = {"sml": StandardizedMaxLogit, "kl_matching": KLMatching}
+SCORE_NAMES = tuple(POSTHOC) + tuple(FITTED) + ("mc_dropout",)
+
+
+def build_score(name: str, num_classes: int | None = None, **options):
+    """A score by name: a function of logits (post-hoc, options bound) or a fitted scorer."""
+    import functools
+
+    if name in POSTHOC:
+        return functools.partial(POSTHOC[name], **options) if options else POSTHOC[name]
+    if name in FITTED:
+        if num_classes is None:
+            raise ValueError(f"score {name!r} needs num_classes")
+        return FITTED[name](num_classes, **options)
+    raise ValueError(f"unknown score {name!r}; valid: {', '.join(SCORE_NAMES)}")
+
+
+__all__ = ["msp", "max_logit", "entropy", "energy", "background", "gen", "StandardizedMaxLogit", "KLMatching",
+           "mc_dropout", "build_score", "POSTHOC", "FITTED", "SCORE_NAMES"]

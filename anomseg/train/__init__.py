@@ -1,0 +1,6 @@
+"""Training loops: segmentation (this package), heads (anomseg.heads)."""
+
+from anomseg.train.seg_trainer import DEFAULTS as SEG_DEFAULTS
+from anomseg.train.seg_trainer import evaluate_miou, train_segmentation
+
+__all__ = ["train_segmentation", "evaluate_miou", "SEG_DEFAULTS"]

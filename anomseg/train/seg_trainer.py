@@ -1,0 +1,226 @@
+"""Segmentation training: SGD + poly LR, augmentation, deep supervision, AMP, DDP, resume, mIoU.
+
+The same function runs in one process or under ``torchrun --nproc_per_node=N``. Batches are
+defined globally: step t of epoch e takes the global images ``perm_e[t*B:(t+1)*B]`` and rank r
+processes every ``world``-th of them; the loss is the cross-entropy summed over a rank's valid
+pixels divided by the valid pixels of the whole global batch (times ``world``, which DDP's gradient
+averaging divides out). So N processes compute the gradient of the single-process loss on the
+same global batch. Batch norm statistics are per process on CPU (gloo has no SyncBatchNorm); on GPU
+``sync_bn`` converts them. ``freeze_bn`` keeps BN in eval mode (fine-tuning, and exact equality).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from anomseg.config import save_config
+from anomseg.data import build_dataset
+from anomseg.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from anomseg.models import build_backbone, load_checkpoint, save_checkpoint
+from anomseg.models.base import resize_logits
+from anomseg.train.augment import SegAugment, sample_seed
+
+DEFAULTS = {
+    "seed": 0,
+    "out": "runs/seg",
+    "device": None,
+    "data": {"name": "streethazards", "root": "data/synthetic", "options": {}, "train_split": "train",
+             "val_split": "val", "crop": [256, 256], "scale": [0.5, 2.0], "flip": True, "workers": 0},
+    "model": {"backbone": "smp:Unet:resnet18", "options": {}, "init": None},
+    "train": {"epochs": 10, "batch_size": 8, "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "poly_power": 0.9,
+              "aux_weight": 0.4, "amp": True, "sync_bn": True, "freeze_bn": False, "max_steps_per_epoch": None,
+              "val_batch_size": 4, "resume": True, "stop_after_epochs": None},
+}
+
+
+class _TrainSet(Dataset):
+    """Dataset items addressed by (index, seed): the seed fixes the augmentation."""
+
+    def __init__(self, dataset, augment: SegAugment):
+        self.dataset, self.augment = dataset, augment
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        index, seed = item
+        s = self.augment(self.dataset[index], seed)
+        return torch.from_numpy(np.ascontiguousarray(s["image"])), torch.from_numpy(np.ascontiguousarray(s["semantic"]))
+
+
+def global_batches(n: int, batch: int, seed: int, epoch: int) -> list[list[int]]:
+    """The epoch's global batches of image indices (a seeded permutation, last partial batch dropped)."""
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    return [perm[i * batch:(i + 1) * batch].tolist() for i in range(n // batch)]
+
+
+def poly_lr(base: float, step: int, total: int, power: float) -> float:
+    return base * (1 - step / max(total, 1)) ** power
+
+
+def _freeze_bn(model: torch.nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def unused_parameters(model: torch.nn.Module, device: torch.device) -> list[str]:
+    """Names of parameters that get no gradient in a training-mode forward pass (e.g. encoder stages
+    beyond an smp ``encoder_depth``); DDP must be told about them. Buffers are restored afterwards."""
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    was = model.training
+    model.train()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    out = model(torch.zeros(2, 3, 64, 64, device=device))
+    total = out.logits.float().sum() + (out.aux.float().sum() if out.aux is not None else 0)
+    grads = torch.autograd.grad(total, [p for _, p in named], allow_unused=True)
+    with torch.no_grad():
+        for k, v in model.named_buffers():
+            v.copy_(buffers[k])
+    model.train(was)
+    return [n for (n, _), g in zip(named, grads) if g is None]
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
+    """int64 (K, K): rows = ground truth, columns = prediction; ignore (255) pixels left out."""
+    keep = target != 255
+    return torch.bincount(target[keep] * k + pred[keep], minlength=k * k).reshape(k, k)
+
+
+def miou(conf: torch.Tensor) -> tuple[float, list[float]]:
+    """Mean IoU over classes present in the ground truth or the prediction."""
+    conf = conf.double()
+    inter = conf.diag()
+    union = conf.sum(0) + conf.sum(1) - inter
+    present = union > 0
+    iou = torch.where(present, inter / union.clamp(min=1), torch.full_like(inter, float("nan")))
+    return float(iou[present].mean()) if present.any() else float("nan"), iou.tolist()
+
+
+@torch.no_grad()
+def evaluate_miou(model, dataset, dist_info: DistInfo, batch_size: int = 4, progress: bool = True) -> tuple[float, list[float]]:
+    """mIoU of ``model`` on a dataset (images sharded over ranks, confusion matrices summed)."""
+    was = model.training
+    model.eval()
+    k = dataset.num_classes
+    conf = torch.zeros(k, k, dtype=torch.int64)
+    idx = list(range(dist_info.rank, len(dataset), dist_info.world))
+    for start in tqdm(range(0, len(idx), batch_size), desc="val mIoU", disable=not (progress and dist_info.is_main), leave=False):
+        samples = [dataset[i] for i in idx[start:start + batch_size]]
+        images = torch.from_numpy(np.stack([s["image"] for s in samples])).to(dist_info.device)
+        target = torch.from_numpy(np.stack([s["semantic"] for s in samples]))
+        logits = resize_logits(model(images).logits.float(), tuple(target.shape[-2:]))
+        conf += confusion_matrix(logits.argmax(1).cpu(), target, k)
+    model.train(was)
+    all_reduce_sum(conf)
+    return miou(conf)
+
+
+def train_segmentation(cfg: dict, progress: bool = True) -> dict:
+    """Train (or resume) a segmenter as ``cfg`` says; returns the last epoch's log entry.
+
+    Writes to ``cfg["out"]``: ``config.yaml`` (resolved), ``checkpoints/last.pth`` and
+    ``checkpoints/best.pth`` (anomseg format, with optimiser state), ``log.jsonl``.
+    """
+    info = init_distributed(cfg.get("device"))
+    out = Path(cfg["out"])
+    tc, dc, mc = cfg["train"], cfg["data"], cfg["model"]
+    torch.manual_seed(cfg["seed"])
+    train_set = build_dataset(dc["name"], dc["root"], dc["train_split"], **dc.get("options", {}))
+    val_set = build_dataset(dc["name"], dc["root"], dc["val_split"], **dc.get("options", {})) if dc.get("val_split") else None
+    model = build_backbone(mc["backbone"], train_set.num_classes, **mc.get("options", {}))
+    if mc.get("init"):
+        load_checkpoint(model, mc["init"])
+    model.to(info.device)
+    if info.enabled and info.device.type == "cuda" and tc["sync_bn"]:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if tc["batch_size"] % info.world:
+        raise ValueError(f"train.batch_size={tc['batch_size']} must be divisible by the {info.world} processes")
+    opt = torch.optim.SGD(model.parameters(), lr=tc["lr"], momentum=tc["momentum"], weight_decay=tc["weight_decay"])
+    use_amp = bool(tc["amp"]) and info.device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    steps_per_epoch = len(train_set) // tc["batch_size"]
+    if tc.get("max_steps_per_epoch"):
+        steps_per_epoch = min(steps_per_epoch, tc["max_steps_per_epoch"])
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train_set)} training images are fewer than train.batch_size={tc['batch_size']}")
+    total = steps_per_epoch * tc["epochs"]
+    start_epoch, best, history = 0, -1.0, []
+    last_path = out / "checkpoints" / "last.pth"
+    if tc["resume"] and last_path.is_file():
+        state = torch.load(last_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["state_dict"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch, best = state["epoch"] + 1, state.get("best_miou", -1.0)
+        history = json.loads(state.get("history", "[]"))
+    net = model
+    if info.enabled:
+        unused = unused_parameters(model, info.device)
+        net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=bool(unused))
+    if info.is_main:
+        save_config(cfg, out / "config.yaml")
+    augment = SegAugment(tuple(dc["crop"]), tuple(dc["scale"]), dc["flip"])
+    data = _TrainSet(train_set, augment)
+    entry = history[-1] if history else {}
+    end_epoch = tc["epochs"]
+    if tc.get("stop_after_epochs"):  # a time-sliced job: run this many epochs now, resume later
+        end_epoch = min(end_epoch, start_epoch + tc["stop_after_epochs"])
+    for epoch in range(start_epoch, end_epoch):
+        batches = global_batches(len(train_set), tc["batch_size"], cfg["seed"], epoch)[:steps_per_epoch]
+        local = [[(i, sample_seed(cfg["seed"], epoch, i)) for i in b[info.rank::info.world]] for b in batches]
+        loader = DataLoader(data, batch_sampler=local, num_workers=dc["workers"])
+        net.train()
+        if tc["freeze_bn"]:
+            _freeze_bn(net)
+        t0, loss_sum = time.time(), 0.0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tc['epochs']}", disable=not (progress and info.is_main))
+        for step, (images, target) in enumerate(bar):
+            it = epoch * steps_per_epoch + step
+            for g in opt.param_groups:
+                g["lr"] = poly_lr(tc["lr"], it, total, tc["poly_power"])
+            images, target = images.to(info.device), target.to(info.device)
+            valid = all_reduce_sum(torch.tensor([(target != 255).sum().item()], dtype=torch.float64)).item()
+            with torch.autocast(info.device.type, dtype=amp_dtype, enabled=use_amp):
+                out_ = net(images)
+                size = tuple(target.shape[-2:])
+                loss = F.cross_entropy(resize_logits(out_.logits.float(), size), target, ignore_index=255, reduction="sum")
+                if out_.aux is not None and tc["aux_weight"]:
+                    loss = loss + tc["aux_weight"] * F.cross_entropy(resize_logits(out_.aux.float(), size), target,
+                                                                     ignore_index=255, reduction="sum")
+                loss = loss * info.world / max(valid, 1.0)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            loss_sum += loss.item() / info.world
+            bar.set_postfix(loss=f"{loss.item() / info.world:.3f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
+        train_loss = float(all_reduce_sum(torch.tensor([loss_sum], dtype=torch.float64)).item()) / steps_per_epoch
+        entry = {"epoch": epoch + 1, "train_loss": train_loss, "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0}
+        if val_set is not None:
+            entry["val_miou"], _ = evaluate_miou(model, val_set, info, tc["val_batch_size"], progress)
+        history.append(entry)
+        if info.is_main:
+            score = entry.get("val_miou", -entry["train_loss"])
+            is_best = not math.isnan(score) and score > best
+            best = max(best, score) if is_best else best
+            extra = {"optimizer": opt.state_dict(), "epoch": epoch, "best_miou": best, "history": json.dumps(history)}
+            save_checkpoint(last_path, model, cfg, **extra)
+            if is_best:
+                save_checkpoint(out / "checkpoints" / "best.pth", model, cfg, epoch=epoch, best_miou=best)
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps(entry) + "\n")
+            if progress:
+                print(f"epoch {epoch + 1}: loss {train_loss:.4f}" + (f", val mIoU {entry['val_miou']:.4f}" if "val_miou" in entry else ""))
+        barrier()
+    return entry

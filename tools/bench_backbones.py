@@ -1,0 +1,55 @@
+"""Backbone throughput: images per second at 720x1280 for HRNetV2-W48 and PSPNet-ResNet101.
+
+    python tools/bench_backbones.py [--iters 3] [--device cpu|cuda] [--batch 1]
+
+Inference (eval mode, no gradients), random weights, batch of uint8 RGB images; on CUDA also
+with bf16 autocast. Prints one line per backbone and precision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from anomseg.models import build_backbone
+
+BACKBONES = (("hrnet_w48", 19), ("pspnet_r101", 13))
+
+
+def bench(name, k, device, iters, batch, amp):
+    model = build_backbone(name, k).to(device).eval()
+    x = torch.randint(0, 256, (batch, 3, 720, 1280), dtype=torch.uint8, device=device)
+
+    def step():
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    step()  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        step()
+    dt = time.perf_counter() - t0
+    return iters * batch / dt
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a = p.parse_args(argv)
+    device = torch.device(a.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"device: {where}; input 720x1280, batch {a.batch}, torch {torch.__version__}")
+    for name, k in BACKBONES:
+        for amp in ((False, True) if device.type == "cuda" else (False,)):
+            ips = bench(name, k, device, a.iters, a.batch, amp)
+            print(f"{name:12s} {'bf16' if amp else 'fp32'}: {ips:8.2f} images/s ({1000 / ips:8.1f} ms/image)")
+
+
+if __name__ == "__main__":
+    main()
