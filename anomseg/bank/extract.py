@@ -1,0 +1,134 @@
+"""Extracting a backbone's per-pixel features over a dataset split into a bank folder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from anomseg.bank.store import KINDS, META, OPEN, BankError, FeatureBank, part_name, write_part
+from anomseg.data.base import resize_nearest
+from anomseg.distributed import DistInfo, barrier
+
+BANK_VERSION = 1
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """sha256 (first 16 hex digits) of a model's state dict: identifies the weights, not the file."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _select(rng: np.random.Generator, idx: np.ndarray, cap: int | None) -> np.ndarray:
+    if cap is None or len(idx) <= cap:
+        return idx
+    return np.sort(rng.choice(idx, size=cap, replace=False))
+
+
+@torch.no_grad()
+def image_rows(model, sample: dict, image_index: int, *, seed: int, closed_per_image: int | None,
+               open_per_image: int | None, device=None) -> dict[str, dict[str, np.ndarray]]:
+    """The bank rows of one image: features at the backbone's resolution, labels nearest-downsampled."""
+    image = torch.from_numpy(np.array(sample["image"]))[None]  # a writable copy
+    if device is not None:
+        image = image.to(device)
+    feat = model(image).features[0].float().cpu().numpy()  # (D, h, w)
+    h, w = feat.shape[1:]
+    sem = resize_nearest(sample["semantic"], (h, w))
+    anom = resize_nearest(sample["anomaly"], (h, w))
+    rng = np.random.default_rng([seed, image_index])
+    closed = _select(rng, np.flatnonzero(((anom == 0) & (sem != 255)).ravel()), closed_per_image)
+    opened = _select(rng, np.flatnonzero((anom == 1).ravel()), open_per_image)
+    flat = feat.reshape(feat.shape[0], -1)
+    rows = {}
+    for kind, idx in (("closed", closed), ("open", opened)):
+        ys, xs = np.divmod(idx, w)
+        rows[kind] = {
+            "features": flat[:, idx].T.astype(np.float16),
+            "labels": (sem.ravel()[idx] if kind == "closed" else np.full(len(idx), OPEN)).astype(np.int16),
+            "image": np.full(len(idx), image_index, np.int32),
+            "yx": np.stack([ys, xs], 1).astype(np.int16),
+        }
+    return rows
+
+
+def _concat(parts: list[dict]) -> dict:
+    out = {}
+    for kind in KINDS:
+        out[kind] = {f: np.concatenate([p[kind][f] for p in parts]) for f in ("features", "labels", "image", "yx")}
+    return out
+
+
+def extract_bank(model, dataset, out: str | Path, *, backbone: str, layer: str = "penultimate",
+                 closed_per_image: int | None = 5000, open_per_image: int | None = None, chunk_images: int = 16,
+                 seed: int = 0, config: dict | None = None, dist: DistInfo | None = None,
+                 progress: bool = True) -> FeatureBank:
+    """Build (or finish, or reuse) the feature bank of ``dataset`` under ``out``.
+
+    Args:
+        model: a backbone returning :class:`~anomseg.models.SegOutput`; run in eval mode.
+        dataset: a dataset of the sample contract.
+        backbone: the backbone's name, recorded (and checked when the bank is reused).
+        closed_per_image: closed pixels kept per image (random, seeded per image); None = all.
+        open_per_image: cap on open pixels per image; None = all (the default: they are rare).
+        chunk_images: images per part file (the unit of resume and of sharding over ranks).
+        seed: sampling seed; the bank is a pure function of the model, data and these settings.
+        dist: under torchrun, each rank writes the parts ``rank, rank + world, ...``.
+    Returns:
+        the :class:`FeatureBank` once every part exists.
+    """
+    out = Path(out)
+    rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
+    device = dist.device if dist is not None else next(model.parameters()).device
+    n = len(dataset)
+    attrs = {
+        "version": BANK_VERSION, "backbone": backbone, "weights": weights_hash(model), "layer": layer,
+        "stride": int(getattr(model, "stride", 0)), "feature_dim": int(getattr(model, "feature_dim", 0)),
+        "dataset": type(dataset).__name__, "split": getattr(dataset, "split", ""), "images": n,
+        "num_classes": int(getattr(dataset, "num_classes", 0)), "closed_per_image": closed_per_image,
+        "open_per_image": open_per_image, "chunk_images": chunk_images, "seed": seed, "config": config or {},
+        "parts": -(-n // chunk_images),
+    }
+    meta_path = out / META
+    if meta_path.is_file():
+        old = json.loads(meta_path.read_text())
+        diff = [k for k in attrs if old.get(k) != attrs[k]]
+        if diff:
+            raise BankError(f"{out}: an existing bank was built with other settings ({', '.join(diff)}: "
+                            f"{old.get(diff[0])!r} vs {attrs[diff[0]]!r}); use another folder or delete it")
+        if old.get("complete"):
+            return FeatureBank(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        meta_path.write_text(json.dumps({**attrs, "complete": False}, indent=2))
+    was = model.training
+    model.eval()
+    todo = [p for p in range(attrs["parts"]) if p % world == rank and not (out / part_name(p)).is_file()]
+    bar = tqdm(total=sum(min(chunk_images, n - p * chunk_images) for p in todo), desc=f"feature bank {attrs['split']}",
+               disable=not (progress and rank == 0))
+    try:
+        for p in todo:
+            rows = []
+            for i in range(p * chunk_images, min(n, (p + 1) * chunk_images)):
+                rows.append(image_rows(model, dataset[i], i, seed=seed, closed_per_image=closed_per_image,
+                                       open_per_image=open_per_image, device=device))
+                bar.update()
+            write_part(out / part_name(p), _concat(rows), attrs)
+    finally:
+        bar.close()
+        model.train(was)
+    barrier()
+    if rank == 0:
+        missing = [p for p in range(attrs["parts"]) if not (out / part_name(p)).is_file()]
+        if missing:
+            raise BankError(f"{out}: parts {missing[:5]} were not written; run the extraction again")
+        meta_path.write_text(json.dumps({**attrs, "complete": True}, indent=2))
+    barrier()
+    return FeatureBank(out)

@@ -1,0 +1,89 @@
+"""Pasting outlier objects into images: open pixels for training heads and outlier exposure.
+
+An outlier pool is a folder with ``images/<name>.png`` (RGB) and ``masks/<name>.png`` (1 or 255 =
+object, 0 = background), as the synthetic generator writes to ``<root>/outliers``; any folder of
+object crops with masks works the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from anomseg.data.io import read_label, read_rgb
+from anomseg.errors import DatasetError
+
+
+class OutlierPool:
+    """The (image, mask) pairs of a pool folder, loaded lazily."""
+
+    def __init__(self, root: str | Path):
+        root = Path(root)
+        images = sorted((root / "images").glob("*.png"))
+        if not images:
+            raise DatasetError(f"{root}: no outlier objects found; expected {root}/images/<name>.png with "
+                               f"{root}/masks/<name>.png (the synthetic generator writes <data root>/outliers)")
+        for img in images:
+            if not (root / "masks" / img.name).is_file():
+                raise DatasetError(f"{root / 'masks' / img.name}: mask of outlier object {img} not found")
+        self.root, self.images = root, images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        img = read_rgb(self.images[i])
+        mask = read_label(self.root / "masks" / self.images[i].name) > 0
+        if mask.shape != img.shape[:2]:
+            raise DatasetError(f"{self.images[i]}: mask size differs from the object image")
+        return img, mask
+
+
+def paste_objects(sample: dict, pool: OutlierPool, rng: np.random.Generator, count: int,
+                  height_range=(0.08, 0.3)) -> dict:
+    """Paste ``count`` random pool objects into a sample; returns a new sample.
+
+    Each object is resized to a random height (fraction of the image height), placed at a random
+    position fully or partly inside the image, and its pixels become ``anomaly`` 1 and
+    ``semantic`` 255 (ignore): exactly the pasted pixels, nothing else.
+    """
+    image = sample["image"].copy()
+    semantic = sample["semantic"].copy()
+    anomaly = sample["anomaly"].copy()
+    H, W = anomaly.shape
+    for _ in range(count):
+        obj, mask = pool[int(rng.integers(len(pool)))]
+        h = max(2, int(H * rng.uniform(*height_range)))
+        w = max(2, int(round(obj.shape[1] * h / obj.shape[0])))
+        obj = cv2.resize(obj, (w, h), interpolation=cv2.INTER_LINEAR)
+        mask = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+        y0, x0 = int(rng.integers(-h // 2, H - h // 2)), int(rng.integers(-w // 2, W - w // 2))
+        ys, xs = slice(max(0, y0), min(H, y0 + h)), slice(max(0, x0), min(W, x0 + w))
+        m = mask[ys.start - y0: ys.stop - y0, xs.start - x0: xs.stop - x0]
+        image[ys, xs][m] = obj[ys.start - y0: ys.stop - y0, xs.start - x0: xs.stop - x0][m]
+        semantic[ys, xs][m] = 255
+        anomaly[ys, xs][m] = 1
+    return {**sample, "image": image, "semantic": semantic, "anomaly": anomaly}
+
+
+class PastedDataset:
+    """A dataset whose samples get ``count`` pasted outlier objects, deterministically per (seed, index)."""
+
+    def __init__(self, dataset, pool_root: str | Path, *, count=(1, 3), height_range=(0.08, 0.3), seed: int = 0):
+        self.dataset, self.pool = dataset, OutlierPool(pool_root)
+        self.count, self.height_range, self.seed = tuple(count), tuple(height_range), seed
+        self.class_names, self.split = dataset.class_names, f"{dataset.split}+pasted"
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        rng = np.random.default_rng([self.seed, i])
+        n = int(rng.integers(self.count[0], self.count[1] + 1))
+        return paste_objects(self.dataset[i], self.pool, rng, n, self.height_range)

@@ -1,0 +1,34 @@
+"""Per-pixel anomaly heads on backbone features: OpenGAN-fea, OpenGAN-0, CLS-fea, Gaussian, GMM, kNN."""
+
+from __future__ import annotations
+
+from anomseg.heads.base import Head
+from anomseg.heads.opengan import Discriminator, Generator, OpenGANHead
+from anomseg.heads.statistical import GaussianHead, GMMHead, KNNHead
+
+# name -> (class, fixed options); OpenGAN-0 and CLS-fea are settings of OpenGAN's trainer
+# (FORMATS.md: OpenGAN-0 = no real open data, lambda_o = 0; CLS = no generator, lambda_G = 0).
+HEADS = {
+    "opengan_fea": (OpenGANHead, {}),
+    "opengan0_fea": (OpenGANHead, {"lambda_o": 0.0}),
+    "cls_fea": (OpenGANHead, {"lambda_g": 0.0}),
+    "gaussian": (GaussianHead, {}),
+    "gmm": (GMMHead, {}),
+    "knn": (KNNHead, {}),
+}
+
+
+def build_head(name: str, feat_dim: int, **options) -> Head:
+    """Build a head by name (see :data:`HEADS`); ``gaussian`` also needs ``num_classes``."""
+    if name not in HEADS:
+        raise ValueError(f"unknown head {name!r}; valid: {', '.join(HEADS)}")
+    cls, fixed = HEADS[name]
+    clash = {k for k in fixed if k in options and options[k] != fixed[k]}
+    if clash:
+        raise ValueError(f"head {name!r} fixes {', '.join(sorted(clash))}; use 'opengan_fea' to set them freely")
+    head = cls(feat_dim, **{**options, **fixed})
+    head.name = name
+    return head
+
+
+__all__ = ["build_head", "HEADS", "Head", "OpenGANHead", "Discriminator", "Generator", "GaussianHead", "GMMHead", "KNNHead"]

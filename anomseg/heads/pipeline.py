@@ -1,0 +1,95 @@
+"""The head pipeline behind ``tools/train_head.py``: backbone -> banks -> heads -> selection."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from anomseg.bank import extract_bank
+from anomseg.config import save_config
+from anomseg.data import build_dataset
+from anomseg.data.paste import PastedDataset
+from anomseg.distributed import init_distributed
+from anomseg.heads.train import train_head
+from anomseg.models import build_backbone, build_from_checkpoint, load_checkpoint
+
+DEFAULTS = {
+    "seed": 0,
+    "out": "runs/heads",
+    "device": None,
+    "data": {"name": "streethazards", "root": "data/synthetic", "options": {}, "train_split": "train",
+             "val_split": "val", "paste": None},
+    "backbone": {"name": None, "options": {}, "checkpoint": None},
+    "bank": {"dir": None, "closed_per_image": 5000, "open_per_image": None, "chunk_images": 16, "val_closed_per_image": None},
+    "heads": [{"name": "opengan_fea", "options": {"lambda_g": 0.2}}, {"name": "cls_fea", "options": {}}],
+    "train": {"steps": 2000, "eval_every": 100, "n_closed": 5000, "n_open": 2500, "n_fake": 2500,
+              "lr_d": 1e-4 / 1.5, "lr_g": 1e-4, "max_samples": 100000, "closed_source": "bank"},
+}
+
+
+def load_backbone(cfg: dict, num_classes: int):
+    """The backbone a config names: an anomseg checkpoint alone, or a name (+ any checkpoint format)."""
+    b = cfg["backbone"]
+    if b.get("checkpoint") and not b.get("name"):
+        model, info = build_from_checkpoint(b["checkpoint"])
+        return model, info["backbone"]["name"]
+    if not b.get("name"):
+        raise ValueError("backbone.name or backbone.checkpoint (an anomseg checkpoint) must be given")
+    model = build_backbone(b["name"], num_classes, **b.get("options", {}))
+    if b.get("checkpoint"):
+        load_checkpoint(model, b["checkpoint"])
+    return model, b["name"]
+
+
+def build_banks(cfg: dict, progress: bool = True):
+    """Extract (or reuse) the training and validation banks; returns (train_bank, val_bank, model, name)."""
+    info = init_distributed(cfg.get("device"))
+    d = cfg["data"]
+    train_set = build_dataset(d["name"], d["root"], d["train_split"], **d.get("options", {}))
+    if d.get("paste"):
+        p = d["paste"]
+        train_set = PastedDataset(train_set, p["pool"], count=p.get("count", (1, 3)),
+                                  height_range=p.get("height_range", (0.08, 0.3)), seed=cfg["seed"])
+    val_set = build_dataset(d["name"], d["root"], d["val_split"], **d.get("options", {}))
+    torch.manual_seed(cfg["seed"])  # a backbone without a checkpoint is still reproducible
+    model, name = load_backbone(cfg, train_set.num_classes)
+    model.to(info.device)
+    bank_dir = Path(cfg["bank"]["dir"] or Path(cfg["out"]) / "bank")
+    bc = cfg["bank"]
+    common = dict(backbone=name, open_per_image=bc["open_per_image"], chunk_images=bc["chunk_images"],
+                  seed=cfg["seed"], dist=info, progress=progress)
+    train_bank = extract_bank(model, train_set, bank_dir / "train", closed_per_image=bc["closed_per_image"],
+                              config={"data": d, "backbone": cfg["backbone"]}, **common)
+    val_bank = extract_bank(model, val_set, bank_dir / "val", closed_per_image=bc["val_closed_per_image"],
+                            config={"data": d, "backbone": cfg["backbone"]}, **common)
+    return train_bank, val_bank, model, name, train_set
+
+
+def run_head_training(cfg: dict, progress: bool = True) -> dict:
+    """Build or reuse the banks, then train / fit and select every head of ``cfg["heads"]``.
+
+    Writes ``<out>/config.yaml``, ``<out>/bank/{train,val}``, ``<out>/heads/<name>/{best.pth,log.jsonl,...}``
+    and ``<out>/summary.json``.
+    """
+    out = Path(cfg["out"])
+    save_config(cfg, out / "config.yaml")
+    train_bank, val_bank, model, name, train_set = build_banks(cfg, progress)
+    tc = cfg["train"]
+    sampler_kwargs = {}
+    if tc.get("closed_source", "bank") == "image":
+        sampler_kwargs = {"closed_source": "image", "model": model, "dataset": train_set}
+    summary = {}
+    for h in cfg["heads"]:
+        head_out = out / "heads" / h["name"]
+        info = {"backbone": name, "bank": str(train_bank.root), "weights": train_bank.meta["weights"],
+                "stride": train_bank.meta["stride"]}
+        summary[h["name"]] = train_head(h["name"], dict(h.get("options", {})), train_bank, val_bank, out=head_out,
+                                        train=tc, seed=cfg["seed"], progress=progress, info=info,
+                                        sampler_kwargs=sampler_kwargs)
+        if progress:
+            print(f"{h['name']}: best validation AUROC {summary[h['name']]['best_auroc']:.4f}")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    torch.set_grad_enabled(True)
+    return summary

@@ -1,0 +1,196 @@
+"""Training and fitting heads on a feature bank, with model selection on validation pixels."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from anomseg.bank.sampler import MixedBatchSampler
+from anomseg.bank.store import BankError, FeatureBank
+from anomseg.heads import HEADS, build_head
+from anomseg.heads.opengan import OpenGANHead
+from anomseg.metrics.curves import exact_metrics
+
+HEAD_FORMAT = "anomseg-head"
+
+
+@torch.no_grad()
+def score_bank(head, bank: FeatureBank, kind: str, chunk: int = 65536) -> np.ndarray:
+    """Scores of every ``kind`` row of a bank (float64 (n,))."""
+    was = head.training
+    head.eval()
+    out = [head.score_rows(torch.from_numpy(c["features"].astype(np.float32))).double().numpy()
+           for c in bank.iter_chunks(kind, chunk, fields=("features",))]
+    head.train(was)
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def validation_auroc(head, bank: FeatureBank) -> float:
+    """Pooled open-vs-closed AUROC over every pixel of a (validation) bank, exact."""
+    if bank.counts["open"] == 0 or bank.counts["closed"] == 0:
+        raise BankError(f"{bank.root}: model selection needs open and closed pixels in the validation bank "
+                        f"(open {bank.counts['open']}, closed {bank.counts['closed']})")
+    return exact_metrics(score_bank(head, bank, "open"), score_bank(head, bank, "closed"))["auroc"]
+
+
+def save_head(path: Path, head, info: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": HEAD_FORMAT, "name": head.name, "feat_dim": head.feat_dim,
+                "options": getattr(head, "build_options", {}), "state_dict": head.state_dict(), **info}, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_head(path: str | Path):
+    """Rebuild a head saved by the trainers here; returns (head, the saved info)."""
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict) or obj.get("format") != HEAD_FORMAT:
+        raise ValueError(f"{path}: not an anomseg head checkpoint")
+    head = make_head(obj["name"], obj["feat_dim"], **obj["options"])
+    head.load_state_dict(obj["state_dict"])
+    head.eval()
+    return head, {k: v for k, v in obj.items() if k != "state_dict"}
+
+
+def make_head(name: str, feat_dim: int, **options):
+    head = build_head(name, feat_dim, **options)
+    head.build_options = options
+    return head
+
+
+def opengan_step(head: OpenGANHead, batch: dict, opt_d, opt_g, n_fake: int) -> tuple[float, float]:
+    """One OpenGAN update: D on real (closed -> 1, open -> 0) and generated (-> 0) pixels, then G.
+
+    D's loss is the BCE over the real pixels with open pixels weighted by lambda_o (lambda_o = 1 is
+    the released mean over the concatenated batch) plus lambda_G times the BCE of the generated
+    pixels; G maximises D on its samples (non-saturating: target "closed"). Returns (loss_D, loss_G).
+    """
+    closed = batch["closed"]
+    opened = batch["open"] if head.lambda_o > 0 else batch["open"][:0]
+    real = torch.cat([closed, opened])[:, :, None, None]
+    target = torch.cat([torch.ones(len(closed)), torch.zeros(len(opened))])
+    weight = torch.cat([torch.ones(len(closed)), torch.full((len(opened),), head.lambda_o)])
+    loss_d = (F.binary_cross_entropy_with_logits(head.discriminator(real).flatten(), target, reduction="none")
+              * weight).sum() / len(real)
+    loss_g = torch.zeros(())
+    if opt_g is not None:
+        fake = head.generator(torch.randn(n_fake, head.generator.nz, 1, 1))
+        loss_d = loss_d + head.lambda_g * F.binary_cross_entropy_with_logits(
+            head.discriminator(fake.detach()).flatten(), torch.zeros(n_fake))
+    opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    opt_d.step()
+    if opt_g is not None:
+        loss_g = F.binary_cross_entropy_with_logits(head.discriminator(fake).flatten(), torch.ones(n_fake))
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+    return loss_d.item(), loss_g.item()
+
+
+def make_optimizers(head: OpenGANHead, lr_d: float = 1e-4 / 1.5, lr_g: float = 1e-4, betas=(0.5, 0.999)):
+    """Adam for D and G as published (betas (0.5, 0.999), lr_G 1e-4, lr_D 1e-4 / 1.5)."""
+    opt_d = torch.optim.Adam(head.discriminator.parameters(), lr=lr_d, betas=betas)
+    opt_g = torch.optim.Adam(head.generator.parameters(), lr=lr_g, betas=betas) if head.generator is not None else None
+    return opt_d, opt_g
+
+
+def train_opengan(head: OpenGANHead, sampler: MixedBatchSampler, val_bank: FeatureBank, *, out: str | Path,
+                  steps: int = 2000, eval_every: int = 100, n_fake: int = 2500, lr_d: float = 1e-4 / 1.5,
+                  lr_g: float = 1e-4, betas=(0.5, 0.999), seed: int = 0, progress: bool = True,
+                  info: dict | None = None) -> dict:
+    """Train an OpenGAN-family head (recipe in ``anomseg.heads.opengan``); select on validation AUROC.
+
+    Writes ``out/best.pth`` (best validation AUROC), ``out/last.pth`` (resumable: head, optimisers,
+    sampler state) and ``out/log.jsonl``; resumes from ``last.pth`` when present.
+    Returns ``{"best_auroc", "best_step", "steps"}``.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    val_bank.check_compatible(head.feat_dim)
+    sampler.bank.check_compatible(head.feat_dim)
+    torch.manual_seed(seed)
+    opt_d, opt_g = make_optimizers(head, lr_d, lr_g, betas)
+    start, best, best_step = 0, -1.0, -1
+    last = out / "last.pth"
+    if last.is_file():
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        head.load_state_dict(state["state_dict"])
+        opt_d.load_state_dict(state["opt_d"])
+        if opt_g is not None:
+            opt_g.load_state_dict(state["opt_g"])
+        sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        start, best, best_step = state["step"], state["best_auroc"], state["best_step"]
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"train {head.name}", disable=not progress)
+    head.train()
+    for step in bar:
+        loss_d, loss_g = opengan_step(head, sampler.next(), opt_d, opt_g, n_fake)
+        bar.set_postfix(loss_d=f"{loss_d:.3f}", loss_g=f"{loss_g:.3f}")
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            auroc = validation_auroc(head, val_bank)
+            head.train()
+            entry = {"step": step + 1, "loss_d": loss_d, "loss_g": loss_g, "val_auroc": auroc,
+                     "time": time.time()}
+            if auroc > best:
+                best, best_step = auroc, step + 1
+                save_head(out / "best.pth", head, {**(info or {}), "val_auroc": auroc, "step": step + 1})
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps(entry) + "\n")
+            save_head(out / "head_last.pth", head, {**(info or {}), "val_auroc": auroc, "step": step + 1})
+            state = {"state_dict": head.state_dict(), "opt_d": opt_d.state_dict(),
+                     "opt_g": opt_g.state_dict() if opt_g is not None else None, "sampler": sampler.state_dict(),
+                     "torch_rng": torch.get_rng_state(), "step": step + 1, "best_auroc": best, "best_step": best_step}
+            tmp = last.with_name("last.pth.tmp")
+            torch.save(state, tmp)
+            tmp.replace(last)
+    return {"best_auroc": best, "best_step": best_step, "steps": steps}
+
+
+def fit_statistical(head, bank: FeatureBank, *, max_samples: int = 100000, seed: int = 0) -> None:
+    """Fit a Gaussian (streaming over all closed rows), GMM or kNN head (bounded sample) on a bank."""
+    bank.check_compatible(head.feat_dim)
+    rng = np.random.default_rng(seed)
+    n = min(max_samples, bank.counts["closed"])
+    sample = torch.from_numpy(bank.sample("closed", n, rng, block=16)["features"].astype(np.float32))
+    if head.name == "gaussian":
+        def chunks():
+            for c in bank.iter_chunks("closed"):
+                yield torch.from_numpy(c["features"].astype(np.float32)), torch.from_numpy(c["labels"].astype(np.int64))
+        head.fit(chunks, pca_sample=sample)
+    else:
+        head.fit(sample)
+
+
+def train_head(name: str, options: dict, train_bank: FeatureBank, val_bank: FeatureBank, *, out: str | Path,
+               train: dict, seed: int = 0, progress: bool = True, info: dict | None = None, sampler_kwargs: dict | None = None) -> dict:
+    """Build, train (or fit) and select a head; returns a summary with the validation AUROC."""
+    out = Path(out)
+    if name not in HEADS:
+        raise ValueError(f"unknown head {name!r}; valid: {', '.join(HEADS)}")
+    feat_dim = train_bank.feature_dim
+    if name == "gaussian":
+        options = {"num_classes": int(train_bank.meta.get("num_classes") or 0), **options}
+    head = make_head(name, feat_dim, **options)
+    if isinstance(head, OpenGANHead):
+        sampler = MixedBatchSampler(train_bank, n_closed=train.get("n_closed", 5000),
+                                    n_open=train.get("n_open", 2500) if head.lambda_o > 0 else 0,
+                                    seed=seed, **(sampler_kwargs or {}))
+        result = train_opengan(head, sampler, val_bank, out=out, steps=train.get("steps", 2000),
+                               eval_every=train.get("eval_every", 100), n_fake=train.get("n_fake", 2500),
+                               lr_d=train.get("lr_d", 1e-4 / 1.5), lr_g=train.get("lr_g", 1e-4), seed=seed,
+                               progress=progress, info=info)
+        return {"head": name, **result}
+    fit_statistical(head, train_bank, max_samples=train.get("max_samples", 100000), seed=seed)
+    auroc = validation_auroc(head, val_bank)
+    save_head(out / "best.pth", head, {**(info or {}), "val_auroc": auroc})
+    with open(out / "log.jsonl", "a") as f:
+        f.write(json.dumps({"fitted": name, "val_auroc": auroc}) + "\n")
+    return {"head": name, "best_auroc": auroc}
