@@ -124,3 +124,16 @@ def test_reuse_and_mismatch(setup, tmp_path):
         extract_bank(other, train, tmp_path / "b", **kw)
     with pytest.raises(BankError, match="built with backbone 'fpn', not 'hrnet_w48'"):
         FeatureBank(tmp_path / "b").check_compatible(backbone="hrnet_w48")
+
+
+def test_closed_pixels_from_one_random_image_on_the_fly(setup, tmp_path):
+    from anomseg.bank import MixedBatchSampler
+
+    root, model, train = setup
+    bank = extract_bank(model, train, tmp_path / "b", backbone="fpn", closed_per_image=40, chunk_images=2, progress=False)
+    sampler = MixedBatchSampler(bank, n_closed=100, n_open=30, closed_source="image", model=model, dataset=train, seed=0)
+    b = sampler.next()
+    assert b["closed"].shape == (100, model.feature_dim) and b["open"].shape == (30, model.feature_dim)
+    assert b["closed_labels"].min() >= 0 and b["closed_labels"].max() < 13
+    with pytest.raises(ValueError, match="needs the backbone"):
+        MixedBatchSampler(bank, closed_source="image")
