@@ -111,7 +111,7 @@ def test_batch_composition(banks):
     # the discriminator sees the real pixels (closed + open) and n_fake generated ones per step
     head = build_head("opengan_fea", D)
     seen = []
-    head.discriminator.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    head.discriminator.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[2]))  # (1, D, n, 1)
     train_opengan(head, sampler, train, out=train.root.parent / "comp", steps=1, eval_every=10, n_fake=250, progress=False)
     assert seen[:3] == [750, 250, 250]  # D step on real, on fake; G step on fake
     assert MixedBatchSampler(train, n_closed=10, n_open=0).next()["open"].shape == (0, D)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from anomseg.data.base import LabelTable, Record, SegmentationDataset, resize_nearest
 from anomseg.data.bdd_anomaly import BDDAnomalyDataset, prepare_bdd_anomaly
 from anomseg.data.cityscapes import CityscapesDataset
+from anomseg.data.folder import FolderAnomalyDataset
 from anomseg.data.streethazards import StreetHazardsDataset
 from anomseg.data.synthetic import generate_synthetic
 from anomseg.errors import DatasetError
@@ -19,6 +20,7 @@ DATASETS = {
     "cityscapes": CityscapesDataset,
     "streethazards": StreetHazardsDataset,
     "bdd_anomaly": BDDAnomalyDataset,
+    "folder": FolderAnomalyDataset,
 }
 
 
@@ -37,5 +39,5 @@ def build_dataset(name: str, root, split: str = "train", **options) -> Segmentat
 __all__ = [
     "DATASETS", "build_dataset", "generate_synthetic", "prepare_bdd_anomaly", "DatasetError",
     "LabelTable", "Record", "SegmentationDataset", "resize_nearest",
-    "CityscapesDataset", "StreetHazardsDataset", "BDDAnomalyDataset",
+    "CityscapesDataset", "StreetHazardsDataset", "BDDAnomalyDataset", "FolderAnomalyDataset",
 ]

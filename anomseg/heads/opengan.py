@@ -69,6 +69,13 @@ class Generator(nn.Module):
         return self.main(z)
 
 
+def as_column(rows: torch.Tensor) -> torch.Tensor:
+    """Rows (n, D) as one (1, D, n, 1) map: 1x1 convolutions then run as a single matrix product
+    (a batch of n 1x1 images takes a far slower convolution path); batch norm statistics, taken over
+    (N, H, W), are the same."""
+    return rows.T[None, :, :, None]
+
+
 class OpenGANHead(Head):
     """OpenGAN-fea / OpenGAN-0 / CLS-fea: the same discriminator, trained with different weights.
 
@@ -89,7 +96,12 @@ class OpenGANHead(Head):
         self.apply(dcgan_init)
 
     def logits_rows(self, x: torch.Tensor) -> torch.Tensor:
-        return self.discriminator(x[:, :, None, None])[:, 0, 0, 0]
+        """D's logits for rows (n, D) -> (n,)."""
+        return self.discriminator(as_column(x)).flatten()
+
+    def fake_rows(self, n: int) -> torch.Tensor:
+        """n generated features as a column (1, D, n, 1)."""
+        return self.generator(torch.randn(n, self.generator.nz).T[None, :, :, None])
 
     def score_rows(self, x: torch.Tensor) -> torch.Tensor:
         return -self.logits_rows(x)

@@ -13,7 +13,7 @@ from anomseg.data import build_dataset
 from anomseg.data.paste import PastedDataset
 from anomseg.distributed import init_distributed
 from anomseg.heads.train import train_head
-from anomseg.models import build_backbone, build_from_checkpoint, load_checkpoint
+from anomseg.models.checkpoints import backbone_from_config
 
 DEFAULTS = {
     "seed": 0,
@@ -29,20 +29,6 @@ DEFAULTS = {
 }
 
 
-def load_backbone(cfg: dict, num_classes: int):
-    """The backbone a config names: an anomseg checkpoint alone, or a name (+ any checkpoint format)."""
-    b = cfg["backbone"]
-    if b.get("checkpoint") and not b.get("name"):
-        model, info = build_from_checkpoint(b["checkpoint"])
-        return model, info["backbone"]["name"]
-    if not b.get("name"):
-        raise ValueError("backbone.name or backbone.checkpoint (an anomseg checkpoint) must be given")
-    model = build_backbone(b["name"], num_classes, **b.get("options", {}))
-    if b.get("checkpoint"):
-        load_checkpoint(model, b["checkpoint"])
-    return model, b["name"]
-
-
 def build_banks(cfg: dict, progress: bool = True):
     """Extract (or reuse) the training and validation banks; returns (train_bank, val_bank, model, name)."""
     info = init_distributed(cfg.get("device"))
@@ -54,7 +40,7 @@ def build_banks(cfg: dict, progress: bool = True):
                                   height_range=p.get("height_range", (0.08, 0.3)), seed=cfg["seed"])
     val_set = build_dataset(d["name"], d["root"], d["val_split"], **d.get("options", {}))
     torch.manual_seed(cfg["seed"])  # a backbone without a checkpoint is still reproducible
-    model, name = load_backbone(cfg, train_set.num_classes)
+    model, name = backbone_from_config(cfg["backbone"], train_set.num_classes)
     model.to(info.device)
     bank_dir = Path(cfg["bank"]["dir"] or Path(cfg["out"]) / "bank")
     bc = cfg["bank"]

@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from anomseg.bank.sampler import MixedBatchSampler
+from anomseg.errors import AnomsegError
 from anomseg.bank.store import BankError, FeatureBank
 from anomseg.heads import HEADS, build_head
-from anomseg.heads.opengan import OpenGANHead
+from anomseg.heads.opengan import OpenGANHead, as_column
 from anomseg.metrics.curves import exact_metrics
 
 HEAD_FORMAT = "anomseg-head"
@@ -48,11 +49,19 @@ def save_head(path: Path, head, info: dict) -> Path:
     return path
 
 
+class HeadError(AnomsegError, ValueError):
+    """A head checkpoint is missing or malformed."""
+
+
 def load_head(path: str | Path):
     """Rebuild a head saved by the trainers here; returns (head, the saved info)."""
+    path = Path(path)
+    if not path.is_file():
+        raise HeadError(f"{path}: head checkpoint not found; train it with tools/train_head.py "
+                        f"(heads are written to <out>/heads/<name>/best.pth)")
     obj = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(obj, dict) or obj.get("format") != HEAD_FORMAT:
-        raise ValueError(f"{path}: not an anomseg head checkpoint")
+        raise HeadError(f"{path}: not an anomseg head checkpoint (written by tools/train_head.py)")
     head = make_head(obj["name"], obj["feat_dim"], **obj["options"])
     head.load_state_dict(obj["state_dict"])
     head.eval()
@@ -74,14 +83,14 @@ def opengan_step(head: OpenGANHead, batch: dict, opt_d, opt_g, n_fake: int) -> t
     """
     closed = batch["closed"]
     opened = batch["open"] if head.lambda_o > 0 else batch["open"][:0]
-    real = torch.cat([closed, opened])[:, :, None, None]
+    real = as_column(torch.cat([closed, opened]))
     target = torch.cat([torch.ones(len(closed)), torch.zeros(len(opened))])
     weight = torch.cat([torch.ones(len(closed)), torch.full((len(opened),), head.lambda_o)])
     loss_d = (F.binary_cross_entropy_with_logits(head.discriminator(real).flatten(), target, reduction="none")
               * weight).sum() / len(real)
     loss_g = torch.zeros(())
     if opt_g is not None:
-        fake = head.generator(torch.randn(n_fake, head.generator.nz, 1, 1))
+        fake = head.fake_rows(n_fake)
         loss_d = loss_d + head.lambda_g * F.binary_cross_entropy_with_logits(
             head.discriminator(fake.detach()).flatten(), torch.zeros(n_fake))
     opt_d.zero_grad(set_to_none=True)

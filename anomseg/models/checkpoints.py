@@ -189,3 +189,17 @@ def build_from_checkpoint(path: str | Path) -> tuple[SegmentationBackbone, dict]
     args = obj["backbone"]
     model = build_backbone(args["name"], args["num_classes"], **args.get("options", {}))
     return model, load_checkpoint(model, path)
+
+
+def backbone_from_config(b: dict, num_classes: int):
+    """The backbone a config section names: ``{checkpoint}`` alone (an anomseg checkpoint), or
+    ``{name, options, checkpoint}`` with a checkpoint in any supported format. Returns (model, name)."""
+    if b.get("checkpoint") and not b.get("name"):
+        model, info = build_from_checkpoint(b["checkpoint"])
+        return model, info["backbone"]["name"]
+    if not b.get("name"):
+        raise ModelError("backbone.name or backbone.checkpoint (an anomseg checkpoint) must be given")
+    model = build_backbone(b["name"], num_classes, **b.get("options", {}))
+    if b.get("checkpoint"):
+        load_checkpoint(model, b["checkpoint"])
+    return model, b["name"]

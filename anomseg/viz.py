@@ -1,0 +1,149 @@
+"""Figures: ROC / PR curves and score histograms from pooled histograms, and overlay panels.
+
+Everything here reads the constant-size :class:`~anomseg.metrics.histogram.ScoreHistogram`
+of a method, so no pixel list is ever kept for plotting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from anomseg.metrics.histogram import ScoreHistogram  # noqa: E402
+
+
+def curves(hist: ScoreHistogram) -> dict[str, np.ndarray]:
+    """ROC (fpr, tpr) and PR (recall, precision) points at every bin edge, from the top down."""
+    _, pos, neg = hist.groups()
+    tp = np.cumsum(pos[::-1]).astype(np.float64)
+    fp = np.cumsum(neg[::-1]).astype(np.float64)
+    P, N = max(tp[-1], 1.0), max(fp[-1], 1.0)
+    return {"fpr": np.r_[0, fp / N], "tpr": np.r_[0, tp / P], "recall": tp / P, "precision": tp / np.maximum(tp + fp, 1)}
+
+
+def tpr_threshold(hist: ScoreHistogram, level: float = 0.95) -> float:
+    """The highest bin-edge threshold whose TPR (``score >= t`` on anomaly pixels) reaches ``level``."""
+    bins, pos, _ = hist.groups()
+    tp = np.cumsum(pos[::-1])[::-1]
+    reach = np.flatnonzero(tp / max(tp[0], 1) >= level)
+    return hist.bin_lower_edge(bins[reach[-1]])
+
+
+def plot_curves(hists: dict[str, ScoreHistogram], out_dir: Path) -> list[Path]:
+    """roc.png and pr.png with one curve per method."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for kind, (x, y, xl, yl) in {"roc": ("fpr", "tpr", "false positive rate", "true positive rate"),
+                                 "pr": ("recall", "precision", "recall", "precision")}.items():
+        fig, ax = plt.subplots(figsize=(5, 4.5), dpi=110)
+        for name, h in hists.items():
+            c = curves(h)
+            ax.plot(c[x], c[y], label=name, lw=1.5)
+        if kind == "roc":
+            ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
+        ax.set(xlabel=xl, ylabel=yl, xlim=(0, 1), ylim=(0, 1.01), title=f"{kind.upper()} (pooled pixels)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(out_dir / f"{kind}.png")
+        fig.savefig(paths[-1])
+        plt.close(fig)
+    return paths
+
+
+def plot_histograms(hists: dict[str, ScoreHistogram], out_dir: Path, bins: int = 80) -> list[Path]:
+    """One ``hist_<method>.png`` per method: inlier vs anomaly score densities."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, h in hists.items():
+        ids, pos, neg = h.groups()
+        edges = np.array([h.bin_lower_edge(b) for b in ids])
+        total = np.cumsum(pos + neg) / max((pos + neg).sum(), 1)
+        lo, hi = edges[np.searchsorted(total, 0.001)], edges[min(np.searchsorted(total, 0.999), len(edges) - 1)]
+        if hi <= lo:
+            lo, hi = edges[0], edges[-1] + 1e-6
+        grid = np.linspace(lo, hi, bins + 1)
+        fig, ax = plt.subplots(figsize=(5, 3.5), dpi=110)
+        for counts, label, color in ((neg, "inlier", "tab:blue"), (pos, "anomaly", "tab:red")):
+            w = counts / max(counts.sum(), 1)
+            ax.hist(np.clip(edges, lo, hi), bins=grid, weights=w, alpha=0.55, label=label, color=color)
+        ax.set(xlabel=f"{name} score (higher = more anomalous)", ylabel="fraction of pixels", title=name)
+        ax.legend()
+        fig.tight_layout()
+        paths.append(out_dir / f"hist_{name}.png")
+        fig.savefig(paths[-1])
+        plt.close(fig)
+    return paths
+
+
+def _heat(score: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(score, [1, 99])
+    t = np.clip((score - lo) / max(hi - lo, 1e-12), 0, 1)
+    return (plt.get_cmap("inferno")(t)[..., :3] * 255).astype(np.uint8)
+
+
+def ground_truth_view(image: np.ndarray, anomaly: np.ndarray) -> np.ndarray:
+    """The image with anomalies outlined in green and void pixels shaded grey."""
+    view = image.copy()
+    void = anomaly == 255
+    view[void] = (0.35 * view[void] + 0.65 * 128).astype(np.uint8)
+    contours, _ = cv2.findContours((anomaly == 1).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(view, contours, -1, (0, 255, 0), max(1, image.shape[0] // 200))
+    return view
+
+
+def threshold_view(image: np.ndarray, anomaly: np.ndarray, score: np.ndarray, threshold: float) -> np.ndarray:
+    """Pixels with ``score >= threshold`` painted red over a dimmed image, GT outlined in green."""
+    view = (image * 0.5).astype(np.uint8)
+    hit = score >= threshold
+    view[hit] = (0.3 * view[hit] + 0.7 * np.array([255, 0, 0])).astype(np.uint8)
+    contours, _ = cv2.findContours((anomaly == 1).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(view, contours, -1, (0, 255, 0), max(1, image.shape[0] // 200))
+    return view
+
+
+def _label(tile: np.ndarray, text: str) -> np.ndarray:
+    """``text`` in the tile's top-left corner, scaled to fit its width."""
+    tile = tile.copy()
+    scale = min(1.0, max(0.3, tile.shape[1] / 700))
+    (w, h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    scale *= min(1.0, (tile.shape[1] - 8) / max(w, 1))
+    y = int(h * 1.6) + 2
+    cv2.putText(tile, text, (4, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(tile, text, (4, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return tile
+
+
+def overlay_panel(image: np.ndarray, anomaly: np.ndarray, maps: dict[str, np.ndarray],
+                  thresholds: dict[str, float], threshold_label: str = "TPR95") -> np.ndarray:
+    """One panel: [input | ground truth] then per method [heat map | thresholded map]; uint8 RGB."""
+    rows = [np.concatenate([_label(image, "input"), _label(ground_truth_view(image, anomaly),
+                                                           "anomaly outlined, void grey")], 1)]
+    for name, score in maps.items():
+        rows.append(np.concatenate([_label(_heat(score), name),
+                                    _label(threshold_view(image, anomaly, score, thresholds[name]),
+                                           f"{name} >= {threshold_label}")], 1))
+    return np.concatenate(rows, 0)
+
+
+def resolve_threshold(spec, hist: ScoreHistogram | None, score: np.ndarray) -> tuple[float, str]:
+    """``"tpr95"`` (from the split's histogram), a number, or ``"top5%"`` (per image) -> (value, label)."""
+    if spec == "tpr95":
+        if hist is None:
+            raise ValueError("threshold 'tpr95' needs the split's pooled histogram")
+        return tpr_threshold(hist), "TPR95"
+    if isinstance(spec, str) and spec.startswith("top") and spec.endswith("%"):
+        k = float(spec[3:-1])
+        return float(np.percentile(score, 100 - k)), f"top {k:g}%"
+    return float(spec), f"{float(spec):g}"
+
+
+def save_png(path: Path, rgb: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return path
