@@ -117,6 +117,18 @@ def test_batch_composition(banks):
     assert MixedBatchSampler(train, n_closed=10, n_open=0).next()["open"].shape == (0, D)
 
 
+def test_loss_is_a_mean_over_pixels(banks):
+    """At initialisation D's logits are near 0, so every BCE term is ln 2: loss_D = ln 2 (1 + lambda_G)."""
+    from anomseg.heads.train import make_optimizers, opengan_step
+
+    train, _ = banks
+    torch.manual_seed(0)
+    head = build_head("opengan_fea", D, lambda_g=0.5)
+    opt_d, opt_g = make_optimizers(head)
+    loss_d, loss_g = opengan_step(head, MixedBatchSampler(train, n_closed=400, n_open=200).next(), opt_d, opt_g, 200)
+    assert abs(loss_d - np.log(2) * 1.5) < 0.05 and abs(loss_g - np.log(2)) < 0.05
+
+
 def test_opengan_resumes_after_a_kill(banks, tmp_path):
     train, val = banks
 

@@ -83,11 +83,12 @@ def opengan_step(head: OpenGANHead, batch: dict, opt_d, opt_g, n_fake: int) -> t
     """
     closed = batch["closed"]
     opened = batch["open"] if head.lambda_o > 0 else batch["open"][:0]
+    n_real = len(closed) + len(opened)
     real = as_column(torch.cat([closed, opened]))
     target = torch.cat([torch.ones(len(closed)), torch.zeros(len(opened))])
     weight = torch.cat([torch.ones(len(closed)), torch.full((len(opened),), head.lambda_o)])
     loss_d = (F.binary_cross_entropy_with_logits(head.discriminator(real).flatten(), target, reduction="none")
-              * weight).sum() / len(real)
+              * weight).sum() / n_real
     loss_g = torch.zeros(())
     if opt_g is not None:
         fake = head.fake_rows(n_fake)
