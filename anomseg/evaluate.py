@@ -58,6 +58,8 @@ class _Method:
 
     def __init__(self, spec: dict, num_classes: int, model, cfg: dict, out: Path, dist_info):
         self.name = spec["name"]
+        self.model = model
+        self.backbone_key = _backbone_key(spec.get("backbone") or cfg["backbone"])
         self.kind = "head" if spec.get("head") else "score"
         self.score_name = spec.get("score", self.name)
         options = spec.get("options", {})
@@ -103,6 +105,23 @@ class _Method:
         return self.fn(out.logits).cpu()
 
 
+def _backbone_key(spec: dict) -> str:
+    return json.dumps(spec, sort_keys=True)
+
+
+def _backbones(cfg: dict, num_classes: int, device) -> dict[str, tuple]:
+    """Every distinct backbone of the config (the main one and any a method names), built once."""
+    specs = [cfg["backbone"]] + [m["backbone"] for m in cfg["methods"] if m.get("backbone")]
+    models = {}
+    for spec in specs:
+        key = _backbone_key(spec)
+        if key not in models:
+            torch.manual_seed(cfg["seed"])  # a backbone without a checkpoint is reproducible
+            model, name = backbone_from_config(spec, num_classes)
+            models[key] = (model.to(device).eval(), name)
+    return models
+
+
 def _state_path(out: Path, rank: int) -> Path:
     return out / "state" / f"rank{rank}.pkl"
 
@@ -114,15 +133,16 @@ def run_evaluation(cfg: dict, progress: bool = True) -> dict | None:
     d = cfg["data"]
     dataset = build_dataset(d["name"], d["root"], d["split"], **d.get("options", {}))
     torch.manual_seed(cfg["seed"])
-    model, backbone_name = backbone_from_config(cfg["backbone"], dataset.num_classes or 1)
-    model.to(info.device).eval()
+    models = _backbones(cfg, dataset.num_classes or 1, info.device)
+    model, backbone_name = models[_backbone_key(cfg["backbone"])]
     if info.is_main:
         save_config(cfg, out / "config.yaml")
     for m in cfg["methods"]:  # fail before any fitting or inference, not after
         if m.get("head") and not Path(m["head"]).is_file():
             raise HeadError(f"{m['head']}: head checkpoint of method {m['name']!r} not found; train it with "
                             f"tools/train_head.py or remove the method")
-    methods = [_Method(m, dataset.num_classes, model, cfg, out, info) for m in cfg["methods"]]
+    methods = [_Method(m, dataset.num_classes, models[_backbone_key(m.get("backbone") or cfg["backbone"])][0],
+                       cfg, out, info) for m in cfg["methods"]]
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise ValueError(f"method names must be unique: {names}")
@@ -169,12 +189,14 @@ def run_evaluation(cfg: dict, progress: bool = True) -> dict | None:
         s = dataset[i]
         images = torch.from_numpy(np.array(s["image"]))[None].to(info.device)
         size = s["anomaly"].shape
-        outp = predict(model, images, size=size, scales=inf["scales"], flip=inf["flip"], average=inf["average"])
+        outputs = {key: predict(mdl, images, size=size, scales=inf["scales"], flip=inf["flip"], average=inf["average"])
+                   for key, (mdl, _) in models.items()}
+        outp = outputs[_backbone_key(cfg["backbone"])]
         anomaly = torch.from_numpy(s["anomaly"])[None]
         if k:
-            conf += confusion_matrix(outp.logits.argmax(1).cpu(), torch.from_numpy(s["semantic"])[None], k)
+            conf += confusion_matrix(outp.logits[:, :k].argmax(1).cpu(), torch.from_numpy(s["semantic"])[None], k)
         for m in methods:
-            score = m.score(model, images, outp, size).float()
+            score = m.score(m.model, images, outputs[m.backbone_key], size).float()
             metrics[m.name].update(score, anomaly, ids=[i])
             hists[m.name].update(score.numpy(), s["anomaly"])
             if per_image_metrics:
@@ -286,11 +308,10 @@ def render_overlays(eval_dir: str | Path, indices, threshold="tpr95", out_dir: s
     cfg = report["config"]
     d = cfg["data"]
     dataset = build_dataset(d["name"], d["root"], d["split"], **d.get("options", {}))
-    torch.manual_seed(cfg["seed"])
-    model, _ = backbone_from_config(cfg["backbone"], dataset.num_classes or 1)
-    model.eval()
+    models = _backbones(cfg, dataset.num_classes or 1, torch.device("cpu"))
     info = init_distributed("cpu")
-    methods = [_Method(m, dataset.num_classes, model, cfg, eval_dir, info) for m in cfg["methods"]]
+    methods = [_Method(m, dataset.num_classes, models[_backbone_key(m.get("backbone") or cfg["backbone"])][0],
+                       cfg, eval_dir, info) for m in cfg["methods"]]
     out_dir = Path(out_dir or eval_dir / "overlays")
     paths = []
     inf = cfg["inference"]
@@ -300,10 +321,11 @@ def render_overlays(eval_dir: str | Path, indices, threshold="tpr95", out_dir: s
         s = dataset[i]
         images = torch.from_numpy(np.array(s["image"]))[None]
         size = s["anomaly"].shape
-        outp = predict(model, images, size=size, scales=inf["scales"], flip=inf["flip"], average=inf["average"])
+        outputs = {key: predict(mdl, images, size=size, scales=inf["scales"], flip=inf["flip"], average=inf["average"])
+                   for key, (mdl, _) in models.items()}
         maps, thresholds, label = {}, {}, ""
         for m in methods:
-            maps[m.name] = m.score(model, images, outp, size)[0].numpy()
+            maps[m.name] = m.score(m.model, images, outputs[m.backbone_key], size)[0].numpy()
             if threshold == "tpr95":
                 thresholds[m.name], label = report["methods"][m.name]["tpr95_threshold"], "TPR95"
             else:

@@ -6,7 +6,7 @@ Post-hoc: :func:`msp`, :func:`max_logit`, :func:`entropy`, :func:`energy`, :func
 """
 
 from anomseg.scores.fitted import KLMatching, StandardizedMaxLogit, mc_dropout
-from anomseg.scores.posthoc import POSTHOC, background, energy, entropy, gen, max_logit, msp
+from anomseg.scores.posthoc import POSTHOC, background, energy, entropy, gen, logit_norm, max_logit, msp
 
 FITTED = {"sml": StandardizedMaxLogit, "kl_matching": KLMatching}
 SCORE_NAMES = tuple(POSTHOC) + tuple(FITTED) + ("mc_dropout",)
@@ -25,5 +25,5 @@ def build_score(name: str, num_classes: int | None = None, **options):
     raise ValueError(f"unknown score {name!r}; valid: {', '.join(SCORE_NAMES)}")
 
 
-__all__ = ["msp", "max_logit", "entropy", "energy", "background", "gen", "StandardizedMaxLogit", "KLMatching",
+__all__ = ["msp", "max_logit", "entropy", "energy", "background", "gen", "logit_norm", "StandardizedMaxLogit", "KLMatching",
            "mc_dropout", "build_score", "POSTHOC", "FITTED", "SCORE_NAMES"]

@@ -9,7 +9,8 @@ Formulas:
   anomaly score is the energy itself;
 * background: the softmax probability of a background / void class (CAOS ``--ood background``);
 * GEN (Liu, Lochman & Zach, CVPR 2023): sum over the M largest probabilities of
-  p^gamma (1 - p)^gamma (gamma = 0.1); high when the posterior is spread.
+  p^gamma (1 - p)^gamma (gamma = 0.1); high when the posterior is spread;
+* logit norm: -||z||_2 (for objectosphere-trained models, Dhamija et al., NeurIPS 2018).
 """
 
 from __future__ import annotations
@@ -57,4 +58,10 @@ def gen(logits: torch.Tensor, gamma: float = 0.1, top_m: int | None = None) -> t
     return (p.pow(gamma) * (1 - p).pow(gamma)).sum(dim=1)
 
 
-POSTHOC = {"msp": msp, "max_logit": max_logit, "entropy": entropy, "energy": energy, "gen": gen, "background": background}
+def logit_norm(logits: torch.Tensor) -> torch.Tensor:
+    """-||z||_2: objectosphere training pushes unknown pixels towards small logit / feature norms."""
+    return -_check(logits).norm(dim=1)
+
+
+POSTHOC = {"msp": msp, "max_logit": max_logit, "entropy": entropy, "energy": energy, "gen": gen, "background": background,
+           "logit_norm": logit_norm}

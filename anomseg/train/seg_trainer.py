@@ -27,18 +27,22 @@ from anomseg.data import build_dataset
 from anomseg.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from anomseg.models import build_backbone, load_checkpoint, save_checkpoint
 from anomseg.models.base import resize_logits
+from anomseg.data.paste import PastedDataset
 from anomseg.train.augment import SegAugment, sample_seed
+from anomseg.train.losses import LOSSES, pixel_loss
 
 DEFAULTS = {
     "seed": 0,
     "out": "runs/seg",
     "device": None,
     "data": {"name": "streethazards", "root": "data/synthetic", "options": {}, "train_split": "train",
-             "val_split": "val", "crop": [256, 256], "scale": [0.5, 2.0], "flip": True, "workers": 0},
+             "val_split": "val", "crop": [256, 256], "scale": [0.5, 2.0], "flip": True, "workers": 0,
+             "paste": None},
     "model": {"backbone": "smp:Unet:resnet18", "options": {}, "init": None},
     "train": {"epochs": 10, "batch_size": 8, "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "poly_power": 0.9,
               "aux_weight": 0.4, "amp": True, "sync_bn": True, "freeze_bn": False, "max_steps_per_epoch": None,
-              "val_batch_size": 4, "resume": True, "stop_after_epochs": None},
+              "val_batch_size": 4, "resume": True, "stop_after_epochs": None,
+              "loss": {"name": "ce", "options": {}}, "finetune": "all"},
 }
 
 
@@ -54,7 +58,8 @@ class _TrainSet(Dataset):
     def __getitem__(self, item):
         index, seed = item
         s = self.augment(self.dataset[index], seed)
-        return torch.from_numpy(np.ascontiguousarray(s["image"])), torch.from_numpy(np.ascontiguousarray(s["semantic"]))
+        return (torch.from_numpy(np.ascontiguousarray(s["image"])), torch.from_numpy(np.ascontiguousarray(s["semantic"])),
+                torch.from_numpy(np.ascontiguousarray(s["anomaly"])))
 
 
 def global_batches(n: int, batch: int, seed: int, epoch: int) -> list[list[int]]:
@@ -119,7 +124,7 @@ def evaluate_miou(model, dataset, dist_info: DistInfo, batch_size: int = 4, prog
         images = torch.from_numpy(np.stack([s["image"] for s in samples])).to(dist_info.device)
         target = torch.from_numpy(np.stack([s["semantic"] for s in samples]))
         logits = resize_logits(model(images).logits.float(), tuple(target.shape[-2:]))
-        conf += confusion_matrix(logits.argmax(1).cpu(), target, k)
+        conf += confusion_matrix(logits[:, :k].argmax(1).cpu(), target, k)  # an extra background output is no class
     model.train(was)
     all_reduce_sum(conf)
     return miou(conf)
@@ -137,15 +142,30 @@ def train_segmentation(cfg: dict, progress: bool = True) -> dict:
     torch.manual_seed(cfg["seed"])
     train_set = build_dataset(dc["name"], dc["root"], dc["train_split"], **dc.get("options", {}))
     val_set = build_dataset(dc["name"], dc["root"], dc["val_split"], **dc.get("options", {})) if dc.get("val_split") else None
-    model = build_backbone(mc["backbone"], train_set.num_classes, **mc.get("options", {}))
+    loss_name, loss_opts = tc["loss"]["name"], tc["loss"].get("options", {})
+    if loss_name not in LOSSES:
+        raise ValueError(f"train.loss.name={loss_name!r} is unknown; valid: {', '.join(LOSSES)}")
+    if dc.get("paste"):  # outlier pixels from pasted objects (outlier exposure)
+        p = dc["paste"]
+        train_set = PastedDataset(train_set, p["pool"], count=p.get("count", (1, 3)),
+                                  height_range=p.get("height_range", (0.08, 0.3)), seed=cfg["seed"])
+    k = train_set.num_classes
+    model = build_backbone(mc["backbone"], k + (loss_name == "background"), **mc.get("options", {}))
     if mc.get("init"):
         load_checkpoint(model, mc["init"])
     model.to(info.device)
+    if tc["finetune"] not in ("all", "head"):
+        raise ValueError(f"train.finetune={tc['finetune']!r}: choose 'all' or 'head' (the classifier only)")
+    if tc["finetune"] == "head":
+        head_params = {id(p) for p in model.classifier().parameters()}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in head_params)
     if info.enabled and info.device.type == "cuda" and tc["sync_bn"]:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if tc["batch_size"] % info.world:
         raise ValueError(f"train.batch_size={tc['batch_size']} must be divisible by the {info.world} processes")
-    opt = torch.optim.SGD(model.parameters(), lr=tc["lr"], momentum=tc["momentum"], weight_decay=tc["weight_decay"])
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=tc["lr"], momentum=tc["momentum"],
+                          weight_decay=tc["weight_decay"])
     use_amp = bool(tc["amp"]) and info.device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
@@ -185,16 +205,19 @@ def train_segmentation(cfg: dict, progress: bool = True) -> dict:
             _freeze_bn(net)
         t0, loss_sum = time.time(), 0.0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tc['epochs']}", disable=not (progress and info.is_main))
-        for step, (images, target) in enumerate(bar):
+        for step, (images, target, anomaly) in enumerate(bar):
             it = epoch * steps_per_epoch + step
             for g in opt.param_groups:
                 g["lr"] = poly_lr(tc["lr"], it, total, tc["poly_power"])
-            images, target = images.to(info.device), target.to(info.device)
-            valid = all_reduce_sum(torch.tensor([(target != 255).sum().item()], dtype=torch.float64)).item()
+            images, target, anomaly = images.to(info.device), target.to(info.device), anomaly.to(info.device)
+            outlier = anomaly == 1
             with torch.autocast(info.device.type, dtype=amp_dtype, enabled=use_amp):
                 out_ = net(images)
                 size = tuple(target.shape[-2:])
-                loss = F.cross_entropy(resize_logits(out_.logits.float(), size), target, ignore_index=255, reduction="sum")
+                loss_map, counted = pixel_loss(loss_name, resize_logits(out_.logits.float(), size), target, outlier,
+                                               features=out_.features, **loss_opts)
+                valid = all_reduce_sum(torch.tensor([counted.sum().item()], dtype=torch.float64)).item()
+                loss = (loss_map * counted).sum()
                 if out_.aux is not None and tc["aux_weight"]:
                     loss = loss + tc["aux_weight"] * F.cross_entropy(resize_logits(out_.aux.float(), size), target,
                                                                      ignore_index=255, reduction="sum")
