@@ -80,7 +80,7 @@ class _Method:
 
     def _fit(self, spec, model, cfg, out, dist_info):
         """Fit streaming over the fit split (SML: training pixels; KL matching: validation pixels)."""
-        path = out / "fitted" / f"{self.name}.pt"
+        path = out / "fitted" / f"{viz.safe_name(self.name)}.pt"
         if not path.is_file() and dist_info.is_main:
             d, f = cfg["data"], cfg["fit"]
             split = spec.get("fit_split", f["train_split"] if self.score_name == "sml" else f["val_split"])
@@ -202,7 +202,7 @@ def run_evaluation(cfg: dict, progress: bool = True) -> dict | None:
             if per_image_metrics:
                 per_image_metrics[m.name].update(score, anomaly, ids=[i])
             if i in overlay_ids:
-                cache = out / "state" / "overlays" / f"{i}_{m.name}.npy"
+                cache = out / "state" / "overlays" / f"{i}_{viz.safe_name(m.name)}.npy"
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 np.save(cache, score[0].numpy().astype(np.float16))
         done.add(i)
@@ -278,7 +278,7 @@ def _write_overlays(cfg, out, dataset, names, hists) -> None:
         s = dataset[i]
         maps, thresholds, label = {}, {}, ""
         for n in names:
-            cache = out / "state" / "overlays" / f"{i}_{n}.npy"
+            cache = out / "state" / "overlays" / f"{i}_{viz.safe_name(n)}.npy"
             if not cache.is_file():
                 continue
             maps[n] = np.load(cache).astype(np.float32)

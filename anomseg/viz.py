@@ -6,6 +6,7 @@ of a method, so no pixel list is ever kept for plotting.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import cv2
@@ -16,6 +17,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from anomseg.metrics.histogram import ScoreHistogram  # noqa: E402
+
+
+def safe_name(name: str) -> str:
+    """A method name usable as a file name (``energy_ft/msp`` -> ``energy_ft_msp``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
 def curves(hist: ScoreHistogram) -> dict[str, np.ndarray]:
@@ -75,7 +81,7 @@ def plot_histograms(hists: dict[str, ScoreHistogram], out_dir: Path, bins: int =
         ax.set(xlabel=f"{name} score (higher = more anomalous)", ylabel="fraction of pixels", title=name)
         ax.legend()
         fig.tight_layout()
-        paths.append(out_dir / f"hist_{name}.png")
+        paths.append(out_dir / f"hist_{safe_name(name)}.png")
         fig.savefig(paths[-1])
         plt.close(fig)
     return paths

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import abc
+
 import torch
 from torch import nn
 
 from anomseg.models.base import resize_logits
 
 
-class Head(nn.Module):
+class Head(nn.Module, abc.ABC):
     """A per-pixel anomaly head on D-dimensional features; higher score = more anomalous.
 
     Subclasses implement ``score_rows(x: float (n, D)) -> float (n,)``.
@@ -16,8 +18,9 @@ class Head(nn.Module):
 
     feat_dim: int
 
-    def score_rows(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def score_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """Features float (n, D) -> anomaly scores float (n,)."""
 
     @torch.no_grad()
     def score_map(self, features: torch.Tensor, size: tuple[int, int] | None = None, chunk: int = 1 << 16) -> torch.Tensor:

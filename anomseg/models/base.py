@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from typing import NamedTuple
 
 import torch
@@ -40,7 +41,7 @@ def to_model_input(images: torch.Tensor) -> torch.Tensor:
     return images.float()
 
 
-class SegmentationBackbone(nn.Module):
+class SegmentationBackbone(nn.Module, abc.ABC):
     """Base class: normalises RGB input, then ``forward_normalized`` gives a :class:`SegOutput`.
 
     Subclasses set ``num_classes``, ``feature_dim`` and ``stride`` and implement
@@ -60,12 +61,13 @@ class SegmentationBackbone(nn.Module):
         x = to_model_input(images).to(self.pixel_mean.device)
         return self.forward_normalized((x - self.pixel_mean) / self.pixel_std)
 
-    def forward_normalized(self, x: torch.Tensor) -> SegOutput:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def forward_normalized(self, x: torch.Tensor) -> SegOutput:
+        """ImageNet-normalised float (N, 3, H, W) -> :class:`SegOutput`."""
 
+    @abc.abstractmethod
     def classifier(self) -> nn.Module:
         """The module mapping ``features`` to ``logits`` (a 1x1 conv or a small head)."""
-        raise NotImplementedError
 
 
 def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
