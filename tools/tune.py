@@ -5,28 +5,21 @@
 Writes <out>/trials.csv, <out>/best.yaml and the SQLite study (a killed search resumes).
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
 
-from anomseg.config import load_config
+from anomseg.cli import config_tool
 from anomseg.errors import AnomsegError
 from anomseg.tune import run_tuning
 
 
+def tune_and_print(cfg: dict) -> None:
+    r = run_tuning(cfg)
+    print(f"best validation AUROC {r['best_value']:.4f} with {r['best_params']} ({r['trials']} trials)")
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Tune hyperparameters on validation AUROC (Optuna).")
-    p.add_argument("--config", required=True, help="tuning config (see configs/tune_*.yaml)")
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the tuning config")
-    a = p.parse_args(argv)
-    try:
-        result = run_tuning(load_config(a.config, a.overrides))
-    except (AnomsegError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"best validation AUROC {result['best_value']:.4f} with {result['best_params']} ({result['trials']} trials)")
-    return 0
+    return config_tool("Tune hyperparameters on validation AUROC (Optuna).", tune_and_print, None, argv,
+                       errors=(AnomsegError, ValueError))
 
 
 if __name__ == "__main__":
