@@ -148,26 +148,22 @@ def run_evaluation(cfg: dict, progress: bool = True) -> dict | None:
         raise ValueError(f"method names must be unique: {names}")
     make = lambda: AnomalyMetrics(cfg["protocol"], components=cfg["components"],  # noqa: E731
                                   component_track=cfg["component_track"], spill_dir=out / "state")
+    plot_hist = lambda: ScoreHistogram(7, buffer_size=1 << 18)  # noqa: E731  (coarse: for plots and thresholds)
     state_path = _state_path(out, info.rank)
     k = dataset.num_classes
+    metrics = {n: make() for n in names}
+    hists = {n: plot_hist() for n in names}
+    per_image_metrics = {n: AnomalyMetrics("per_image") for n in names} if cfg["protocol"] == "pooled" else {}
+    conf, done = torch.zeros(max(k, 1), max(k, 1), dtype=torch.int64), set()
     if state_path.is_file():  # resume: our own state file, written by this code
         with open(state_path, "rb") as f:
             st = pickle.load(f)
-        metrics = {n: AnomalyMetrics.from_state(s) for n, s in st["metrics"].items()}
-        hists = {n: ScoreHistogram(7) for n in names}
-        for n, h in hists.items():
-            h.load_state_dict(st["hists"][n])
-        per_image = st["per_image"] if cfg["protocol"] == "pooled" else {}
-        per_image_metrics = {n: AnomalyMetrics.from_state(s) for n, s in st.get("per_image_metrics", {}).items()}
+        for n in names:
+            metrics[n].merge(AnomalyMetrics.from_state(st["metrics"][n]))
+            hists[n].load_state_dict(st["hists"][n])
+            if per_image_metrics:
+                per_image_metrics[n].merge(AnomalyMetrics.from_state(st["per_image_metrics"][n]))
         conf, done = torch.from_numpy(st["conf"]), set(st["done"])
-    else:
-        metrics = {n: make() for n in names}
-        hists = {n: ScoreHistogram(7, buffer_size=1 << 18) for n in names}
-        per_image_metrics = {n: AnomalyMetrics("per_image") for n in names} if cfg["protocol"] == "pooled" else {}
-        conf, done = torch.zeros(max(k, 1), max(k, 1), dtype=torch.int64), set()
-    if cfg["components"]:
-        for m in metrics.values():
-            m._spill_parent = out / "state"
     overlay_ids = set(range(min(cfg["overlays"]["images"], len(dataset))))
     mine = [i for i in range(len(dataset)) if i % info.world == info.rank]
     todo = [i for i in mine if i not in done]
@@ -177,7 +173,7 @@ def run_evaluation(cfg: dict, progress: bool = True) -> dict | None:
         st = {"metrics": {n: m.state_dict() for n, m in metrics.items()},
               "hists": {n: h.state_dict() for n, h in hists.items()},
               "per_image_metrics": {n: m.state_dict() for n, m in per_image_metrics.items()},
-              "per_image": {}, "conf": conf.numpy(), "done": sorted(done)}
+              "conf": conf.numpy(), "done": sorted(done)}
         state_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = state_path.with_name(state_path.name + ".tmp")
         with open(tmp, "wb") as f:

@@ -285,3 +285,26 @@ def test_component_f1_and_best_f1_threshold():
     track.update(s, a)
     out = track.compute()
     assert out["mean_F1"] == 0.0 and out["pred_components"] == 0 and out["gt_components"] == 1
+
+
+def test_component_spill_survives_a_resume(tmp_path):
+    """With a spill folder, a state saved mid-stream and restored later still sees every image's map."""
+    rng = np.random.default_rng(6)
+    maps = [(rng.normal(size=(30, 30)).astype(np.float32), np.zeros((30, 30), np.uint8)) for _ in range(4)]
+    for s, a in maps:
+        a[5:15, 5:15] = 1
+        s[5:15, 5:15] += 2.5
+    opts = dict(components=True, min_pred_size=5, min_gt_size=5, spill_dir=tmp_path / "spill")
+    whole = AnomalyMetrics("pooled", **opts)
+    for i, (s, a) in enumerate(maps):
+        whole.update(s, a, ids=[i])
+    first = AnomalyMetrics("pooled", **opts)
+    for i, (s, a) in enumerate(maps[:2]):
+        first.update(s, a, ids=[i])
+    state = first.state_dict()
+    del first  # the process that wrote it is gone
+    resumed = AnomalyMetrics("pooled", **opts)
+    resumed.merge(AnomalyMetrics.from_state(state))
+    for i, (s, a) in enumerate(maps[2:], 2):
+        resumed.update(s, a, ids=[i])
+    assert resumed.compute() == whole.compute()

@@ -43,6 +43,7 @@ class LabelTable:
         closed: Mapping[int, int],
         anomaly: Iterable[int] = (),
         void: Iterable[int] = (),
+        inlier: Iterable[int] = (),
     ) -> "LabelTable":
         """Build a table from raw value sets.
 
@@ -50,13 +51,16 @@ class LabelTable:
             closed: raw value -> closed-set train id (inlier pixels).
             anomaly: raw values of anomaly / open-set pixels (semantic 255, anomaly 1).
             void: raw values excluded everywhere (semantic 255, anomaly 255).
+            inlier: raw values of inlier pixels without a known closed class (semantic 255,
+                anomaly 0), as in anomaly-only masks.
         Every other raw value is invalid and makes :meth:`decode` raise.
         """
         semantic = np.full(256, IGNORE, dtype=np.int64)
         anom = np.full(256, VOID, dtype=np.uint8)
         valid = np.zeros(256, dtype=bool)
         seen: set[int] = set()
-        for group, values in (("closed", closed.keys()), ("anomaly", anomaly), ("void", void)):
+        inlier = tuple(inlier)
+        for group, values in (("closed", closed.keys()), ("anomaly", anomaly), ("void", void), ("inlier", inlier)):
             for v in values:
                 if not 0 <= v <= 255 or v in seen:
                     raise ValueError(f"label table {name}: raw value {v} ({group}) is out of 0..255 or listed twice")
@@ -67,6 +71,8 @@ class LabelTable:
             anom[raw] = INLIER
         for raw in anomaly:
             anom[raw] = ANOMALY
+        for raw in inlier:
+            anom[raw] = INLIER
         return cls(name=name, semantic=semantic, anomaly=anom, valid=valid)
 
     def check(self, raw: np.ndarray, path: str | Path) -> None:

@@ -13,10 +13,8 @@ from pathlib import Path
 from anomseg.data.base import LabelTable, Record, SegmentationDataset, require_dir
 from anomseg.errors import DatasetError
 
-TABLE = LabelTable.build("anomaly mask (0 inlier / 1 anomaly / 255 void)", closed={}, anomaly=(1,), void=(255,))
-# 0 = inlier: in the table as an inlier whose closed class is unknown (semantic 255)
-TABLE.anomaly[0] = 0
-TABLE.valid[0] = True
+TABLE = LabelTable.build("anomaly mask (0 inlier / 1 anomaly / 255 void)", closed={}, anomaly=(1,), void=(255,),
+                         inlier=(0,))
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp")
 
 

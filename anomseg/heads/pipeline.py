@@ -77,5 +77,4 @@ def run_head_training(cfg: dict, progress: bool = True) -> dict:
         if progress:
             print(f"{h['name']}: best validation AUROC {summary[h['name']]['best_auroc']:.4f}")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    torch.set_grad_enabled(True)
     return summary

@@ -82,8 +82,8 @@ class AnomalyMetrics:
         self.min_pred_size = track["min_pred_size"] if min_pred_size is None else min_pred_size
         self.min_gt_size = track["min_gt_size"] if min_gt_size is None else min_gt_size
         self.component_threshold = component_threshold
-        self._spill_parent = spill_dir
-        self._spill: Path | None = None
+        self._spill_dir = Path(spill_dir) if spill_dir is not None else None
+        self._spill: Path | None = None  # a temporary spill folder this evaluator owns
         self.reset()
 
     # -- state ---------------------------------------------------------------------------
@@ -186,9 +186,14 @@ class AnomalyMetrics:
                 self.comp.add(*image_components(s, a, float(self.component_threshold), self.min_pred_size, self.min_gt_size))
 
     def _spill_image(self, s: np.ndarray, a: np.ndarray, image_id: int) -> None:
-        if self._spill is None:
-            self._spill = Path(tempfile.mkdtemp(prefix="anomseg_components_", dir=self._spill_parent))
-        path = self._spill / f"{image_id}.npz"
+        if self._spill_dir is not None:
+            folder = self._spill_dir
+            folder.mkdir(parents=True, exist_ok=True)
+        else:
+            if self._spill is None:
+                self._spill = Path(tempfile.mkdtemp(prefix="anomseg_components_"))
+            folder = self._spill
+        path = folder / f"{image_id}.npz"
         np.savez(path, score=s.astype(np.float32), anomaly=a)
         self._spilled.append(path)
 
@@ -223,7 +228,7 @@ class AnomalyMetrics:
         return {"settings": self.settings(), "records": self.records, "skipped": self.skipped, "seen": sorted(self.seen),
                 "next_id": self._next_id, "hist": self.hist.state_dict() if self.hist is not None else None,
                 "pooled_pos": self.pooled_pos, "pooled_neg": self.pooled_neg,
-                "siou": self.comp.siou, "ppv": self.comp.ppv}
+                "siou": self.comp.siou, "ppv": self.comp.ppv, "spilled": [str(p) for p in self._spilled]}
 
     @classmethod
     def from_state(cls, state: dict) -> "AnomalyMetrics":
@@ -234,6 +239,7 @@ class AnomalyMetrics:
             m.hist.load_state_dict(state["hist"])
         m.pooled_pos, m.pooled_neg = list(state["pooled_pos"]), list(state["pooled_neg"])
         m.comp.siou, m.comp.ppv = list(state["siou"]), list(state["ppv"])
+        m._spilled = [Path(p) for p in state.get("spilled", [])]
         return m
 
     def spilled_components(self, threshold: float) -> ComponentStats:
