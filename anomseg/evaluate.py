@@ -134,7 +134,7 @@ def run_evaluation(cfg: dict, progress: bool = True) -> dict | None:
     dataset = build_dataset(d["name"], d["root"], d["split"], **d.get("options", {}))
     torch.manual_seed(cfg["seed"])
     models = _backbones(cfg, dataset.num_classes or 1, info.device)
-    model, backbone_name = models[_backbone_key(cfg["backbone"])]
+    backbone_name = models[_backbone_key(cfg["backbone"])][1]
     if info.is_main:
         save_config(cfg, out / "config.yaml")
     for m in cfg["methods"]:  # fail before any fitting or inference, not after

@@ -1,7 +1,6 @@
 """reduce_distributed with 2 gloo processes on CPU equals a single-process evaluation."""
 
 import json
-import os
 
 import numpy as np
 import pytest
