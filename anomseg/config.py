@@ -47,7 +47,7 @@ def merge(base: dict, update: dict) -> dict:
 
 
 def save_config(cfg: dict, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
+    """Write the resolved config (atomically: a full disk keeps the previous one)."""
+    from anomseg.files import write_text_atomic
+
+    return write_text_atomic(path, yaml.safe_dump(cfg, sort_keys=False))

@@ -3,11 +3,9 @@
 import pickle
 
 import pytest
-import timm
 import torch
 
 from anomseg.models import ModelError, build_backbone, build_from_checkpoint, load_checkpoint, save_checkpoint
-from anomseg.models.inference import predict
 
 
 def tiny_unet(k=5):
@@ -56,18 +54,6 @@ def csail_pair(num_classes):
     return enc, dec
 
 
-def hrnet_official(num_classes=19, wrap=True):
-    """An HRNet-Semantic-Segmentation style file: model.-prefixed timm hrnet_w48 backbone keys, the
-    last_layer head of FORMATS.md, loss.criterion.weight, no num_batches_tracked (older files)."""
-    backbone = timm.create_model("hrnet_w48", features_only=True, feature_location="", out_indices=(1, 2, 3, 4))
-    sd = {f"model.{k}": v for k, v in backbone.state_dict().items() if not k.endswith("num_batches_tracked")}
-    head = {**conv("last_layer.0", 720, 720, 1, bias=True), **bn("last_layer.1", 720),
-            **conv("last_layer.3", num_classes, 720, 1, bias=True)}
-    sd.update({f"model.{k}": v for k, v in head.items()})
-    sd["loss.criterion.weight"] = torch.rand(num_classes)
-    return {"state_dict": sd} if wrap else sd
-
-
 @pytest.fixture(scope="module")
 def csail_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("csail")
@@ -87,31 +73,6 @@ def test_backbone_outputs_and_input_formats():
     torch.testing.assert_close(a.logits, b.logits)
     with pytest.raises(ModelError, match="unknown backbone 'vgg'"):
         build_backbone("vgg", 3)
-
-
-@pytest.mark.slow
-def test_hrnet_official_checkpoint(tmp_path):
-    path = tmp_path / "hrnet_w48_cityscapes_cls19_1024x2048_trainset.pth"
-    ckpt = hrnet_official(19)
-    torch.save(ckpt, path)
-    model = build_backbone("hrnet_w48", 19)
-    info = load_checkpoint(model, path)
-    assert info["format"] == "hrnet"
-    torch.testing.assert_close(model.last_layer[3].weight, ckpt["state_dict"]["model.last_layer.3.weight"])
-    torch.testing.assert_close(model.backbone.stage4[2].fuse_layers[0][1][0].weight,
-                               ckpt["state_dict"]["model.stage4.2.fuse_layers.0.1.0.weight"])
-    model.eval()
-    with torch.no_grad():
-        out = model(torch.rand(1, 3, 64, 128))
-    assert out.logits.shape == (1, 19, 16, 32) and out.features.shape == (1, 720, 16, 32)
-    with torch.no_grad():  # sizes that do not divide by 32 (720x1280 does not) are padded, then cropped
-        odd = model(torch.rand(1, 3, 72, 136))
-    assert odd.logits.shape == (1, 19, 18, 34) and odd.features.shape == (1, 720, 18, 34)
-    flat = tmp_path / "flat.pth"
-    torch.save(hrnet_official(19, wrap=False), flat)
-    load_checkpoint(build_backbone("hrnet_w48", 19), flat)
-    with pytest.raises(ModelError, match="trained for 19 classes, the model has 13"):
-        load_checkpoint(build_backbone("hrnet_w48", 13), path)
 
 
 @pytest.mark.slow
@@ -158,14 +119,3 @@ def test_own_format_round_trip_and_weights_only(tmp_path):
     (tmp_path / "evil.pth").write_bytes(pickle.dumps({"state_dict": Evil()}))
     with pytest.raises(ModelError, match="weights_only=True"):
         load_checkpoint(tiny_unet(), tmp_path / "evil.pth")
-
-
-def test_predict_multiscale_and_flip():
-    m = tiny_unet()
-    x = torch.randint(0, 256, (1, 32, 64, 3), dtype=torch.uint8)
-    single = predict(m, x)
-    assert single.logits.shape == (1, 5, 32, 64) and m.training  # mode restored
-    multi = predict(m, x, size=(16, 32), scales=(0.5, 1.0), flip=True)
-    assert multi.logits.shape == (1, 5, 16, 32)
-    probs = predict(m, x, scales=(0.5, 1.0), average="probs")
-    torch.testing.assert_close(probs.logits.exp().sum(1), torch.ones(1, 32, 64))

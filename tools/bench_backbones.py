@@ -3,7 +3,9 @@
     python tools/bench_backbones.py [--iters 3] [--device cpu|cuda] [--batch 1]
 
 Inference (eval mode, no gradients), random weights, batch of uint8 RGB images; on CUDA also
-with bf16 autocast. Prints one line per backbone and precision.
+with bf16 autocast. Prints one line per backbone and precision, then (``--compare-timm``) the
+official-forward ``hrnet_w48`` against the timm network it replaced (nearest fuse, zero padding to a
+multiple of 32), same weights, same run: their throughput ratio.
 """
 
 from __future__ import annotations
@@ -18,8 +20,28 @@ from anomseg.models import build_backbone
 BACKBONES = (("hrnet_w48", 19), ("pspnet_r101", 13))
 
 
-def bench(name, k, device, iters, batch, amp):
-    model = build_backbone(name, k).to(device).eval()
+class TimmHRNet(torch.nn.Module):
+    """The previous ``hrnet_w48``: timm's backbone (nearest-neighbour fuse) padded to a multiple of 32."""
+
+    def __init__(self, official):
+        super().__init__()
+        import timm
+        self.backbone = timm.create_model("hrnet_w48", features_only=True, feature_location="", out_indices=(1, 2, 3, 4))
+        own = official.state_dict()
+        self.backbone.load_state_dict({k: own[k] for k in self.backbone.state_dict()})
+        self.official = official
+
+    def forward(self, images):
+        x = (images.float() / 255 - self.official.pixel_mean) / self.official.pixel_std
+        H, W = x.shape[-2:]
+        x = torch.nn.functional.pad(x, (0, (-W) % 32, 0, (-H) % 32))
+        b = self.backbone(x)
+        feat = torch.cat([b[0]] + [torch.nn.functional.interpolate(t, size=b[0].shape[-2:], mode="bilinear") for t in b[1:]], 1)
+        return self.official.last_layer(feat)[..., :-(-H // 4), :-(-W // 4)]
+
+
+def bench(name, k, device, iters, batch, amp, model=None):
+    model = (model or build_backbone(name, k)).to(device).eval()
     x = torch.randint(0, 256, (batch, 3, 720, 1280), dtype=torch.uint8, device=device)
 
     def step():
@@ -41,6 +63,7 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--compare-timm", action="store_true", help="also time the previous timm-based HRNet")
     a = p.parse_args(argv)
     device = torch.device(a.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
@@ -49,6 +72,11 @@ def main(argv=None):
         for amp in ((False, True) if device.type == "cuda" else (False,)):
             ips = bench(name, k, device, a.iters, a.batch, amp)
             print(f"{name:12s} {'bf16' if amp else 'fp32'}: {ips:8.2f} images/s ({1000 / ips:8.1f} ms/image)")
+    if a.compare_timm:
+        official = build_backbone("hrnet_w48", 19)
+        new = bench("hrnet_w48", 19, device, a.iters, a.batch, False, official)
+        old = bench("hrnet_w48", 19, device, a.iters, a.batch, False, TimmHRNet(official))
+        print(f"hrnet_w48 official / previous timm-based (fp32): {new:.3f} / {old:.3f} images/s = {new / old:.2f}x")
 
 
 if __name__ == "__main__":

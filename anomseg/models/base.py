@@ -29,7 +29,10 @@ class SegOutput(NamedTuple):
 
 
 def to_model_input(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, H, W, 3) / (N, 3, H, W) or float (N, 3, H, W) in [0, 1] -> float (N, 3, H, W) in [0, 1]."""
+    """uint8 (N, H, W, 3) / (N, 3, H, W) or float (N, 3, H, W) in [0, 1] -> float (N, 3, H, W) in [0, 1].
+
+    uint8 becomes float32; a floating batch keeps its dtype (the backbone casts to its own).
+    """
     if images.ndim != 4:
         raise ValueError(f"images must be a batch (N, 3, H, W) or (N, H, W, 3); got shape {tuple(images.shape)}")
     if images.dtype == torch.uint8:
@@ -38,7 +41,7 @@ def to_model_input(images: torch.Tensor) -> torch.Tensor:
         return images.float().div_(255.0)
     if images.shape[1] != 3:
         raise ValueError(f"float images must be (N, 3, H, W) RGB in [0, 1]; got shape {tuple(images.shape)}")
-    return images.float()
+    return images if images.is_floating_point() else images.float()
 
 
 class SegmentationBackbone(nn.Module, abc.ABC):
@@ -58,7 +61,7 @@ class SegmentationBackbone(nn.Module, abc.ABC):
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> SegOutput:
-        x = to_model_input(images).to(self.pixel_mean.device)
+        x = to_model_input(images).to(self.pixel_mean)  # the backbone's device and dtype
         return self.forward_normalized((x - self.pixel_mean) / self.pixel_std)
 
     @abc.abstractmethod

@@ -5,10 +5,16 @@ Formats (../shared/docs/FORMATS.md):
 * ``anomseg``: ``{"format": "anomseg", "backbone": {name, num_classes, options}, "state_dict",
   "config"}``, written by :func:`save_checkpoint`;
 * HRNet-Semantic-Segmentation (e.g. ``hrnet_w48_cityscapes_cls19_1024x2048_trainset.pth``): keys
-  prefixed ``model.``, a ``loss.criterion.weight`` key, sometimes wrapped as ``{"state_dict": ...}``,
-  older files without ``num_batches_tracked``;
+  prefixed ``model.``, a ``loss.criterion.weight`` key, sometimes wrapped as ``{"state_dict": ...}``;
+  master-branch files (no ``num_batches_tracked``) were trained with InPlaceABN, whose affine step is
+  ``(|gamma| + eps) * x_hat + beta`` (eps 1e-5): :func:`load_checkpoint` converts their BN weights to
+  ``|gamma| + eps`` (``bn="auto"`` detects them; ``"inplace_abn"`` / ``"batchnorm"`` force a choice);
 * CSAIL semantic-segmentation-pytorch (CAOS): ``encoder_epoch_N.pth`` + ``decoder_epoch_N.pth``,
   flat keys; SyncBN files carry ``_tmp_running_mean`` / ``_tmp_running_var`` / ``_running_iter``.
+
+ImageNet initialisation for training (:func:`load_pretrained`): HRNet-Image-Classification's
+``hrnetv2_w48_imagenet_pretrained.pth`` (the backbone keys plus a classification head that is
+dropped) and CSAIL's ``resnet101-imagenet.pth`` (the deep-stem ResNet-101 plus ``fc``, dropped).
 
 Files are read with ``torch.load(..., weights_only=True)``, keys remapped, and loaded strictly: a
 mismatch raises :class:`ModelError` naming the missing and unexpected keys and the class count the
@@ -17,17 +23,21 @@ file was trained for.
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
 import torch
 
+from anomseg.files import save_torch_atomic
 from anomseg.models.base import SegmentationBackbone
 from anomseg.models.registry import ModelError, build_backbone
 
+log = logging.getLogger(__name__)
+
 FORMAT = "anomseg"
-HRNET_BACKBONE_KEYS = ("conv1", "bn1", "conv2", "bn2", "layer1", "transition1", "stage2", "transition2",
-                       "stage3", "transition3", "stage4")
+BN_MODES = ("auto", "inplace_abn", "batchnorm")
+INPLACE_ABN_EPS = 1e-5  # InPlaceABNSync's default eps (HRNet-Semantic-Segmentation master, FORMATS.md)
 SYNCBN_EXTRA = ("_tmp_running_mean", "_tmp_running_var", "_running_iter")
 # The weight whose first dimension is the class count, per format.
 HEAD_KEYS = {"hrnet": "last_layer.3.weight", "csail": "decoder.conv_last.4.weight"}
@@ -49,14 +59,9 @@ def _strip(sd: dict, prefix: str) -> dict:
 
 def save_checkpoint(path: str | Path, model: SegmentationBackbone, config: dict | None = None, **extra) -> Path:
     """Write our format: the weights, the arguments that built the model, and the config."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     obj = {"format": FORMAT, "backbone": getattr(model, "build_args", None), "state_dict": model.state_dict(),
            "config": config or {}, **extra}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)  # atomic: a killed save never leaves a half-written checkpoint
-    return path
+    return save_torch_atomic(path, obj)  # a killed save never leaves a half-written checkpoint
 
 
 def detect_format(obj) -> str:
@@ -81,12 +86,37 @@ def detect_format(obj) -> str:
 def _hrnet_state(obj: dict) -> dict:
     sd = obj.get("state_dict", obj)
     sd = _strip(_strip(sd, "module."), "model.")
-    out = {}
-    for k, v in sd.items():
-        if k.startswith("loss."):
-            continue  # loss.criterion.weight: the class weights of the training loss
-        out[f"backbone.{k}" if k.split(".")[0] in HRNET_BACKBONE_KEYS else k] = v
-    return out
+    # loss.criterion.weight: the class weights of the training loss, not part of the network
+    return {k: v for k, v in sd.items() if not k.startswith("loss.")}
+
+
+def _bn_prefixes(model: torch.nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def convert_inplace_abn(sd: dict, model: torch.nn.Module) -> int:
+    """Turn InPlaceABN affine weights into BatchNorm ones in place: ``weight := |gamma| + eps``.
+
+    InPlaceABN computes ``(x - mean) / sqrt(var + eps) * (|gamma| + eps) + beta`` (FORMATS.md), so this
+    makes a plain BatchNorm2d compute the same. Returns the number of BN layers converted.
+    """
+    n = 0
+    for prefix in _bn_prefixes(model):
+        key = f"{prefix}.weight"
+        if key in sd:
+            sd[key] = sd[key].abs() + INPLACE_ABN_EPS
+            n += 1
+    return n
+
+
+def _resolve_bn(bn: str, sd: dict, source: str) -> str:
+    if bn not in BN_MODES:
+        raise ModelError(f"bn={bn!r}: choose one of {', '.join(BN_MODES)}")
+    if bn != "auto":
+        return bn
+    # Master-branch files (PyTorch 0.4.1, InPlaceABNSync) have no num_batches_tracked key at all;
+    # pytorch-v1.1 files (nn.BatchNorm2d / SyncBatchNorm) have one per BN layer.
+    return "batchnorm" if any(k.endswith("num_batches_tracked") for k in sd) else "inplace_abn"
 
 
 def _csail_pair(paths) -> tuple[Path, Path]:
@@ -145,14 +175,17 @@ def _load_strict(model: torch.nn.Module, sd: dict, source: str, head_key: str | 
     model.load_state_dict(sd, strict=True)
 
 
-def load_checkpoint(model: SegmentationBackbone, path_or_paths) -> dict:
+def load_checkpoint(model: SegmentationBackbone, path_or_paths, bn: str = "auto") -> dict:
     """Load a checkpoint into ``model`` strictly, auto-detecting its format.
 
     Args:
         path_or_paths: one file (our format, an HRNet file, or one half of a CSAIL pair whose other
             half lies beside it), an (encoder, decoder) pair, or a folder holding a CSAIL pair.
+        bn: HRNet files only: ``"auto"`` (no ``num_batches_tracked`` key = a master-branch InPlaceABN
+            file), ``"inplace_abn"`` (convert BN weights to ``|gamma| + eps``) or ``"batchnorm"``.
     Returns:
-        ``{"format": ..., "num_classes": ..., "source": ...}`` (plus ``config`` for our format).
+        ``{"format": ..., "num_classes": ..., "source": ..., "bn": ...}`` (plus ``config`` for our
+        format); ``bn`` says which normalisation the file was read as (None for non-HRNet files).
     """
     if isinstance(path_or_paths, (list, tuple)) or Path(path_or_paths).is_dir():
         enc, dec = _csail_pair(path_or_paths)
@@ -167,18 +200,73 @@ def load_checkpoint(model: SegmentationBackbone, path_or_paths) -> dict:
         if fmt.startswith("csail"):
             enc, dec = _csail_pair(path)
             objs, fmt, source = (_read(enc), _read(dec)), "csail", f"{enc} + {dec}"
+    bn_mode = None
     if fmt == "csail":
         sd = _csail_state(*objs)
     elif fmt == "hrnet":
         sd = _hrnet_state(obj)
+        bn_mode = _resolve_bn(bn, sd, source)
+        if bn_mode == "inplace_abn":
+            n = convert_inplace_abn(sd, model)
+            log.warning("%s: read as an InPlaceABN file (%s): %d BN weights converted to |gamma| + %g", source,
+                        "no num_batches_tracked keys" if bn == "auto" else "bn=inplace_abn", n, INPLACE_ABN_EPS)
+        else:
+            log.info("%s: read as a BatchNorm file (%s)", source, "has num_batches_tracked" if bn == "auto" else "bn=batchnorm")
     else:
         sd = dict(obj["state_dict"])
     _load_strict(model, sd, source, HEAD_KEYS.get(fmt))
-    info = {"format": fmt, "num_classes": getattr(model, "num_classes", None), "source": source}
+    info = {"format": fmt, "num_classes": getattr(model, "num_classes", None), "source": source, "bn": bn_mode}
     if fmt == "anomseg":
         info["config"] = obj.get("config", {})
         info["backbone"] = obj.get("backbone")
     return info
+
+
+# ImageNet files for training initialisation: what to drop, and where the rest goes in our model.
+PRETRAINED = {
+    # HRNet/HRNet-Image-Classification (hrnetv2_w48_imagenet_pretrained.pth): the backbone keys of the
+    # segmentation network plus a classification head (lib/models/cls_hrnet.py)
+    "hrnet_w48": {"drop": ("incre_modules.", "downsamp_modules.", "final_layer.", "classifier."), "prefix": "",
+                  "part": lambda k: not k.startswith("last_layer."),
+                  "file": "hrnetv2_w48_imagenet_pretrained.pth (HRNet-Image-Classification)"},
+    # CSAILVision/semantic-segmentation-pytorch (resnet101-imagenet.pth): the deep-stem ResNet-101 + fc
+    "pspnet_r101": {"drop": ("fc.",), "prefix": "encoder.", "part": lambda k: k.startswith("encoder."),
+                    "file": "resnet101-imagenet.pth (CSAIL semantic-segmentation-pytorch pretrained_resnet)"},
+}
+
+
+def load_pretrained(model: SegmentationBackbone, name: str, path: str | Path) -> dict:
+    """Initialise the backbone part of ``model`` (built as ``name``) from an ImageNet classification file.
+
+    Strict on the backbone part: every backbone tensor must come from the file with its shape, and
+    the file may hold nothing else but the classification head (dropped). The segmentation head
+    keeps its initialisation. Returns ``{"loaded": n, "dropped": m, "source": path}``.
+    """
+    if name not in PRETRAINED:
+        raise ModelError(f"model.pretrained: no ImageNet initialisation is defined for backbone {name!r} "
+                         f"(defined for {', '.join(PRETRAINED)}); smp models take encoder_weights in model.options")
+    spec, path = PRETRAINED[name], Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: ImageNet file not found; download {spec['file']} and set model.pretrained to it")
+    obj = _read(path)
+    sd = _strip(obj.get("state_dict", obj) if isinstance(obj, dict) else {}, "module.")
+    kept = {spec["prefix"] + k: v for k, v in sd.items() if not k.startswith(spec["drop"]) and not k.endswith(SYNCBN_EXTRA)}
+    dropped = len(sd) - len(kept)
+    own = {k: v for k, v in model.state_dict().items() if spec["part"](k)}
+    for k in own:
+        if k.endswith("num_batches_tracked") and k not in kept:
+            kept[k] = own[k].clone()
+    missing = [k for k in own if k not in kept]
+    unexpected = [k for k in kept if k not in own]
+    shapes = [f"{k} {tuple(kept[k].shape)} vs model {tuple(own[k].shape)}" for k in own
+              if k in kept and kept[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise ModelError(f"{path}: not an ImageNet {name} file ({len(missing)} missing keys {missing[:3]}, "
+                         f"{len(unexpected)} unexpected {unexpected[:3]}, {len(shapes)} shape mismatches {shapes[:2]}); "
+                         f"expected {spec['file']}")
+    model.load_state_dict(kept, strict=False)
+    log.info("%s: ImageNet initialisation of %s (%d tensors, %d head tensors dropped)", path, name, len(kept), dropped)
+    return {"loaded": len(kept), "dropped": dropped, "source": str(path)}
 
 
 def build_from_checkpoint(path: str | Path) -> tuple[SegmentationBackbone, dict]:
@@ -201,5 +289,5 @@ def backbone_from_config(b: dict, num_classes: int):
         raise ModelError("backbone.name or backbone.checkpoint (an anomseg checkpoint) must be given")
     model = build_backbone(b["name"], num_classes, **b.get("options", {}))
     if b.get("checkpoint"):
-        load_checkpoint(model, b["checkpoint"])
+        load_checkpoint(model, b["checkpoint"], bn=b.get("bn", "auto"))
     return model, b["name"]

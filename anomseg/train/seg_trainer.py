@@ -25,7 +25,8 @@ from tqdm import tqdm
 from anomseg.config import save_config
 from anomseg.data import build_dataset
 from anomseg.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
-from anomseg.models import build_backbone, load_checkpoint, save_checkpoint
+from anomseg.files import write_text_atomic
+from anomseg.models import build_backbone, load_checkpoint, load_pretrained, save_checkpoint
 from anomseg.models.base import resize_logits
 from anomseg.data.paste import PastedDataset
 from anomseg.train.augment import SegAugment, sample_seed
@@ -38,7 +39,7 @@ DEFAULTS = {
     "data": {"name": "streethazards", "root": "data/synthetic", "options": {}, "train_split": "train",
              "val_split": "val", "crop": [256, 256], "scale": [0.5, 2.0], "flip": True, "workers": 0,
              "paste": None},
-    "model": {"backbone": "smp:Unet:resnet18", "options": {}, "init": None},
+    "model": {"backbone": "smp:Unet:resnet18", "options": {}, "init": None, "pretrained": None},
     "train": {"epochs": 10, "batch_size": 8, "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "poly_power": 0.9,
               "aux_weight": 0.4, "amp": True, "sync_bn": True, "freeze_bn": False, "max_steps_per_epoch": None,
               "val_batch_size": 4, "resume": True, "stop_after_epochs": None,
@@ -151,6 +152,8 @@ def train_segmentation(cfg: dict, progress: bool = True) -> dict:
                                   height_range=p.get("height_range", (0.08, 0.3)), seed=cfg["seed"])
     k = train_set.num_classes
     model = build_backbone(mc["backbone"], k + (loss_name == "background"), **mc.get("options", {}))
+    if mc.get("pretrained"):  # ImageNet classification weights for the backbone part (the published recipes)
+        load_pretrained(model, mc["backbone"], mc["pretrained"])
     if mc.get("init"):
         load_checkpoint(model, mc["init"])
     model.to(info.device)
@@ -176,13 +179,15 @@ def train_segmentation(cfg: dict, progress: bool = True) -> dict:
     if steps_per_epoch == 0:
         raise ValueError(f"{len(train_set)} training images are fewer than train.batch_size={tc['batch_size']}")
     total = steps_per_epoch * tc["epochs"]
-    start_epoch, best, history = 0, -1.0, []
+    # best: validation mIoU, or minus the training loss without a validation split (any finite value
+    # beats the start, so best.pth is always written)
+    start_epoch, best, history = 0, float("-inf"), []
     last_path = out / "checkpoints" / "last.pth"
     if tc["resume"] and last_path.is_file():
         state = torch.load(last_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["state_dict"])
         opt.load_state_dict(state["optimizer"])
-        start_epoch, best = state["epoch"] + 1, state.get("best_miou", -1.0)
+        start_epoch, best = state["epoch"] + 1, state.get("best_score", float("-inf"))
         history = json.loads(state.get("history", "[]"))
     net = model
     if info.enabled:
@@ -237,12 +242,15 @@ def train_segmentation(cfg: dict, progress: bool = True) -> dict:
             score = entry.get("val_miou", -entry["train_loss"])
             is_best = not math.isnan(score) and score > best
             best = max(best, score) if is_best else best
-            extra = {"optimizer": opt.state_dict(), "epoch": epoch, "best_miou": best, "history": json.dumps(history)}
-            save_checkpoint(last_path, model, cfg, **extra)
+            selected_by = "val_miou" if "val_miou" in entry else "-train_loss"
+            extra = {"optimizer": opt.state_dict(), "epoch": epoch, "best_score": best, "selected_by": selected_by,
+                     "history": json.dumps(history)}
             if is_best:
-                save_checkpoint(out / "checkpoints" / "best.pth", model, cfg, epoch=epoch, best_miou=best)
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(entry) + "\n")
+                save_checkpoint(out / "checkpoints" / "best.pth", model, cfg, epoch=epoch, best_score=best,
+                                selected_by=selected_by)
+            save_checkpoint(last_path, model, cfg, **extra)
+            # the log is rewritten from the checkpointed history: a kill never leaves it short or doubled
+            write_text_atomic(out / "log.jsonl", "".join(json.dumps(e) + "\n" for e in history))
             if progress:
                 print(f"epoch {epoch + 1}: loss {train_loss:.4f}" + (f", val mIoU {entry['val_miou']:.4f}" if "val_miou" in entry else ""))
         barrier()
