@@ -25,7 +25,7 @@ from tqdm import tqdm
 import anomseg
 from anomseg import viz
 from anomseg.bank.extract import weights_hash
-from anomseg.config import save_config
+from anomseg.config import ConfigError, save_config
 from anomseg.data import build_dataset
 from anomseg.distributed import all_reduce_sum, barrier, init_distributed
 from anomseg.heads.train import HeadError, load_head
@@ -42,7 +42,7 @@ DEFAULTS = {
     "device": None,
     "data": {"name": "streethazards", "root": "data/synthetic", "split": "test", "options": {}},
     "backbone": {"name": None, "options": {}, "checkpoint": None},
-    "inference": {"scales": [1.0], "flip": False, "average": "logits"},
+    "inference": {"preset": "none", "scales": [1.0], "flip": False},
     "methods": [{"name": "msp"}, {"name": "max_logit"}, {"name": "entropy"}, {"name": "energy"}],
     "protocol": "per_image",
     "components": False,
@@ -53,8 +53,32 @@ DEFAULTS = {
 }
 
 
+def infer(model, images, size, inf: dict):
+    """:func:`predict` under an evaluation's ``inference`` section."""
+    return predict(model, images, size=size, scales=inf["scales"], flip=inf["flip"], preset=inf["preset"])
+
+
+def check_inference(inf: dict) -> None:
+    """Refuse inference settings that no longer mean anything (one line, with the fix)."""
+    if "average" in inf:
+        raise ConfigError("inference.average: removed; every method now gets what it consumes (logit scores the mean "
+                          "logits, probability scores the mean probabilities); use inference.preset: caos to reproduce "
+                          "CAOS, with its max_mean_prob / max_double_softmax / neg_mean_prob0 scores")
+    if inf["preset"] == "caos" and (list(inf["scales"]) != [1.0] or inf["flip"]):
+        raise ConfigError("inference.preset: caos fixes the five CAOS input sizes and no flip; remove inference.scales / "
+                          "inference.flip")
+
+
+def has_unresized_pass(inf: dict) -> bool:
+    return inf["preset"] != "caos" and 1.0 in [float(s) for s in inf["scales"]]
+
+
 class _Method:
-    """One evaluated method: how to score, and its evaluator and plotting histogram."""
+    """One evaluated method: how to score, and its evaluator and plotting histogram.
+
+    ``consumes`` says what it takes from the inference step: ``"logits"`` (mean logits),
+    ``"probs"`` (mean probabilities), ``"features"`` (of the unresized pass) or ``"images"``.
+    """
 
     def __init__(self, spec: dict, num_classes: int, model, cfg: dict, out: Path, dist_info):
         self.name = spec["name"]
@@ -63,6 +87,16 @@ class _Method:
         self.kind = "head" if spec.get("head") else "score"
         self.score_name = spec.get("score", self.name)
         options = spec.get("options", {})
+        inf = cfg["inference"]
+        self.consumes = ("features" if self.kind == "head" else "images" if self.score_name == "mc_dropout"
+                         else getattr(POSTHOC.get(self.score_name), "consumes", "logits"))
+        if self.consumes == "features" and not has_unresized_pass(inf):
+            raise ConfigError(f"method {self.name!r} consumes backbone features of the unresized image, but the inference "
+                              f"settings (preset {inf['preset']}, scales {list(inf['scales'])}) have no scale-1.0 pass; "
+                              f"add 1.0 to inference.scales or evaluate the head in a run of its own")
+        if self.consumes == "images" and (inf["preset"] != "none" or [float(x) for x in inf["scales"]] != [1.0] or inf["flip"]):
+            raise ConfigError(f"method {self.name!r} (mc_dropout) runs its own single-scale passes; it cannot follow "
+                              f"multi-scale / flip / preset inference: evaluate it in a run with the default inference")
         if self.kind == "head":
             self.head, info = load_head(spec["head"])
             if info.get("weights") and info["weights"] != weights_hash(model):
@@ -87,9 +121,9 @@ class _Method:
             ds = build_dataset(d["name"], d["root"], split, **d.get("options", {}))
             n = min(len(ds), spec.get("fit_images", f["max_images"]))
             for i in tqdm(range(n), desc=f"fit {self.name} on {split}", leave=False):
-                s = ds[i]
-                logits = predict(model, torch.from_numpy(np.array(s["image"]))[None].to(dist_info.device),
-                                 size=s["semantic"].shape).logits
+                s = ds[i]  # fitted under the evaluation's own inference settings: what it will be applied to
+                logits = infer(model, torch.from_numpy(np.array(s["image"]))[None].to(dist_info.device),
+                               s["semantic"].shape, cfg["inference"]).logits
                 self.fn.update(logits.cpu(), torch.from_numpy(s["semantic"])[None])
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(self.fn.state_dict(), path.with_name(path.name + ".tmp"))
@@ -98,11 +132,11 @@ class _Method:
         self.fn.load_state_dict(torch.load(path, weights_only=True))
 
     def score(self, model, images, out, size) -> torch.Tensor:
-        if self.kind == "head":
+        if self.consumes == "features":
             return self.head.score_map(out.features.cpu(), size=size)
-        if self.score_name == "mc_dropout":
+        if self.consumes == "images":
             return mc_dropout(model, images, passes=self.passes, size=size).cpu()
-        return self.fn(out.logits).cpu()
+        return self.fn(out.probs if self.consumes == "probs" else out.logits).cpu()
 
 
 def _backbone_key(spec: dict) -> str:
@@ -128,6 +162,7 @@ def _state_path(out: Path, rank: int) -> Path:
 
 def run_evaluation(cfg: dict, progress: bool = True) -> dict | None:
     """Evaluate every method of ``cfg`` on one split; returns the report (on rank 0, else None)."""
+    check_inference(cfg["inference"])
     info = init_distributed(cfg.get("device"))
     out = Path(cfg["out"])
     d = cfg["data"]
@@ -185,8 +220,7 @@ def run_evaluation(cfg: dict, progress: bool = True) -> dict | None:
         s = dataset[i]
         images = torch.from_numpy(np.array(s["image"]))[None].to(info.device)
         size = s["anomaly"].shape
-        outputs = {key: predict(mdl, images, size=size, scales=inf["scales"], flip=inf["flip"], average=inf["average"])
-                   for key, (mdl, _) in models.items()}
+        outputs = {key: infer(mdl, images, size, inf) for key, (mdl, _) in models.items()}
         outp = outputs[_backbone_key(cfg["backbone"])]
         anomaly = torch.from_numpy(s["anomaly"])[None]
         if k:
@@ -317,8 +351,7 @@ def render_overlays(eval_dir: str | Path, indices, threshold="tpr95", out_dir: s
         s = dataset[i]
         images = torch.from_numpy(np.array(s["image"]))[None]
         size = s["anomaly"].shape
-        outputs = {key: predict(mdl, images, size=size, scales=inf["scales"], flip=inf["flip"], average=inf["average"])
-                   for key, (mdl, _) in models.items()}
+        outputs = {key: infer(mdl, images, size, inf) for key, (mdl, _) in models.items()}
         maps, thresholds, label = {}, {}, ""
         for m in methods:
             maps[m.name] = m.score(m.model, images, outputs[m.backbone_key], size)[0].numpy()

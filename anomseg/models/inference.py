@@ -1,55 +1,118 @@
-"""Inference: logits (and features) at the label size, optionally averaged over scales and flips."""
+"""Inference: what every anomaly method can consume, at the label size, over scales and flips.
+
+:func:`predict` runs the backbone on each scale (and flip) and returns a :class:`Prediction` with
+the MEAN LOGITS (what logit scores such as MaxLogit, energy and SML need), the MEAN PROBABILITIES
+(the CAOS convention: softmax per pass, then averaged) and the FEATURES of the scale-1, unflipped
+pass (None when no such pass exists: a feature at another scale is not the feature a head was
+trained on).
+
+The CAOS / CSAIL test-time resizing (``preset="caos"``; hendrycks/anomaly-seg ``dataset.py`` +
+``defaults.py``, facts in ../shared/docs/FORMATS.md): for each shorter-side length s in
+(300, 375, 450, 525, 600), scale = min(s / shorter side, 1000 / longer side), each side
+``int(side * scale)`` rounded UP to a multiple of 8, the uint8 image resized with PIL bilinear (which
+antialiases when shrinking); on 720x1280 that gives 304x536 ... 568x1000.
+"""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import numpy as np
 import torch
-import torch.nn.functional as F
+from PIL import Image
 
-from anomseg.models.base import SegOutput, resize_logits, to_model_input
+from anomseg.models.base import resize_logits, to_model_input
 
-# The CAOS / CSAIL test scales are given as shorter-side lengths (300, 375, 450, 525, 600) for
-# StreetHazards' 720-pixel-high images; as factors of the input size that is:
-CAOS_SCALES = (300 / 720, 375 / 720, 450 / 720, 525 / 720, 600 / 720)
+# hendrycks/anomaly-seg defaults.py: DATASET.imgSizes, imgMaxSize, padding_constant
+CAOS_SHORT_SIDES = (300, 375, 450, 525, 600)
+CAOS_MAX_SIZE = 1000
+CAOS_MULTIPLE = 8
+PRESETS = ("none", "caos")
+
+
+class Prediction(NamedTuple):
+    """What :func:`predict` gives the methods, all at the label size except the features.
+
+    Attributes:
+        logits: float32 (N, K, H, W) mean of the passes' logits.
+        probs: float32 (N, K, H, W) mean of the passes' softmax probabilities.
+        features: float (N, D, h, w) of the scale-1, unflipped pass at the backbone's stride, or None
+            when the passes do not include the unresized image.
+    """
+
+    logits: torch.Tensor
+    probs: torch.Tensor
+    features: torch.Tensor | None
+
+
+def caos_input_sizes(height: int, width: int, short_sides=CAOS_SHORT_SIDES, max_size: int = CAOS_MAX_SIZE,
+                     multiple: int = CAOS_MULTIPLE) -> list[tuple[int, int]]:
+    """The (H, W) inputs CAOS feeds for an image of ``height`` x ``width`` (see module docstring)."""
+    sizes = []
+    for s in short_sides:
+        scale = min(s / float(min(height, width)), max_size / float(max(height, width)))
+        h, w = int(height * scale), int(width * scale)
+        sizes.append((((h - 1) // multiple + 1) * multiple, ((w - 1) // multiple + 1) * multiple))
+    return sizes
+
+
+def pil_resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 (N, H, W, 3) or (N, 3, H, W) -> uint8 (N, 3, *size), PIL bilinear per image (as CAOS)."""
+    if images.dtype != torch.uint8:
+        raise ValueError("the CAOS preset resizes uint8 images with PIL, as the reference does; pass uint8 RGB")
+    hwc = images if images.shape[-1] == 3 else images.permute(0, 2, 3, 1)
+    out = [np.asarray(Image.fromarray(im).resize((size[1], size[0]), Image.BILINEAR)) for im in hwc.cpu().numpy()]
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).to(images.device)
+
+
+def _passes(images: torch.Tensor, scales, preset: str):
+    """Yield (input batch, is the unresized image) for every scale."""
+    if preset == "caos":
+        h, w = (images.shape[1:3] if images.shape[-1] == 3 and images.shape[1] != 3 else images.shape[-2:])
+        for size in caos_input_sizes(int(h), int(w)):
+            yield pil_resize(images, size), size == (int(h), int(w))
+        return
+    x = to_model_input(images)
+    for s in scales:
+        if s == 1.0:
+            yield x, True
+        else:
+            yield torch.nn.functional.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False,
+                                                  recompute_scale_factor=False), False
 
 
 @torch.no_grad()
 def predict(model, images: torch.Tensor, size: tuple[int, int] | None = None, scales=(1.0,), flip: bool = False,
-            average: str = "logits") -> SegOutput:
-    """Run ``model`` in eval mode and return logits resized to ``size`` (default: the input size).
+            preset: str = "none") -> Prediction:
+    """Run ``model`` in eval mode over scales / flips; see :class:`Prediction` for what comes back.
 
     Args:
         images: uint8 (N, H, W, 3) / (N, 3, H, W) or float (N, 3, H, W) in [0, 1].
-        scales: input resize factors; outputs are resized to ``size`` and averaged.
+        size: (H, W) of the outputs (default: the input size).
+        scales: input resize factors (bilinear); ignored under ``preset="caos"``.
         flip: also run horizontally flipped inputs (flipped back before averaging).
-        average: ``"logits"`` (mean logits; MaxLogit stays a true max logit) or ``"probs"``
-            (mean softmax, as CAOS; the returned "logits" are log mean probabilities, so softmax of
-            them is the mean posterior and MSP is exact, while MaxLogit becomes log MSP).
-    Returns:
-        :class:`SegOutput` with logits float32 (N, K, *size) and the features of the scale-1.0,
-        unflipped pass (or of the first scale) at the backbone's resolution.
+        preset: ``"none"`` or ``"caos"`` (CAOS's five PIL-resized inputs; uint8 images only).
     """
-    if average not in ("logits", "probs"):
-        raise ValueError(f"average={average!r}: choose 'logits' or 'probs'")
+    if preset not in PRESETS:
+        raise ValueError(f"inference preset {preset!r}: choose one of {', '.join(PRESETS)}")
     was = model.training
     model.eval()
     try:
-        x = to_model_input(images)
-        size = tuple(size or x.shape[-2:])
-        total, features, n = None, None, 0
-        for s in scales:
-            xs = x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False,
-                                                  recompute_scale_factor=False)
+        if size is None:
+            size = tuple(to_model_input(images).shape[-2:])
+        logit_sum = prob_sum = features = None
+        n = 0
+        for x, unresized in _passes(images, scales, preset):
             for flipped in ((False, True) if flip else (False,)):
-                out = model(xs.flip(-1) if flipped else xs)
+                out = model(x.flip(-1) if flipped else x)
                 logits = out.logits.flip(-1) if flipped else out.logits
-                logits = resize_logits(logits.float(), size)
-                term = torch.softmax(logits, 1) if average == "probs" else logits
-                total = term if total is None else total + term
+                logits = resize_logits(logits.float(), tuple(size))
+                probs = torch.softmax(logits, 1)
+                logit_sum = logits if logit_sum is None else logit_sum + logits
+                prob_sum = probs if prob_sum is None else prob_sum + probs
                 n += 1
-                if features is None or (s == 1.0 and not flipped):
+                if unresized and not flipped:
                     features = out.features
-        mean = total / n
-        logits = mean.clamp(min=1e-30).log() if average == "probs" else mean
-        return SegOutput(logits, features)
+        return Prediction(logit_sum / n, prob_sum / n, features)
     finally:
         model.train(was)

@@ -11,6 +11,19 @@ Formulas:
 * GEN (Liu, Lochman & Zach, CVPR 2023): sum over the M largest probabilities of
   p^gamma (1 - p)^gamma (gamma = 0.1); high when the posterior is spread;
 * logit norm: -||z||_2 (for objectosphere-trained models, Dhamija et al., NeurIPS 2018).
+
+Under multi-scale inference these see the MEAN LOGITS. The CAOS reference (hendrycks/anomaly-seg
+``eval_ood.py``) instead averages softmax probabilities over its five scales and then computes its
+``--ood`` scores on those probabilities; to reproduce its published tables digit for digit, three
+scores take the mean probabilities (N, K, H, W) and are named for what they compute:
+
+* ``max_mean_prob``: -max_k pbar_k (CAOS ``--ood maxlogit``: really an MSP of the averaged posterior);
+* ``max_double_softmax``: -max_k softmax(pbar)_k (CAOS ``--ood msp``: softmax applied a second time);
+* ``neg_mean_prob0``: -pbar_0 (CAOS ``--ood background``, sign as in the reference: conf = pbar_0 and
+  the anomaly score is -conf).
+
+``exclude_back=True`` drops class 0 first (CAOS ``--exclude_back``). Each function carries
+``consumes`` = ``"logits"`` or ``"probs"``: the inference step hands it exactly that.
 """
 
 from __future__ import annotations
@@ -63,5 +76,33 @@ def logit_norm(logits: torch.Tensor) -> torch.Tensor:
     return -_check(logits).norm(dim=1)
 
 
+def _probs(probs: torch.Tensor, exclude_back: bool) -> torch.Tensor:
+    if probs.ndim != 4:
+        raise ValueError(f"probabilities must be (N, K, H, W); got shape {tuple(probs.shape)}")
+    probs = probs.float()
+    return probs[:, 1:] if exclude_back else probs
+
+
+def max_mean_prob(probs: torch.Tensor, exclude_back: bool = False) -> torch.Tensor:
+    """CAOS ``--ood maxlogit``: -max over classes of the scale-averaged probabilities."""
+    return -_probs(probs, exclude_back).amax(dim=1)
+
+
+def max_double_softmax(probs: torch.Tensor, exclude_back: bool = False) -> torch.Tensor:
+    """CAOS ``--ood msp``: -max of softmax applied to the scale-averaged probabilities."""
+    return -torch.softmax(_probs(probs, exclude_back), dim=1).amax(dim=1)
+
+
+def neg_mean_prob0(probs: torch.Tensor, exclude_back: bool = False) -> torch.Tensor:
+    """CAOS ``--ood background``: minus the averaged probability of the first (remaining) class."""
+    return -_probs(probs, exclude_back)[:, 0]
+
+
+for _f in (msp, max_logit, entropy, energy, background, gen, logit_norm):
+    _f.consumes = "logits"
+for _f in (max_mean_prob, max_double_softmax, neg_mean_prob0):
+    _f.consumes = "probs"
+
 POSTHOC = {"msp": msp, "max_logit": max_logit, "entropy": entropy, "energy": energy, "gen": gen, "background": background,
-           "logit_norm": logit_norm}
+           "logit_norm": logit_norm, "max_mean_prob": max_mean_prob, "max_double_softmax": max_double_softmax,
+           "neg_mean_prob0": neg_mean_prob0}
