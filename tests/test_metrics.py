@@ -217,19 +217,24 @@ def test_torch_tensors_are_accepted():
 # --- component metrics -------------------------------------------------------------------------
 
 def components_by_definition(score, anomaly, t, min_pred, min_gt):
-    """sIoU / PPV with scipy's labelling and plain loops over the definitions (FORMATS.md)."""
+    """sIoU / PPV with scipy's labelling and plain loops over the definitions (FORMATS.md), in the
+    reference's order (road-anomaly-benchmark ``default_instancer``): label and size-filter the
+    prediction on the full map first, then void the small GT components and restrict to the rest."""
     eight = np.ones((3, 3))
+    pr_lab, n_pr = ndimage.label((score >= t) & (anomaly != 255), structure=eight)
+    for c in range(1, n_pr + 1):
+        if (pr_lab == c).sum() < min_pred:
+            pr_lab[pr_lab == c] = 0
     gt_lab, n_gt = ndimage.label(anomaly == 1, structure=eight)
-    void = anomaly == 255
+    roi = anomaly != 255
     gts = []
     for k in range(1, n_gt + 1):
         comp = gt_lab == k
         if comp.sum() < min_gt:
-            void |= comp
+            roi &= ~comp
         else:
             gts.append(comp)
-    pr_lab, n_pr = ndimage.label((score >= t) & ~void, structure=eight)
-    preds = [pr_lab == c for c in range(1, n_pr + 1) if (pr_lab == c).sum() >= min_pred]
+    preds = [(pr_lab == c) & roi for c in np.unique(pr_lab[roi]) if c > 0]
     all_gt = np.zeros(anomaly.shape, bool)
     for g in gts:
         all_gt |= g
@@ -261,6 +266,21 @@ def test_components_match_the_definition():
         ref = components_by_definition(s, a, t, 4, 6)
         np.testing.assert_allclose(np.sort(mine[0]), np.sort(ref[0]), atol=1e-12)  # labelling orders differ
         np.testing.assert_allclose(np.sort(mine[1]), np.sort(ref[1]), atol=1e-12)
+
+
+def test_component_order_is_the_references():
+    """A 12-px predicted blob, 4 px of it on a 4-px GT component (voided as < 6 px): labelled first it
+    is 12 px >= 10 and kept (8 px remain in the region); voiding first would leave 8 px and drop it."""
+    a = np.zeros((20, 20), np.uint8)
+    a[2:4, 2:4] = 1                      # small GT component (4 px < min_gt 6)
+    a[12:18, 12:18] = 1                  # a kept GT component (36 px)
+    s = np.zeros((20, 20), np.float32)
+    s[2:4, 2:8] = 1.0                    # 12-px prediction, 4 px on the small GT
+    s[12:18, 12:18] = 1.0
+    siou, ppv = image_components(s, a, 0.5, min_pred_size=10, min_gt_size=6)
+    ref = components_by_definition(s, a, 0.5, 10, 6)
+    assert len(ppv) == 2 and sorted(ppv.tolist()) == [0.0, 1.0] and siou.tolist() == [1.0]
+    np.testing.assert_allclose(np.sort(ppv), np.sort(ref[1]))
 
 
 def test_component_f1_and_best_f1_threshold():

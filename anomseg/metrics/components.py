@@ -4,8 +4,8 @@ Definitions (../shared/docs/FORMATS.md; Chan et al., "SegmentMeIfYouCan", NeurIP
 
 * prediction = ``score >= threshold`` on non-void pixels; predicted components are 8-connected;
   components smaller than ``min_pred_size`` pixels are dropped (500 anomaly track, 50 obstacle);
-* ground-truth components (8-connected anomaly regions) smaller than ``min_gt_size`` (100 / 10)
-  become void;
+* THEN ground-truth components (8-connected anomaly regions) smaller than ``min_gt_size`` (100 / 10)
+  become void, and both maps are restricted to the remaining region (the reference's order);
 * sIoU(k) = |k n P| / (|P| + |k| - |k n P| - A), P = the predicted components touching GT
   component k, A = the pixels of P lying on other GT components;
 * PPV(c) = |c n GT anomaly| / |c| for a predicted component c;
@@ -35,29 +35,36 @@ def image_components(score: np.ndarray, anomaly: np.ndarray, threshold: float,
                      min_pred_size: int, min_gt_size: int) -> tuple[np.ndarray, np.ndarray]:
     """sIoU of each GT component and PPV of each predicted component of one image.
 
+    Order as the reference (SegmentMeIfYouCan/road-anomaly-benchmark ``metrics/instance_segmentation.py``,
+    ``default_instancer``): the prediction (outside void) is labelled and its components under
+    ``min_pred_size`` dropped FIRST, on the full map; only then do GT components under ``min_gt_size``
+    become void, and both label maps are restricted to the remaining region (a predicted component
+    keeps only its pixels there, and one with none left is not counted).
+
     Args:
         score: float (H, W); anomaly: uint8 (H, W), 0 / 1 / 255.
     Returns:
         (sIoU float64 (n_gt,), PPV float64 (n_pred,)).
     """
-    n_gt, gt_lab, gt_size = _components(anomaly == 1)
     void = anomaly == 255
-    small = np.flatnonzero(gt_size[1:] < min_gt_size) + 1
-    if len(small):
-        small_mask = np.isin(gt_lab, small)
-        void = void | small_mask
-        gt_lab[small_mask] = 0
+    n_pr, pr_lab, pr_size = _components((score >= threshold) & ~void)
+    small_pr = np.flatnonzero(pr_size[1:] < min_pred_size) + 1
+    if len(small_pr):
+        pr_lab[np.isin(pr_lab, small_pr)] = 0
+    n_gt, gt_lab, gt_size = _components(anomaly == 1)
+    small_gt = np.flatnonzero(gt_size[1:] < min_gt_size) + 1
+    if len(small_gt):
+        void = void | np.isin(gt_lab, small_gt)
+    gt_lab[void] = 0
+    pr_lab[void] = 0
     keep_gt = np.flatnonzero(gt_size[1:] >= min_gt_size) + 1
-    pred = (score >= threshold) & ~void
-    n_pr, pr_lab, pr_size = _components(pred)
-    keep_pr = np.flatnonzero(pr_size[1:] >= min_pred_size) + 1
-    if len(keep_pr) < n_pr - 1:
-        pr_lab[~np.isin(pr_lab, keep_pr)] = 0
+    p_size_all = np.bincount(pr_lab.ravel(), minlength=n_pr)  # sizes inside the evaluated region
+    keep_pr = np.flatnonzero(p_size_all[1:] > 0) + 1
     # overlap[k, c] = pixels of GT component k inside predicted component c
     both = (gt_lab > 0) & (pr_lab > 0)
     overlap = np.bincount(gt_lab[both].astype(np.int64) * n_pr + pr_lab[both], minlength=n_gt * n_pr).reshape(n_gt, n_pr)
     overlap = overlap[np.ix_(keep_gt, keep_pr)]
-    p_size = pr_size[keep_pr]
+    p_size = p_size_all[keep_pr]
     siou = np.empty(len(keep_gt))
     on_gt = overlap.sum(0)  # pixels of each predicted component on any GT component
     for i, k in enumerate(keep_gt):
