@@ -1,8 +1,9 @@
 """The demo pipeline: synthetic data -> segmenter -> feature bank + heads -> evaluation.
 
 Each stage is the library function behind one tool (``generate_synthetic``, ``train_segmentation``,
-``run_head_training``, ``run_evaluation``) and is skipped when its output already exists; every
-stage is seeded, so a seed gives the same table.
+``run_head_training``, ``run_evaluation``) and is skipped when its output already exists AND was made
+with the same resolved config (saved beside it); output made with another config is an error that
+says what changed, never reused. Every stage is seeded, so a seed gives the same table.
 """
 
 from __future__ import annotations
@@ -12,13 +13,23 @@ import json
 import time
 from pathlib import Path
 
-from anomseg.config import merge, save_config
+import yaml
+
+from anomseg.config import NONE, merge, save_config
 from anomseg.data import generate_synthetic
 from anomseg.evaluate import DEFAULTS as EVAL_DEFAULTS
+from anomseg.evaluate import SCHEMA as EVAL_SCHEMA
 from anomseg.evaluate import markdown_table, run_evaluation
+from anomseg.files import check_fingerprint, write_json_atomic
 from anomseg.heads.pipeline import DEFAULTS as HEAD_DEFAULTS
+from anomseg.heads.pipeline import SCHEMA as HEAD_SCHEMA
 from anomseg.heads.pipeline import run_head_training
-from anomseg.train import SEG_DEFAULTS, train_segmentation
+from anomseg.train import SEG_DEFAULTS, SEG_SCHEMA, train_segmentation
+
+_EVAL = copy.deepcopy(EVAL_SCHEMA)
+_EVAL["methods"][0]["head"] = (str, bool, NONE)  # head: true = the head the heads stage trained
+SCHEMA = {"data": {"train": int, "val": int, "test": int, "outliers": int, "height": int, "width": int},
+          "seg": SEG_SCHEMA, "heads": HEAD_SCHEMA, "eval": _EVAL}
 
 
 def stage_configs(demo: dict, out: Path, seed: int) -> dict[str, dict]:
@@ -46,33 +57,48 @@ def stage_configs(demo: dict, out: Path, seed: int) -> dict[str, dict]:
 def run_demo(demo: dict, out: str | Path, seed: int = 0, workers: int | None = None, progress: bool = True) -> dict:
     """Run (or finish) every stage; returns the evaluation report."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     cfgs = stage_configs(demo, out, seed)
-    save_config({"seed": seed, "demo": demo, "stages": cfgs}, out / "config.yaml")
     timings = {}
 
-    def stage(name, done: bool, fn):
+    def stage(name, done: bool, fn, check=None):
+        """Run ``fn`` unless ``done``; a done stage is first ``check``ed against this run's config."""
         t0 = time.perf_counter()
         if done:
+            if check is not None:
+                check()
             print(f"[{name}] output exists, skipped")
         else:
             print(f"[{name}] running")
             fn()
         timings[name] = round(time.perf_counter() - t0, 1)
 
+    def same_config(key: str):
+        def check():  # reuse only what the same resolved config made
+            path = out / ("seg" if key == "seg" else key) / "config.yaml"
+            saved = yaml.safe_load(path.read_text()) if path.is_file() else {}
+            check_fingerprint(path.parent, saved, json.loads(json.dumps(cfgs[key])),
+                              f"delete {path.parent} (or use a new --out) to rebuild it with this config")
+        return check
+
     d = demo["data"]
-    stage("data", (out / "data" / "synthetic.json").is_file() and json.loads((out / "data" / "synthetic.json").read_text()).get("complete"),
-          lambda: generate_synthetic(out / "data", seed=seed, num_train=d["train"], num_val=d["val"], num_test=d["test"],
-                                     num_outliers=d.get("outliers", 200), height=d["height"], width=d["width"],
-                                     workers=workers, progress=progress))
+
+    def make_data():  # writes nothing when a complete set of these settings exists; another set is an error
+        generate_synthetic(out / "data", seed=seed, num_train=d["train"], num_val=d["val"], num_test=d["test"],
+                           num_outliers=d.get("outliers", 200), height=d["height"], width=d["width"],
+                           workers=workers, progress=progress)
+    marker = out / "data" / "synthetic.json"
+    stage("data", marker.is_file() and json.loads(marker.read_text()).get("complete"), make_data, make_data)
     log = out / "seg" / "log.jsonl"
     epochs = cfgs["seg"]["train"]["epochs"]
     stage("segmenter", log.is_file() and len(log.read_text().splitlines()) >= epochs,
-          lambda: train_segmentation(cfgs["seg"], progress=progress))
-    stage("heads", (out / "heads" / "summary.json").is_file(), lambda: run_head_training(cfgs["heads"], progress=progress))
-    stage("evaluation", (out / "eval" / "report.json").is_file(), lambda: run_evaluation(cfgs["eval"], progress=progress))
+          lambda: train_segmentation(cfgs["seg"], progress=progress), same_config("seg"))
+    stage("heads", (out / "heads" / "summary.json").is_file(), lambda: run_head_training(cfgs["heads"], progress=progress),
+          same_config("heads"))
+    stage("evaluation", (out / "eval" / "report.json").is_file(), lambda: run_evaluation(cfgs["eval"], progress=progress),
+          same_config("eval"))
     report = json.loads((out / "eval" / "report.json").read_text())
-    (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    save_config({"seed": seed, "demo": demo, "stages": cfgs}, out / "config.yaml")
+    write_json_atomic(out / "timings.json", timings)
     return report
 
 

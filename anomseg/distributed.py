@@ -28,8 +28,8 @@ class DistInfo:
 def init_distributed(device: str | None = None) -> DistInfo:
     """Initialise the process group if launched by torchrun (``WORLD_SIZE`` > 1).
 
-    Backend: NCCL when CUDA is used, gloo on CPU. ``device`` (``"cpu"``, ``"cuda"``) defaults to
-    CUDA when available.
+    Backend: NCCL for CUDA tensors plus gloo for CPU ones when CUDA is used, gloo alone on CPU.
+    ``device`` (``"cpu"``, ``"cuda"``) defaults to CUDA when available.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -39,7 +39,8 @@ def init_distributed(device: str | None = None) -> DistInfo:
     if use_cuda:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        # CUDA runs still all-reduce some CPU tensors (counts, state objects): a group that serves both
+        dist.init_process_group("cpu:gloo,cuda:nccl" if use_cuda else "gloo")
     return DistInfo(rank=rank, world=world, local_rank=local, device=dev)
 
 

@@ -11,10 +11,12 @@ images. Outputs: ``report.json``, ``per_image.csv``, ``report.md``, ``roc.png``,
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
-import os
-import pickle
+import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,15 +26,18 @@ from tqdm import tqdm
 
 import anomseg
 from anomseg import viz
-from anomseg.bank.extract import weights_hash
-from anomseg.config import ConfigError, save_config
+from anomseg.models.identity import weights_hash
+from anomseg.config import ANY, BACKBONE_SCHEMA, OPTIONAL_STR, ConfigError, save_config, schema_from_defaults
 from anomseg.data import build_dataset
+from anomseg.errors import DatasetError
+from anomseg.files import (check_fingerprint, file_digest, load_state, output_lock, save_state, save_torch_atomic,
+                           write_json_atomic, write_text_atomic)
 from anomseg.distributed import all_reduce_sum, barrier, init_distributed
 from anomseg.heads.train import HeadError, load_head
 from anomseg.metrics import AnomalyMetrics, reduce_distributed
 from anomseg.metrics.histogram import ScoreHistogram
 from anomseg.models.checkpoints import backbone_from_config
-from anomseg.models.inference import predict
+from anomseg.models.inference import PRESETS, predict
 from anomseg.scores import FITTED, POSTHOC, build_score, mc_dropout
 from anomseg.train.seg_trainer import confusion_matrix, miou
 
@@ -47,8 +52,11 @@ DEFAULTS = {
     "protocol": "per_image",
     "components": False,
     "component_track": "anomaly",
-    "fit": {"train_split": "train", "val_split": "val", "max_images": 200},
+    # fitted scores: fit on `data` (default: the evaluated dataset) at its train / val split; a method's
+    # own `fit: {data, split, images}` overrides
+    "fit": {"data": None, "train_split": "train", "val_split": "val", "max_images": 200},
     "save_every": 25,
+    "resume": True,
     "overlays": {"images": 6, "threshold": "tpr95"},
 }
 
@@ -60,6 +68,8 @@ def infer(model, images, size, inf: dict):
 
 def check_inference(inf: dict) -> None:
     """Refuse inference settings that no longer mean anything (one line, with the fix)."""
+    if inf["preset"] not in PRESETS:
+        raise ConfigError(f"inference preset {inf['preset']!r}: choose one of {', '.join(PRESETS)}")
     if "average" in inf:
         raise ConfigError("inference.average: removed; every method now gets what it consumes (logit scores the mean "
                           "logits, probability scores the mean probabilities); use inference.preset: caos to reproduce "
@@ -71,6 +81,42 @@ def check_inference(inf: dict) -> None:
 
 def has_unresized_pass(inf: dict) -> bool:
     return inf["preset"] != "caos" and 1.0 in [float(s) for s in inf["scales"]]
+
+
+def consumes(spec: dict) -> str:
+    """What a method takes from the inference step: ``"logits"`` (mean logits), ``"probs"`` (mean
+    probabilities), ``"features"`` (of the unresized pass) or ``"images"`` (runs its own passes)."""
+    score = spec.get("score", spec["name"])
+    if spec.get("head"):
+        return "features"
+    if score == "mc_dropout":
+        return "images"
+    return getattr(POSTHOC.get(score), "consumes", "logits")
+
+
+def check_methods(cfg: dict) -> None:
+    """Refuse a method whose input the inference settings cannot give it (one line, with the fix)."""
+    inf = cfg["inference"]
+    for spec in cfg["methods"]:
+        what = consumes(spec)
+        if what == "features" and not has_unresized_pass(inf):
+            raise ConfigError(f"method {spec['name']!r} consumes backbone features of the unresized image, but the "
+                              f"inference settings (preset {inf['preset']}, scales {list(inf['scales'])}) have no scale-1.0 "
+                              f"pass; add 1.0 to inference.scales or evaluate the head in a run of its own")
+        if what == "images" and (inf["preset"] != "none" or [float(x) for x in inf["scales"]] != [1.0] or inf["flip"]):
+            raise ConfigError(f"method {spec['name']!r} (mc_dropout) runs its own single-scale passes; it cannot follow "
+                              f"multi-scale / flip / preset inference: evaluate it in a run with the default inference")
+
+
+SCHEMA = schema_from_defaults(DEFAULTS, {
+    "device": OPTIONAL_STR, "data.options": ANY, "data.split": OPTIONAL_STR, "backbone": BACKBONE_SCHEMA,
+    "inference.scales": list, "fit.data": ANY, "overlays.threshold": (str, int, float),
+    "methods": [{"name": str, "score": str, "options": ANY, "head": OPTIONAL_STR, "backbone": BACKBONE_SCHEMA,
+                 "fit": {"data": ANY, "split": str, "images": int}}],
+})
+
+EVAL_STATE_VERSION = 2  # 2: data-only state files (npz + JSON), per-method spill folders
+FIT_VERSION = 1
 
 
 class _Method:
@@ -87,16 +133,7 @@ class _Method:
         self.kind = "head" if spec.get("head") else "score"
         self.score_name = spec.get("score", self.name)
         options = spec.get("options", {})
-        inf = cfg["inference"]
-        self.consumes = ("features" if self.kind == "head" else "images" if self.score_name == "mc_dropout"
-                         else getattr(POSTHOC.get(self.score_name), "consumes", "logits"))
-        if self.consumes == "features" and not has_unresized_pass(inf):
-            raise ConfigError(f"method {self.name!r} consumes backbone features of the unresized image, but the inference "
-                              f"settings (preset {inf['preset']}, scales {list(inf['scales'])}) have no scale-1.0 pass; "
-                              f"add 1.0 to inference.scales or evaluate the head in a run of its own")
-        if self.consumes == "images" and (inf["preset"] != "none" or [float(x) for x in inf["scales"]] != [1.0] or inf["flip"]):
-            raise ConfigError(f"method {self.name!r} (mc_dropout) runs its own single-scale passes; it cannot follow "
-                              f"multi-scale / flip / preset inference: evaluate it in a run with the default inference")
+        self.consumes = consumes(spec)
         if self.kind == "head":
             self.head, info = load_head(spec["head"])
             if info.get("weights") and info["weights"] != weights_hash(model):
@@ -104,8 +141,8 @@ class _Method:
                                  f"({info['weights']}); evaluate it with the backbone it was trained on")
         elif self.score_name in POSTHOC:
             self.fn = build_score(self.score_name, **options)
-        elif self.score_name in FITTED:
-            self.fn = build_score(self.score_name, num_classes, **options)
+        elif self.score_name in FITTED:  # fitted on the backbone's K classes (a folder set has none)
+            self.fn = build_score(self.score_name, model.num_classes, **options)
             self._fit(spec, model, cfg, out, dist_info)
         elif self.score_name == "mc_dropout":
             self.passes = options.get("passes", 8)
@@ -113,23 +150,38 @@ class _Method:
             raise ValueError(f"method {self.name!r}: unknown score {self.score_name!r}; give 'head: <path>' for a head")
 
     def _fit(self, spec, model, cfg, out, dist_info):
-        """Fit streaming over the fit split (SML: training pixels; KL matching: validation pixels)."""
+        """Fit streaming over the fit split (SML: training pixels; KL matching: validation pixels), under
+        the evaluation's inference settings; the fitted file records what made it and is checked."""
+        f = {**cfg["fit"], **spec.get("fit", {})}
+        data = f.get("data") or cfg["data"]
+        split = f.get("split") or (f["train_split"] if self.score_name == "sml" else f["val_split"])
+        fingerprint = {"version": FIT_VERSION, "score": self.score_name, "options": spec.get("options", {}),
+                       "weights": weights_hash(model), "num_classes": model.num_classes,
+                       "data": {k: data.get(k) for k in ("name", "root", "options")}, "split": split,
+                       "images": f.get("images", f["max_images"]), "inference": cfg["inference"]}
         path = out / "fitted" / f"{viz.safe_name(self.name)}.pt"
-        if not path.is_file() and dist_info.is_main:
-            d, f = cfg["data"], cfg["fit"]
-            split = spec.get("fit_split", f["train_split"] if self.score_name == "sml" else f["val_split"])
-            ds = build_dataset(d["name"], d["root"], split, **d.get("options", {}))
-            n = min(len(ds), spec.get("fit_images", f["max_images"]))
+        if dist_info.is_main and not path.is_file():
+            try:
+                ds = build_dataset(data["name"], data["root"], split, **data.get("options", {}))
+            except DatasetError as exc:
+                raise ConfigError(f"method {self.name!r} is fitted on split {split!r} of dataset {data['name']!r}, which "
+                                  f"cannot be read ({exc}); give the method (or the fit section) fit: {{data: {{name, "
+                                  f"root}}, split}} naming the dataset the backbone was trained on") from None
+            n = min(len(ds), fingerprint["images"])
             for i in tqdm(range(n), desc=f"fit {self.name} on {split}", leave=False):
                 s = ds[i]  # fitted under the evaluation's own inference settings: what it will be applied to
                 logits = infer(model, torch.from_numpy(np.array(s["image"]))[None].to(dist_info.device),
                                s["semantic"].shape, cfg["inference"]).logits
                 self.fn.update(logits.cpu(), torch.from_numpy(s["semantic"])[None])
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(self.fn.state_dict(), path.with_name(path.name + ".tmp"))
-            path.with_name(path.name + ".tmp").replace(path)
+            save_torch_atomic(path, {"fingerprint": fingerprint, "state": self.fn.state_dict()})
         barrier()
-        self.fn.load_state_dict(torch.load(path, weights_only=True))
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            saved_fp, state = saved["fingerprint"], saved["state"]
+        except Exception as exc:
+            raise ConfigError(f"{path}: not a readable fitted-score file ({type(exc).__name__}); delete it to refit") from None
+        check_fingerprint(path, saved_fp, fingerprint, "delete it to refit, or set resume: false")
+        self.fn.load_state_dict(state)
 
     def score(self, model, images, out, size) -> torch.Tensor:
         if self.consumes == "features":
@@ -157,65 +209,99 @@ def _backbones(cfg: dict, num_classes: int, device) -> dict[str, tuple]:
 
 
 def _state_path(out: Path, rank: int) -> Path:
-    return out / "state" / f"rank{rank}.pkl"
+    return out / "state" / f"rank{rank}.npz"
+
+
+def _fingerprint(cfg: dict, models: dict, world: int) -> dict:
+    """What an evaluation state depends on: a state made from anything else is not resumed."""
+    heads = {m["name"]: file_digest(m["head"]) for m in cfg["methods"] if m.get("head")}
+    return {"version": EVAL_STATE_VERSION, "data": cfg["data"], "inference": cfg["inference"], "methods": cfg["methods"],
+            "backbone_weights": {key: weights_hash(model) for key, (model, _) in sorted(models.items())},
+            "heads": heads, "protocol": cfg["protocol"], "components": cfg["components"],
+            "component_track": cfg["component_track"], "fit": cfg["fit"], "processes": world}
+
+
+def _check_classes(dataset, models: dict, cfg: dict) -> None:
+    """A backbone must predict the dataset's K closed classes (or K + 1 with a trained background class)."""
+    k = dataset.num_classes
+    if not k:
+        return
+    for key, (model, name) in models.items():
+        if model.num_classes not in (k, k + 1):
+            raise ConfigError(f"backbone {name!r} ({json.loads(key).get('checkpoint') or 'no checkpoint'}) predicts "
+                              f"{model.num_classes} classes but {cfg['data']['name']}/{dataset.split} has {k}; evaluate it on "
+                              f"the dataset it was trained for")
 
 
 def run_evaluation(cfg: dict, progress: bool = True) -> dict | None:
     """Evaluate every method of ``cfg`` on one split; returns the report (on rank 0, else None)."""
     check_inference(cfg["inference"])
+    check_methods(cfg)
     info = init_distributed(cfg.get("device"))
     out = Path(cfg["out"])
+    with output_lock(out) if info.is_main else contextlib.nullcontext():
+        return _run(cfg, info, out, progress)
+
+
+def _run(cfg: dict, info, out: Path, progress: bool) -> dict | None:
     d = cfg["data"]
     dataset = build_dataset(d["name"], d["root"], d["split"], **d.get("options", {}))
     torch.manual_seed(cfg["seed"])
     models = _backbones(cfg, dataset.num_classes or 1, info.device)
+    _check_classes(dataset, models, cfg)
     backbone_name = models[_backbone_key(cfg["backbone"])][1]
-    if info.is_main:
-        save_config(cfg, out / "config.yaml")
     for m in cfg["methods"]:  # fail before any fitting or inference, not after
         if m.get("head") and not Path(m["head"]).is_file():
             raise HeadError(f"{m['head']}: head checkpoint of method {m['name']!r} not found; train it with "
                             f"tools/train_head.py or remove the method")
+    names = [m["name"] for m in cfg["methods"]]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"methods: names must be unique, got {names}; give repeated scores their own name")
+    if info.is_main and not cfg["resume"]:  # start over: nothing of an earlier run is reused
+        for sub in ("state", "fitted"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+    barrier()
+    fingerprint = _fingerprint(cfg, models, info.world)
+    state_path = _state_path(out, info.rank)
+    saved = None
+    if state_path.is_file():  # resume: a data-only file, checked against what this run would make
+        saved = load_state(state_path, "evaluation")
+        check_fingerprint(state_path, saved["fingerprint"], fingerprint,
+                          "set resume: false (or choose a new out) to evaluate from scratch")
+    if info.is_main:
+        save_config(cfg, out / "config.yaml")
     methods = [_Method(m, dataset.num_classes, models[_backbone_key(m.get("backbone") or cfg["backbone"])][0],
                        cfg, out, info) for m in cfg["methods"]]
-    names = [m.name for m in methods]
-    if len(set(names)) != len(names):
-        raise ValueError(f"method names must be unique: {names}")
-    make = lambda: AnomalyMetrics(cfg["protocol"], components=cfg["components"],  # noqa: E731
-                                  component_track=cfg["component_track"], spill_dir=out / "state")
+
+    def make(n):  # each method and rank spills its score maps into a folder of its own
+        return AnomalyMetrics(cfg["protocol"], components=cfg["components"], component_track=cfg["component_track"],
+                              spill_dir=out / "state" / "spill" / viz.safe_name(n) / f"rank{info.rank}")
     plot_hist = lambda: ScoreHistogram(7, buffer_size=1 << 18)  # noqa: E731  (coarse: for plots and thresholds)
-    state_path = _state_path(out, info.rank)
     k = dataset.num_classes
-    metrics = {n: make() for n in names}
+    metrics = {n: make(n) for n in names}
     hists = {n: plot_hist() for n in names}
     per_image_metrics = {n: AnomalyMetrics("per_image") for n in names} if cfg["protocol"] == "pooled" else {}
     conf, done = torch.zeros(max(k, 1), max(k, 1), dtype=torch.int64), set()
-    if state_path.is_file():  # resume: our own state file, written by this code
-        with open(state_path, "rb") as f:
-            st = pickle.load(f)
+    if saved is not None:
         for n in names:
-            metrics[n].merge(AnomalyMetrics.from_state(st["metrics"][n]))
-            hists[n].load_state_dict(st["hists"][n])
+            metrics[n].merge(AnomalyMetrics.from_state(saved["metrics"][n]))
+            hists[n].load_state_dict(saved["hists"][n])
             if per_image_metrics:
-                per_image_metrics[n].merge(AnomalyMetrics.from_state(st["per_image_metrics"][n]))
-        conf, done = torch.from_numpy(st["conf"]), set(st["done"])
+                per_image_metrics[n].merge(AnomalyMetrics.from_state(saved["per_image_metrics"][n]))
+        conf, done = torch.from_numpy(np.asarray(saved["conf"])), set(saved["done"])
     overlay_ids = set(range(min(cfg["overlays"]["images"], len(dataset))))
     mine = [i for i in range(len(dataset)) if i % info.world == info.rank]
     todo = [i for i in mine if i not in done]
     inf = cfg["inference"]
 
-    def save_state():
-        st = {"metrics": {n: m.state_dict() for n, m in metrics.items()},
-              "hists": {n: h.state_dict() for n, h in hists.items()},
-              "per_image_metrics": {n: m.state_dict() for n, m in per_image_metrics.items()},
-              "conf": conf.numpy(), "done": sorted(done)}
-        state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = state_path.with_name(state_path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            pickle.dump(st, f)
-        os.replace(tmp, state_path)
+    def checkpoint():
+        state = {"fingerprint": fingerprint, "metrics": {n: m.state_dict() for n, m in metrics.items()},
+                           "hists": {n: h.state_dict() for n, h in hists.items()},
+                           "per_image_metrics": {n: m.state_dict() for n, m in per_image_metrics.items()},
+                           "conf": conf.numpy(), "done": sorted(done)}
+        save_state(state_path, state, "evaluation")
 
-    bar = tqdm(todo, desc=f"evaluate {d['split']}", disable=not (progress and info.is_main))
+    bar = tqdm(todo, desc=f"evaluate {dataset.split}", disable=not (progress and info.is_main))
     for count, i in enumerate(bar, 1):
         s = dataset[i]
         images = torch.from_numpy(np.array(s["image"]))[None].to(info.device)
@@ -237,8 +323,8 @@ def run_evaluation(cfg: dict, progress: bool = True) -> dict | None:
                 np.save(cache, score[0].numpy().astype(np.float16))
         done.add(i)
         if count % cfg["save_every"] == 0:
-            save_state()
-    save_state()
+            checkpoint()
+    checkpoint()
 
     # merge over ranks
     for n in names:
@@ -258,9 +344,27 @@ def run_evaluation(cfg: dict, progress: bool = True) -> dict | None:
     barrier()
     if not info.is_main:
         return None
+    _, anomalous, _ = hists[names[0]].groups()
+    if anomalous.sum() == 0:
+        raise DatasetError(f"{d['root']}: no pixel of the {len(dataset)} evaluated images is an anomaly (label value 1); "
+                           f"255 means void (excluded): if your masks mark anomalies with 255, map them to 1 "
+                           f"(0 inlier, 1 anomaly, 255 void)")
     report = _write_report(cfg, out, dataset, backbone_name, methods, metrics, per_image_metrics, hists, conf, k)
     _write_overlays(cfg, out, dataset, names, hists)
     return report
+
+
+def _json_safe(x):
+    """NaN / inf (e.g. a metric over nothing) become null: report.json stays valid JSON."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (np.floating, np.integer)):
+        return _json_safe(x.item())
+    return x
 
 
 def _write_report(cfg, out, dataset, backbone_name, methods, metrics, per_image_metrics, hists, conf, k) -> dict:
@@ -270,23 +374,25 @@ def _write_report(cfg, out, dataset, backbone_name, methods, metrics, per_image_
         r.pop("skipped_reasons", None)
         r["tpr95_threshold"] = viz.tpr_threshold(hists[m.name])
         results[m.name] = r
-    report = {
-        "protocol": cfg["protocol"], "dataset": cfg["data"]["name"], "split": cfg["data"]["split"],
+    labelled = k and int(conf.sum()) > 0  # a folder set has class names but no closed-set labels
+    report = _json_safe({
+        "protocol": cfg["protocol"], "dataset": cfg["data"]["name"], "split": dataset.split,
         "images": len(dataset), "methods": results,
-        "miou": miou(conf)[0] if k else None,
+        "miou": miou(conf)[0] if labelled else None,
         "checkpoint": cfg["backbone"].get("checkpoint"), "backbone": backbone_name,
         "anomseg_version": anomseg.__version__, "config": cfg,
-    }
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    })
+    write_json_atomic(out / "report.json", report)
     source = per_image_metrics or metrics
-    with open(out / "per_image.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["image", "name", "method", "auroc", "aupr", "fpr95", "anomaly_px", "inlier_px"])
-        for m in methods:
-            for rec in source[m.name].per_image():
-                w.writerow([rec["id"], dataset.records[rec["id"]].name, m.name, rec["auroc"], rec["aupr"], rec["fpr95"],
-                            rec["anomaly_px"], rec["inlier_px"]])
-    (out / "report.md").write_text(markdown_table(report) + "\n")
+    rows = [["image", "name", "method", "auroc", "aupr", "fpr95", "anomaly_px", "inlier_px"]]
+    for m in methods:
+        for rec in source[m.name].per_image():
+            rows.append([rec["id"], dataset.records[rec["id"]].name, m.name, rec["auroc"], rec["aupr"], rec["fpr95"],
+                         rec["anomaly_px"], rec["inlier_px"]])
+    buf = io.StringIO()
+    csv.writer(buf).writerows(rows)
+    write_text_atomic(out / "per_image.csv", buf.getvalue())
+    write_text_atomic(out / "report.md", markdown_table(report) + "\n")
     viz.plot_curves(hists, out)
     viz.plot_histograms(hists, out)
     return report
@@ -294,11 +400,12 @@ def _write_report(cfg, out, dataset, backbone_name, methods, metrics, per_image_
 
 def markdown_table(report: dict) -> str:
     """The report's methods as a Markdown table (percentages)."""
-    head = (f"{report['dataset']} / {report['split']}, protocol `{report['protocol']}`, {report['images']} images"
+    head = (f"{report['dataset']} / {report['split'] or 'all'}, protocol `{report['protocol']}`, {report['images']} images"
             + (f", closed-set mIoU {100 * report['miou']:.1f}" if report.get("miou") is not None else ""))
     lines = [head, "", "| method | AUROC | AUPR | FPR95 |", "|---|---:|---:|---:|"]
     for name, r in report["methods"].items():
-        lines.append(f"| {name} | {100 * r['auroc']:.2f} | {100 * r['aupr']:.2f} | {100 * r['fpr95']:.2f} |")
+        pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
+        lines.append(f"| {name} | {pct(r['auroc'])} | {pct(r['aupr'])} | {pct(r['fpr95'])} |")
     return "\n".join(lines)
 
 

@@ -7,10 +7,15 @@ complete, so a kill or a full disk leaves the previous version intact; a full di
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import hashlib
 import json
 import os
+import socket
 from pathlib import Path
+
+import numpy as np
 
 from anomseg.errors import AnomsegError
 
@@ -42,6 +47,11 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return _atomic(path, lambda tmp: tmp.write_text(text))
 
 
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    return _atomic(path, lambda tmp: tmp.write_bytes(data))
+
+
 def write_json_atomic(path: str | Path, obj) -> Path:
     """Strict JSON (NaN / inf refused: they are not JSON) written atomically."""
     return write_text_atomic(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
@@ -52,3 +62,160 @@ def save_torch_atomic(path: str | Path, obj) -> Path:
     import torch
 
     return _atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+# -- data-only state files ---------------------------------------------------------------------
+# Resumable state lives in a user's output folder, which others may write to (shared cluster
+# folders): it must never execute code when read. The format is one .npz (read with
+# allow_pickle=False) whose "__json__" entry holds the structure as JSON and whose other entries are
+# the numpy arrays it refers to.
+
+STATE_FORMAT = 1
+
+
+def _encode(x, arrays: dict):
+    if isinstance(x, np.ndarray) or isinstance(x, np.generic):
+        if isinstance(x, np.generic):
+            return x.item()
+        if x.dtype == object:
+            raise TypeError("object arrays cannot be stored in a data-only state")
+        key = f"a{len(arrays)}"
+        arrays[key] = x
+        return {"__nd__": key}
+    if hasattr(x, "detach"):  # a torch tensor
+        return _encode(x.detach().cpu().numpy(), arrays)
+    if isinstance(x, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in x):
+            return {k: _encode(v, arrays) for k, v in x.items()}
+        return {"__items__": [[_encode(k, arrays), _encode(v, arrays)] for k, v in x.items()]}
+    if isinstance(x, (list, tuple)):
+        return [_encode(v, arrays) for v in x]
+    if isinstance(x, Path):
+        return str(x)
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return x
+    raise TypeError(f"{type(x).__name__} cannot be stored in a data-only state")
+
+
+def _decode(x, arrays):
+    if isinstance(x, dict):
+        if set(x) == {"__nd__"}:
+            return arrays[x["__nd__"]]
+        if set(x) == {"__items__"}:
+            return {_decode(k, arrays) if not isinstance(k, list) else tuple(k): _decode(v, arrays) for k, v in x["__items__"]}
+        return {k: _decode(v, arrays) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_decode(v, arrays) for v in x]
+    return x
+
+
+def save_state(path: str | Path, obj, kind: str) -> Path:
+    """Write ``obj`` (nested dicts / lists of numbers, strings, numpy arrays) as a data-only state file."""
+    arrays: dict = {}
+    meta = {"format": STATE_FORMAT, "kind": kind, "state": _encode(obj, arrays)}
+    blob = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, __json__=blob, **arrays)
+
+    return _atomic(path, write)
+
+
+def load_state(path: str | Path, kind: str):
+    """Read a file written by :func:`save_state`; anything else is refused with one line."""
+    path = Path(path)
+    fix = "delete it (or use a new out folder) to start over"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(bytes(z["__json__"]).decode())
+            arrays = {k: z[k] for k in z.files if k != "__json__"}
+    except Exception as exc:  # truncated, not an npz, pickled objects inside: never executed
+        raise OutputError(f"{path}: not a readable anomseg state file ({type(exc).__name__}); {fix}") from None
+    if meta.get("format") != STATE_FORMAT or meta.get("kind") != kind:
+        raise OutputError(f"{path}: a state file of format {meta.get('format')} / kind {meta.get('kind')!r}, expected "
+                          f"{STATE_FORMAT} / {kind!r}; {fix}")
+    return _decode(meta["state"], arrays)
+
+
+# -- fingerprints: resume only what the same inputs made -----------------------------------------
+
+class StaleError(AnomsegError, ValueError):
+    """A resumable artefact was made from other inputs than the current run's."""
+
+
+def _canonical(x) -> str:
+    return json.dumps(x, sort_keys=True, default=str)
+
+
+def check_fingerprint(path: str | Path, saved: dict, expected: dict, restart: str) -> None:
+    """Raise :class:`StaleError` naming what changed when ``saved`` differs from ``expected``.
+
+    ``restart`` says how to start over (e.g. "set resume: false or choose a new out").
+    """
+    if _canonical(saved) == _canonical(expected):
+        return
+    keys = sorted(set(saved) | set(expected))
+    changed = [k for k in keys if _canonical(saved.get(k)) != _canonical(expected.get(k))]
+    raise StaleError(f"{path}: made with other inputs (changed: {', '.join(changed)}); it is not reused; {restart}")
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 (first 16 hex digits) of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+# -- one run per output folder -----------------------------------------------------------------
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def output_lock(folder: str | Path):
+    """Hold ``<folder>/.lock`` for the duration: a second run into the same folder stops with one line.
+
+    A lock left by a killed run (its process is gone on this host) is taken over.
+    """
+    folder = Path(folder)
+    path = folder / ".lock"
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder}: exists and is not a folder; choose another out")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{folder}: cannot create the output folder ({exc.strerror or exc}); choose a writable out") from None
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner = path.read_text().strip()
+            except OSError:
+                owner = "?"
+            host, _, pid = owner.rpartition(":")
+            if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+                path.unlink(missing_ok=True)  # left by a run that was killed
+                continue
+            raise OutputError(f"{folder}: another run ({owner}) is writing to this folder; wait for it or choose another "
+                              f"out (delete {path} if that run no longer exists)") from None
+        except OSError as exc:
+            raise OutputError(f"{folder}: cannot write here ({exc.strerror or exc}); choose a writable out") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        break
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)

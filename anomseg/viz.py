@@ -150,6 +150,12 @@ def resolve_threshold(spec, hist: ScoreHistogram | None, score: np.ndarray) -> t
 
 
 def save_png(path: Path, rgb: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    return path
+    """Write an RGB uint8 (H, W, 3) image as PNG, atomically; a failure is an error, never silent."""
+    from anomseg.files import OutputError, write_bytes_atomic
+
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OutputError(f"{path}: the image could not be encoded as PNG")
+    if Path(path).is_dir():
+        raise OutputError(f"{path}: is a folder; give --out a folder for the panels, not a panel's path")
+    return write_bytes_atomic(path, buf.tobytes())

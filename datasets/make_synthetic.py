@@ -3,7 +3,9 @@
 A thin wrapper over :func:`anomseg.data.generate_synthetic`; ``--help`` lists the options.
 """
 
+import sys
+
 from anomseg.data.synthetic import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

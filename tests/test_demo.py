@@ -52,3 +52,8 @@ def test_demo_runs_every_stage_and_reuses_outputs(tmp_path, capsys):
     assert second.count("skipped") == 4 and "running" not in second
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     assert json.loads((out / "eval" / "report.json").read_text()) == report
+    # a changed setting is never answered with the old output
+    assert demo.main(["--out", str(out), "--config", str(cfg), "--workers", "1", "heads.train.steps=6"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "heads: made with other inputs (changed: train)" in err[0]
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())

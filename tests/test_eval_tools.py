@@ -15,7 +15,7 @@ import yaml
 import anomseg.evaluate as evaluate
 from anomseg.data import DatasetError, build_dataset, generate_synthetic
 from anomseg.heads.train import make_head, save_head
-from anomseg.bank.extract import weights_hash
+from anomseg.models.identity import weights_hash
 from anomseg.models import build_backbone
 from tests.conftest import random_image, tiled_label, write_png
 

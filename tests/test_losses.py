@@ -97,6 +97,14 @@ def test_pasting_marks_exactly_the_pasted_pixels(tmp_path):
     np.testing.assert_array_equal(s["semantic"][~pasted], semantic[~pasted])
     np.testing.assert_array_equal(s["anomaly"][~pasted], anomaly[~pasted])
     np.testing.assert_array_equal(s["image"][~pasted], image[~pasted])
+    # labels served at half resolution (label_scale 0.5): objects are placed in image coordinates and
+    # the label of cell (i, j) is the image pixel under its centre, (2i + 1, 2j + 1)
+    half = {"image": image, "semantic": semantic[::2, ::2], "anomaly": np.zeros((32, 48), np.uint8), "name": "x"}
+    s = paste_objects(half, pool, np.random.default_rng(3), count=3, height_range=(0.2, 0.4))
+    pasted = (s["image"] == (1, 2, 3)).all(-1)
+    assert pasted.any()
+    np.testing.assert_array_equal(s["anomaly"] == 1, pasted[1::2, 1::2])
+    np.testing.assert_array_equal(s["semantic"][pasted[1::2, 1::2]], 255)
     with pytest.raises(Exception, match="mask of outlier object"):
         (tmp_path / "masks" / "0.png").unlink()
         OutlierPool(tmp_path)
@@ -131,6 +139,7 @@ def test_finetune_head_only_changes_the_classifier(tmp_path):
 
 
 def test_tune_finds_and_writes_the_best_config(tmp_path):
+    pytest.importorskip("optuna")  # the `tune` extra
     import yaml
 
     from anomseg.tune import run_tuning

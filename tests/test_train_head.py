@@ -62,3 +62,29 @@ def test_missing_open_pixels_is_a_clear_error(config, tmp_path, capsys):
                             "heads=[{name: cls_fea}]"])
     assert code == 2
     assert "no open pixels but the head needs" in capsys.readouterr().err
+
+
+def test_heads_under_torchrun_are_trained_once(config, tmp_path):
+    """2 gloo processes: the banks are sharded, the heads trained once (rank 0): same summary and logs
+    as one process, and no rank races on the head files."""
+    import os
+    import subprocess
+
+    path, _ = config
+    root = Path(__file__).resolve().parents[1]
+    args = ["--config", str(path), "heads=[{name: opengan_fea, options: {lambda_g: 0.2}}, {name: gaussian}]"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    outs = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"n{nproc}"
+        cmd = [sys.executable, str(root / "tools" / "train_head.py")] if nproc == 1 else [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            str(root / "tools" / "train_head.py")]
+        proc = subprocess.run(cmd + args + [f"out={out}"], env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outs[nproc] = out
+    one, two = (json.loads((outs[n] / "summary.json").read_text()) for n in (1, 2))
+    assert one == two
+    for n in (1, 2):
+        log = [json.loads(line) for line in (outs[n] / "heads" / "opengan_fea" / "log.jsonl").read_text().splitlines()]
+        assert [e["step"] for e in log] == [3, 6]

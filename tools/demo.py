@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from anomseg.config import load_config
-from anomseg.demo import print_report, run_demo
+from anomseg.demo import SCHEMA, print_report, run_demo
 from anomseg.errors import AnomsegError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     t0 = time.perf_counter()
     try:
-        report = run_demo(load_config(a.config, a.overrides), a.out, seed=a.seed, workers=a.workers)
+        report = run_demo(load_config(a.config, a.overrides, schema=SCHEMA), a.out, seed=a.seed, workers=a.workers)
     except AnomsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ import sys
 
 from anomseg.cli import config_tool
 from anomseg.errors import AnomsegError
-from anomseg.evaluate import DEFAULTS, markdown_table, run_evaluation
+from anomseg.evaluate import DEFAULTS, SCHEMA, markdown_table, run_evaluation
 
 
 def evaluate_and_print(cfg: dict) -> None:
@@ -22,7 +22,7 @@ def evaluate_and_print(cfg: dict) -> None:
 
 def main(argv=None) -> int:
     return config_tool("Evaluate anomaly scores and heads on a dataset split.", evaluate_and_print, DEFAULTS, argv,
-                       errors=(AnomsegError, ValueError))
+                       errors=(AnomsegError, ValueError), schema=SCHEMA)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,11 @@ Writes the resolved config, the banks, and per head its best and last checkpoint
 import sys
 
 from anomseg.cli import config_tool
-from anomseg.heads.pipeline import DEFAULTS, run_head_training
+from anomseg.heads.pipeline import DEFAULTS, SCHEMA, run_head_training
 
 
 def main(argv=None) -> int:
-    return config_tool("Train per-pixel anomaly heads on a feature bank.", run_head_training, DEFAULTS, argv)
+    return config_tool("Train per-pixel anomaly heads on a feature bank.", run_head_training, DEFAULTS, argv, schema=SCHEMA)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,11 @@ NCCL on GPU). Resumes from ``<out>/checkpoints/last.pth`` when it exists.
 import sys
 
 from anomseg.cli import config_tool
-from anomseg.train import SEG_DEFAULTS, train_segmentation
+from anomseg.train import SEG_DEFAULTS, SEG_SCHEMA, train_segmentation
 
 
 def main(argv=None) -> int:
-    return config_tool("Train a segmentation backbone.", train_segmentation, SEG_DEFAULTS, argv)
+    return config_tool("Train a segmentation backbone.", train_segmentation, SEG_DEFAULTS, argv, schema=SEG_SCHEMA)
 
 
 if __name__ == "__main__":

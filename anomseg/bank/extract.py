@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -13,17 +12,10 @@ from tqdm import tqdm
 from anomseg.bank.store import KINDS, META, OPEN, BankError, FeatureBank, part_name, write_part
 from anomseg.data.base import resize_nearest
 from anomseg.distributed import DistInfo, barrier
+from anomseg.files import write_json_atomic
+from anomseg.models.identity import weights_hash
 
 BANK_VERSION = 1
-
-
-def weights_hash(model: torch.nn.Module) -> str:
-    """sha256 (first 16 hex digits) of a model's state dict: identifies the weights, not the file."""
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def _select(rng: np.random.Generator, idx: np.ndarray, cap: int | None) -> np.ndarray:
@@ -98,7 +90,10 @@ def extract_bank(model, dataset, out: str | Path, *, backbone: str, layer: str =
     }
     meta_path = out / META
     if meta_path.is_file():
-        old = json.loads(meta_path.read_text())
+        try:
+            old = json.loads(meta_path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            raise BankError(f"{meta_path}: unreadable or truncated; delete {out} and extract the bank again") from None
         diff = [k for k in attrs if old.get(k) != attrs[k]]
         if diff:
             raise BankError(f"{out}: an existing bank was built with other settings ({', '.join(diff)}: "
@@ -107,7 +102,7 @@ def extract_bank(model, dataset, out: str | Path, *, backbone: str, layer: str =
             return FeatureBank(out)
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
-        meta_path.write_text(json.dumps({**attrs, "complete": False}, indent=2))
+        write_json_atomic(meta_path, {**attrs, "complete": False})
     was = model.training
     model.eval()
     todo = [p for p in range(attrs["parts"]) if p % world == rank and not (out / part_name(p)).is_file()]
@@ -129,6 +124,6 @@ def extract_bank(model, dataset, out: str | Path, *, backbone: str, layer: str =
         missing = [p for p in range(attrs["parts"]) if not (out / part_name(p)).is_file()]
         if missing:
             raise BankError(f"{out}: parts {missing[:5]} were not written; run the extraction again")
-        meta_path.write_text(json.dumps({**attrs, "complete": True}, indent=2))
+        write_json_atomic(meta_path, {**attrs, "complete": True})
     barrier()
     return FeatureBank(out)

@@ -36,12 +36,17 @@ def part_name(index: int) -> str:
     return f"part-{index:05d}.h5"
 
 
+def _attr(v):
+    """How a ``meta.json`` value is stored as an HDF5 attribute."""
+    return json.dumps(v) if v is None or isinstance(v, (dict, list)) else v
+
+
 def write_part(path: Path, rows: dict[str, dict[str, np.ndarray]], attrs: dict) -> None:
     """Write one part atomically. ``rows[kind]`` holds features / labels / image / yx arrays."""
     tmp = path.with_name(path.name + ".tmp")
     with h5py.File(tmp, "w") as f:
         for k, v in attrs.items():
-            f.attrs[k] = json.dumps(v) if v is None or isinstance(v, (dict, list)) else v
+            f.attrs[k] = _attr(v)
         for kind in KINDS:
             g = f.create_group(kind)
             r = rows[kind]
@@ -67,18 +72,40 @@ class FeatureBank:
         if not meta_path.is_file():
             raise BankError(f"{self.root}: no feature bank here ({META} missing); build it with anomseg.bank.extract_bank "
                             f"or tools/train_head.py")
-        self.meta = json.loads(meta_path.read_text())
-        n_parts = self.meta["parts"]
+        try:
+            self.meta = json.loads(meta_path.read_text())
+            n_parts = int(self.meta["parts"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            raise BankError(f"{meta_path}: unreadable or truncated bank description; delete {self.root} and extract the "
+                            f"bank again") from None
         missing = [i for i in range(n_parts) if not (self.root / part_name(i)).is_file()]
         if missing or not self.meta.get("complete"):
             raise BankError(f"{self.root}: incomplete bank ({n_parts - len(missing)} of {n_parts} parts written); "
                             f"run the extraction again to finish it (it resumes)")
         self.feature_dim = int(self.meta["feature_dim"])
-        self._files = [h5py.File(self.root / part_name(i), "r") for i in range(n_parts)]
+        self._files = [self._open_part(i) for i in range(n_parts)]
         # dataset handles cached per (kind, field): h5py name lookups dominate small random reads
         self._ds = {k: {f: [fh[k][f] for fh in self._files] for f in ("features", "labels", "image", "yx")} for k in KINDS}
         self._offsets = {k: np.cumsum([0] + [d.shape[0] for d in self._ds[k]["labels"]]) for k in KINDS}
         self.counts = {k: int(self._offsets[k][-1]) for k in KINDS}
+
+    def _open_part(self, i: int):
+        """Open part ``i`` and check it belongs to this bank (its attributes are ``meta.json``'s)."""
+        path = self.root / part_name(i)
+        try:
+            f = h5py.File(path, "r")
+            attrs = dict(f.attrs)
+        except OSError:
+            raise BankError(f"{path}: unreadable or truncated part; delete it and run the extraction again (it "
+                            f"resumes with the missing parts)") from None
+        for k, v in self.meta.items():
+            if k == "complete":
+                continue
+            if k not in attrs or _attr(v) != (attrs[k].item() if hasattr(attrs[k], "item") else attrs[k]):
+                f.close()
+                raise BankError(f"{path}: belongs to another bank ({k}: part {attrs.get(k)!r} vs meta.json {_attr(v)!r}); "
+                                f"delete it and run the extraction again")
+        return f
 
     def __repr__(self):
         return (f"FeatureBank({self.root}, backbone={self.meta.get('backbone')}, D={self.feature_dim}, "

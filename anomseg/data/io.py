@@ -16,6 +16,9 @@ def _open(path: Path) -> Image.Image:
         img.load()  # forces decoding: a truncated file raises here, not later
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found; check the dataset root and split") from None
+    except Image.DecompressionBombError as exc:
+        raise DatasetError(f"{path}: image too large to decode safely ({exc}); resize it, or raise "
+                           f"PIL.Image.MAX_IMAGE_PIXELS if the file is trusted") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise DatasetError(
             f"{path}: unreadable or truncated image ({exc}); re-extract or re-download this file"

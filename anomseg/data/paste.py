@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from anomseg.data.base import resize_nearest
 from anomseg.data.io import read_label, read_rgb
 from anomseg.errors import DatasetError
 
@@ -47,12 +48,15 @@ def paste_objects(sample: dict, pool: OutlierPool, rng: np.random.Generator, cou
 
     Each object is resized to a random height (fraction of the image height), placed at a random
     position fully or partly inside the image, and its pixels become ``anomaly`` 1 and
-    ``semantic`` 255 (ignore): exactly the pasted pixels, nothing else.
+    ``semantic`` 255 (ignore): exactly the pasted pixels, nothing else. Objects are placed in image
+    coordinates; labels served at a reduced scale (``label_scale``) get the pasted mask
+    nearest-downsampled by the same rule as the labels themselves.
     """
     image = sample["image"].copy()
     semantic = sample["semantic"].copy()
     anomaly = sample["anomaly"].copy()
-    H, W = anomaly.shape
+    H, W = image.shape[:2]
+    pasted = np.zeros((H, W), bool)
     for _ in range(count):
         obj, mask = pool[int(rng.integers(len(pool)))]
         h = max(2, int(H * rng.uniform(*height_range)))
@@ -63,8 +67,11 @@ def paste_objects(sample: dict, pool: OutlierPool, rng: np.random.Generator, cou
         ys, xs = slice(max(0, y0), min(H, y0 + h)), slice(max(0, x0), min(W, x0 + w))
         m = mask[ys.start - y0: ys.stop - y0, xs.start - x0: xs.stop - x0]
         image[ys, xs][m] = obj[ys.start - y0: ys.stop - y0, xs.start - x0: xs.stop - x0][m]
-        semantic[ys, xs][m] = 255
-        anomaly[ys, xs][m] = 1
+        pasted[ys, xs] |= m
+    if pasted.shape != anomaly.shape:
+        pasted = resize_nearest(pasted.astype(np.uint8), anomaly.shape).astype(bool)
+    semantic[pasted] = 255
+    anomaly[pasted] = 1
     return {**sample, "image": image, "semantic": semantic, "anomaly": anomaly}
 
 

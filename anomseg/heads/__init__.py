@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from anomseg.config import ConfigError
 from anomseg.heads.base import Head
 from anomseg.heads.opengan import Discriminator, Generator, OpenGANHead
 from anomseg.heads.statistical import GaussianHead, GMMHead, KNNHead
@@ -21,12 +22,15 @@ HEADS = {
 def build_head(name: str, feat_dim: int, **options) -> Head:
     """Build a head by name (see :data:`HEADS`); ``gaussian`` also needs ``num_classes``."""
     if name not in HEADS:
-        raise ValueError(f"unknown head {name!r}; valid: {', '.join(HEADS)}")
+        raise ConfigError(f"unknown head {name!r}; valid: {', '.join(HEADS)}")
     cls, fixed = HEADS[name]
     clash = {k for k in fixed if k in options and options[k] != fixed[k]}
     if clash:
-        raise ValueError(f"head {name!r} fixes {', '.join(sorted(clash))}; use 'opengan_fea' to set them freely")
-    head = cls(feat_dim, **{**options, **fixed})
+        raise ConfigError(f"head {name!r} fixes {', '.join(sorted(clash))}; use 'opengan_fea' to set them freely")
+    try:
+        head = cls(feat_dim, **{**options, **fixed})
+    except TypeError as exc:
+        raise ConfigError(f"head {name!r}: bad option ({exc})") from None
     head.name = name
     return head
 

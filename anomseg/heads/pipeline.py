@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 from pathlib import Path
 
 import torch
 
 from anomseg.bank import extract_bank
-from anomseg.config import save_config
+from anomseg.config import ANY, BACKBONE_SCHEMA, OPTIONAL_INT, OPTIONAL_STR, save_config, schema_from_defaults
 from anomseg.data import build_dataset
 from anomseg.data.paste import PastedDataset
 from anomseg.distributed import init_distributed
+from anomseg.files import output_lock, write_json_atomic
 from anomseg.heads.train import train_head
 from anomseg.models.checkpoints import backbone_from_config
 
@@ -27,6 +28,12 @@ DEFAULTS = {
     "train": {"steps": 2000, "eval_every": 100, "n_closed": 5000, "n_open": 2500, "n_fake": 2500,
               "lr_d": 1e-4 / 1.5, "lr_g": 1e-4, "max_samples": 100000, "closed_source": "bank"},
 }
+
+SCHEMA = schema_from_defaults(DEFAULTS, {
+    "device": OPTIONAL_STR, "data.options": ANY, "data.paste": ANY, "backbone": BACKBONE_SCHEMA, "bank.dir": OPTIONAL_STR,
+    "bank.open_per_image": OPTIONAL_INT, "bank.val_closed_per_image": OPTIONAL_INT,
+    "heads": [{"name": str, "options": ANY}],
+})
 
 
 def build_banks(cfg: dict, progress: bool = True):
@@ -56,12 +63,22 @@ def build_banks(cfg: dict, progress: bool = True):
 def run_head_training(cfg: dict, progress: bool = True) -> dict:
     """Build or reuse the banks, then train / fit and select every head of ``cfg["heads"]``.
 
-    Writes ``<out>/config.yaml``, ``<out>/bank/{train,val}``, ``<out>/heads/<name>/{best.pth,log.jsonl,...}``
-    and ``<out>/summary.json``.
+    Writes ``<out>/bank/{train,val}``, ``<out>/heads/<name>/{best.pth,log.jsonl,...}``
+    ``<out>/summary.json`` and the resolved ``<out>/config.yaml``. Under torchrun the banks are extracted by all ranks (sharded) and the
+    heads are trained once, by rank 0; the other ranks return None once the banks are complete.
     """
     out = Path(cfg["out"])
-    save_config(cfg, out / "config.yaml")
-    train_bank, val_bank, model, name, train_set = build_banks(cfg, progress)
+    dist_info = init_distributed(cfg.get("device"))
+    with output_lock(out) if dist_info.is_main else contextlib.nullcontext():
+        train_bank, val_bank, model, name, train_set = build_banks(cfg, progress)
+        if not dist_info.is_main:
+            return None
+        summary = _train_heads(cfg, out, train_bank, val_bank, model, name, train_set, progress)
+        save_config(cfg, out / "config.yaml")  # once every check passed: it describes what is there
+        return summary
+
+
+def _train_heads(cfg, out, train_bank, val_bank, model, name, train_set, progress) -> dict:
     tc = cfg["train"]
     sampler_kwargs = {}
     if tc.get("closed_source", "bank") == "image":
@@ -76,5 +93,5 @@ def run_head_training(cfg: dict, progress: bool = True) -> dict:
                                         sampler_kwargs=sampler_kwargs)
         if progress:
             print(f"{h['name']}: best validation AUROC {summary[h['name']]['best_auroc']:.4f}")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(out / "summary.json", summary)
     return summary

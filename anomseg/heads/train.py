@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from anomseg.bank.sampler import MixedBatchSampler
-from anomseg.errors import AnomsegError
 from anomseg.bank.store import BankError, FeatureBank
+from anomseg.errors import AnomsegError
+from anomseg.files import check_fingerprint, save_torch_atomic, write_text_atomic
 from anomseg.heads import HEADS, build_head
 from anomseg.heads.opengan import OpenGANHead, as_column
 from anomseg.metrics.curves import exact_metrics
@@ -41,12 +42,9 @@ def validation_auroc(head, bank: FeatureBank) -> float:
 
 
 def save_head(path: Path, head, info: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": HEAD_FORMAT, "name": head.name, "feat_dim": head.feat_dim,
-                "options": getattr(head, "build_options", {}), "state_dict": head.state_dict(), **info}, tmp)
-    tmp.replace(path)
-    return path
+    """Write a head with what rebuilds it (name, feature size, options) and ``info`` (backbone, weights hash, ...)."""
+    return save_torch_atomic(path, {"format": HEAD_FORMAT, "name": head.name, "feat_dim": head.feat_dim,
+                                    "options": getattr(head, "build_options", {}), "state_dict": head.state_dict(), **info})
 
 
 class HeadError(AnomsegError, ValueError):
@@ -59,7 +57,11 @@ def load_head(path: str | Path):
     if not path.is_file():
         raise HeadError(f"{path}: head checkpoint not found; train it with tools/train_head.py "
                         f"(heads are written to <out>/heads/<name>/best.pth)")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, not a torch file, pickled code (refused, never run)
+        raise HeadError(f"{path}: cannot be read as a head checkpoint ({type(exc).__name__}); retrain it with "
+                        f"tools/train_head.py") from None
     if not isinstance(obj, dict) or obj.get("format") != HEAD_FORMAT:
         raise HeadError(f"{path}: not an anomseg head checkpoint (written by tools/train_head.py)")
     head = make_head(obj["name"], obj["feat_dim"], **obj["options"])
@@ -115,12 +117,13 @@ def make_optimizers(head: OpenGANHead, lr_d: float = 1e-4 / 1.5, lr_g: float = 1
 def train_opengan(head: OpenGANHead, sampler: MixedBatchSampler, val_bank: FeatureBank, *, out: str | Path,
                   steps: int = 2000, eval_every: int = 100, n_fake: int = 2500, lr_d: float = 1e-4 / 1.5,
                   lr_g: float = 1e-4, betas=(0.5, 0.999), seed: int = 0, progress: bool = True,
-                  info: dict | None = None) -> dict:
+                  info: dict | None = None, fingerprint: dict | None = None) -> dict:
     """Train an OpenGAN-family head (recipe in ``anomseg.heads.opengan``); select on validation AUROC.
 
     Writes ``out/best.pth`` (best validation AUROC), ``out/last.pth`` (resumable: head, optimisers,
-    sampler state) and ``out/log.jsonl``; resumes from ``last.pth`` when present.
-    Returns ``{"best_auroc", "best_step", "steps"}``.
+    sampler state) and ``out/log.jsonl``; resumes from ``last.pth`` when present and made with the same
+    ``fingerprint`` (what the run depends on: head, options, banks, training settings), else stops
+    with :class:`~anomseg.files.StaleError`. Returns ``{"best_auroc", "best_step", "steps"}``.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -128,10 +131,17 @@ def train_opengan(head: OpenGANHead, sampler: MixedBatchSampler, val_bank: Featu
     sampler.bank.check_compatible(head.feat_dim)
     torch.manual_seed(seed)
     opt_d, opt_g = make_optimizers(head, lr_d, lr_g, betas)
-    start, best, best_step = 0, -1.0, -1
+    start, best, best_step, history = 0, -1.0, -1, []
+    fingerprint = fingerprint or {}
     last = out / "last.pth"
     if last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(last, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise HeadError(f"{last}: cannot be read ({type(exc).__name__}); delete it to train this head from scratch") from None
+        check_fingerprint(last, state.get("fingerprint", {}), fingerprint,
+                          f"delete {out} (or use a new out) to train this head from scratch")
+        history = json.loads(state.get("history", "[]"))
         head.load_state_dict(state["state_dict"])
         opt_d.load_state_dict(state["opt_d"])
         if opt_g is not None:
@@ -152,15 +162,15 @@ def train_opengan(head: OpenGANHead, sampler: MixedBatchSampler, val_bank: Featu
             if auroc > best:
                 best, best_step = auroc, step + 1
                 save_head(out / "best.pth", head, {**(info or {}), "val_auroc": auroc, "step": step + 1})
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(entry) + "\n")
             save_head(out / "head_last.pth", head, {**(info or {}), "val_auroc": auroc, "step": step + 1})
+            history.append(entry)
             state = {"state_dict": head.state_dict(), "opt_d": opt_d.state_dict(),
                      "opt_g": opt_g.state_dict() if opt_g is not None else None, "sampler": sampler.state_dict(),
-                     "torch_rng": torch.get_rng_state(), "step": step + 1, "best_auroc": best, "best_step": best_step}
-            tmp = last.with_name("last.pth.tmp")
-            torch.save(state, tmp)
-            tmp.replace(last)
+                     "torch_rng": torch.get_rng_state(), "step": step + 1, "best_auroc": best, "best_step": best_step,
+                     "fingerprint": fingerprint, "history": json.dumps(history)}
+            save_torch_atomic(last, state)
+            # the log is rewritten from the checkpointed history: a kill never leaves a line twice
+            write_text_atomic(out / "log.jsonl", "".join(json.dumps(e) + "\n" for e in history))
     return {"best_auroc": best, "best_step": best_step, "steps": steps}
 
 
@@ -184,11 +194,15 @@ def train_head(name: str, options: dict, train_bank: FeatureBank, val_bank: Feat
     """Build, train (or fit) and select a head; returns a summary with the validation AUROC."""
     out = Path(out)
     if name not in HEADS:
-        raise ValueError(f"unknown head {name!r}; valid: {', '.join(HEADS)}")
+        raise HeadError(f"unknown head {name!r}; valid: {', '.join(HEADS)}")
     feat_dim = train_bank.feature_dim
     if name == "gaussian":
         options = {"num_classes": int(train_bank.meta.get("num_classes") or 0), **options}
     head = make_head(name, feat_dim, **options)
+    bank_id = lambda b: {k: v for k, v in b.meta.items() if k != "complete"}  # noqa: E731
+    fingerprint = {"version": 1, "head": name, "options": options, "seed": seed, "train_bank": bank_id(train_bank),
+                   "val_bank": bank_id(val_bank), "train": {k: v for k, v in train.items() if k != "steps"},
+                   "sampler": {k: v for k, v in (sampler_kwargs or {}).items() if isinstance(v, (str, int, float))}}
     if isinstance(head, OpenGANHead):
         sampler = MixedBatchSampler(train_bank, n_closed=train.get("n_closed", 5000),
                                     n_open=train.get("n_open", 2500) if head.lambda_o > 0 else 0,
@@ -196,11 +210,10 @@ def train_head(name: str, options: dict, train_bank: FeatureBank, val_bank: Feat
         result = train_opengan(head, sampler, val_bank, out=out, steps=train.get("steps", 2000),
                                eval_every=train.get("eval_every", 100), n_fake=train.get("n_fake", 2500),
                                lr_d=train.get("lr_d", 1e-4 / 1.5), lr_g=train.get("lr_g", 1e-4), seed=seed,
-                               progress=progress, info=info)
+                               progress=progress, info=info, fingerprint=fingerprint)
         return {"head": name, **result}
     fit_statistical(head, train_bank, max_samples=train.get("max_samples", 100000), seed=seed)
     auroc = validation_auroc(head, val_bank)
     save_head(out / "best.pth", head, {**(info or {}), "val_auroc": auroc})
-    with open(out / "log.jsonl", "a") as f:
-        f.write(json.dumps({"fitted": name, "val_auroc": auroc}) + "\n")
+    write_text_atomic(out / "log.jsonl", json.dumps({"fitted": name, "val_auroc": auroc}) + "\n")
     return {"head": name, "best_auroc": auroc}

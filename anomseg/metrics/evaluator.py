@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -54,12 +55,16 @@ class AnomalyMetrics:
         min_pred_size, min_gt_size: override the track's minimum component sizes.
         component_threshold: a fixed score threshold, or ``"best_f1"`` (default): the pixel
             threshold maximising pooled F1, found from the histogram after the stream; the score maps
-            then wait in a temporary folder on disk (``spill_dir``) for the second pass.
+            then wait on disk for the second pass: in ``spill_dir`` if given (kept, for resuming),
+            else in a temporary folder this evaluator owns (deleted with it; ``merge`` hands the
+            other evaluator's folders over to the merged one). File names carry a token unique to
+            the evaluator, so two evaluators sharing a ``spill_dir`` never overwrite each other.
 
     ``update(scores, anomaly, ids=None)`` takes float scores (N, H, W) or (H, W) (numpy or torch,
     higher = more anomalous, never transformed) and uint8 targets of the same shape (0 inlier,
     1 anomaly, 255 void). ``ids`` are global image indices (default: a running count); results are
-    independent of the order and sharding of the images.
+    independent of the order and sharding of the images. Evaluators fed only default ids merge by
+    numbering the other's images after this one's; with explicit ids a repeated id is an error.
     """
 
     def __init__(self, protocol: str = "per_image", *, exact: bool = False, mantissa_bits: int = 11,
@@ -83,7 +88,8 @@ class AnomalyMetrics:
         self.min_gt_size = track["min_gt_size"] if min_gt_size is None else min_gt_size
         self.component_threshold = component_threshold
         self._spill_dir = Path(spill_dir) if spill_dir is not None else None
-        self._spill: Path | None = None  # a temporary spill folder this evaluator owns
+        self._owned: list[Path] = []  # temporary spill folders this evaluator deletes
+        self._token = uuid.uuid4().hex[:12]
         self.reset()
 
     # -- state ---------------------------------------------------------------------------
@@ -92,6 +98,7 @@ class AnomalyMetrics:
         self.skipped: dict[int, str] = {}
         self.seen: set[int] = set()
         self._next_id = 0
+        self._explicit_ids = False  # whether any update named its ids
         needs_hist = self.protocol == "pooled" and not self.exact
         needs_hist |= self.components and self.component_threshold == "best_f1"
         if not needs_hist:
@@ -105,13 +112,15 @@ class AnomalyMetrics:
         self.comp = ComponentStats()
         self._spilled: list[Path] = []
         self._resolved_components: tuple[ComponentStats, float] | None = None
-        if self._spill is not None:
-            shutil.rmtree(self._spill, ignore_errors=True)
-            self._spill = None
+        self._remove_owned()
+
+    def _remove_owned(self) -> None:
+        for folder in getattr(self, "_owned", []):
+            shutil.rmtree(folder, ignore_errors=True)
+        self._owned = []
 
     def __del__(self):
-        if getattr(self, "_spill", None) is not None:
-            shutil.rmtree(self._spill, ignore_errors=True)
+        self._remove_owned()
 
     # -- input ---------------------------------------------------------------------------
     def _check(self, scores: np.ndarray, anomaly: np.ndarray, image_id: int) -> tuple[int, int, int]:
@@ -145,6 +154,8 @@ class AnomalyMetrics:
             raise MetricInputError(f"scores {scores.shape} and anomaly {anomaly.shape} must both be (N, H, W) or (H, W)")
         if ids is None:
             ids = range(self._next_id, self._next_id + len(scores))
+        else:
+            self._explicit_ids = True
         ids = [int(i) for i in np.atleast_1d(ids)]
         if len(ids) != len(scores):
             raise MetricInputError(f"{len(ids)} ids for a batch of {len(scores)} images")
@@ -190,10 +201,10 @@ class AnomalyMetrics:
             folder = self._spill_dir
             folder.mkdir(parents=True, exist_ok=True)
         else:
-            if self._spill is None:
-                self._spill = Path(tempfile.mkdtemp(prefix="anomseg_components_"))
-            folder = self._spill
-        path = folder / f"{image_id}.npz"
+            if not self._owned:
+                self._owned.append(Path(tempfile.mkdtemp(prefix="anomseg_components_")))
+            folder = self._owned[0]
+        path = folder / f"{self._token}_{image_id}.npz"
         np.savez(path, score=s.astype(np.float32), anomaly=a)
         self._spilled.append(path)
 
@@ -203,9 +214,13 @@ class AnomalyMetrics:
         for name in ("protocol", "exact", "mantissa_bits", "components", "min_pred_size", "min_gt_size", "component_threshold"):
             if getattr(self, name) != getattr(other, name):
                 raise MetricInputError(f"cannot merge evaluators with different {name}: {getattr(self, name)!r} vs {getattr(other, name)!r}")
+        if not other._explicit_ids and self.seen & other.seen:
+            other = other._renumbered(self._next_id)  # default ids: the other's images come after ours
         dup = self.seen & other.seen
         if dup:
-            raise MetricInputError(f"image ids {sorted(dup)[:5]} were evaluated in both shards; give each image one id")
+            raise MetricInputError(f"image ids {sorted(dup)[:5]} were evaluated in both shards; pass each image's "
+                                   f"global index as update(..., ids=[...]) in sharded runs")
+        self._explicit_ids |= other._explicit_ids
         self.records.update(other.records)
         self.skipped.update(other.skipped)
         self.seen |= other.seen
@@ -216,6 +231,18 @@ class AnomalyMetrics:
         self.pooled_neg += other.pooled_neg
         self.comp.merge(other.comp)
         self._spilled += other._spilled
+        self._owned += other._owned  # the spilled maps now live as long as this evaluator
+        other._owned = []
+
+    def _renumbered(self, offset: int) -> "AnomalyMetrics":
+        """A copy whose default image ids start at ``offset`` (spilled files keep their paths)."""
+        m = AnomalyMetrics.from_state(self.state_dict())
+        m.records = {i + offset: {**r, "id": i + offset} for i, r in self.records.items()}
+        m.skipped = {i + offset: r for i, r in self.skipped.items()}
+        m.seen = {i + offset for i in self.seen}
+        m._next_id = self._next_id + offset
+        m._owned, self._owned = self._owned, []
+        return m
 
     def settings(self) -> dict:
         """The constructor arguments that define this evaluator (spill folder aside)."""
@@ -228,7 +255,8 @@ class AnomalyMetrics:
         return {"settings": self.settings(), "records": self.records, "skipped": self.skipped, "seen": sorted(self.seen),
                 "next_id": self._next_id, "hist": self.hist.state_dict() if self.hist is not None else None,
                 "pooled_pos": self.pooled_pos, "pooled_neg": self.pooled_neg,
-                "siou": self.comp.siou, "ppv": self.comp.ppv, "spilled": [str(p) for p in self._spilled]}
+                "siou": self.comp.siou, "ppv": self.comp.ppv, "spilled": [str(p) for p in self._spilled],
+                "explicit_ids": self._explicit_ids}
 
     @classmethod
     def from_state(cls, state: dict) -> "AnomalyMetrics":
@@ -240,12 +268,13 @@ class AnomalyMetrics:
         m.pooled_pos, m.pooled_neg = list(state["pooled_pos"]), list(state["pooled_neg"])
         m.comp.siou, m.comp.ppv = list(state["siou"]), list(state["ppv"])
         m._spilled = [Path(p) for p in state.get("spilled", [])]
+        m._explicit_ids = bool(state.get("explicit_ids", True))
         return m
 
     def spilled_components(self, threshold: float) -> ComponentStats:
         """Component statistics of this evaluator's spilled score maps at ``threshold``."""
         stats = ComponentStats()
-        for path in sorted(self._spilled, key=lambda p: int(p.stem)):
+        for path in sorted(self._spilled, key=lambda p: int(p.stem.rsplit("_", 1)[-1])):
             with np.load(path) as z:
                 stats.add(*image_components(z["score"], z["anomaly"], threshold, self.min_pred_size, self.min_gt_size))
         return stats

@@ -11,6 +11,7 @@ same global batch. Batch norm statistics are per process on CPU (gloo has no Syn
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -22,11 +23,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from anomseg.config import save_config
+from anomseg.config import ANY, ConfigError, OPTIONAL_INT, OPTIONAL_STR, save_config, schema_from_defaults
 from anomseg.data import build_dataset
 from anomseg.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
-from anomseg.files import write_text_atomic
-from anomseg.models import build_backbone, load_checkpoint, load_pretrained, save_checkpoint
+from anomseg.files import check_fingerprint, output_lock, write_text_atomic
+from anomseg.models import ModelError, build_backbone, load_checkpoint, load_pretrained, save_checkpoint
 from anomseg.models.base import resize_logits
 from anomseg.data.paste import PastedDataset
 from anomseg.train.augment import SegAugment, sample_seed
@@ -45,6 +46,13 @@ DEFAULTS = {
               "val_batch_size": 4, "resume": True, "stop_after_epochs": None,
               "loss": {"name": "ce", "options": {}}, "finetune": "all"},
 }
+
+SCHEMA = schema_from_defaults(DEFAULTS, {
+    "device": OPTIONAL_STR, "data.options": ANY, "data.paste": ANY, "data.val_split": OPTIONAL_STR,
+    "model.options": ANY, "model.init": OPTIONAL_STR, "model.pretrained": OPTIONAL_STR,
+    "train.max_steps_per_epoch": OPTIONAL_INT, "train.stop_after_epochs": OPTIONAL_INT,
+    "train.loss": {"name": str, "options": ANY},
+})
 
 
 class _TrainSet(Dataset):
@@ -131,6 +139,21 @@ def evaluate_miou(model, dataset, dist_info: DistInfo, batch_size: int = 4, prog
     return miou(conf)
 
 
+# what a resumed run may change without changing the result: where it writes, how it runs
+_RUN_CONTROL = {"out", "device", "data.workers", "train.resume", "train.stop_after_epochs", "train.val_batch_size"}
+
+
+def resume_fingerprint(cfg: dict) -> dict:
+    """The config sections a checkpoint's training depends on (run-control keys left out)."""
+    fp = {}
+    for section in ("seed", "data", "model", "train"):
+        value = cfg.get(section)
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if f"{section}.{k}" not in _RUN_CONTROL}
+        fp[section] = value
+    return fp
+
+
 def train_segmentation(cfg: dict, progress: bool = True) -> dict:
     """Train (or resume) a segmenter as ``cfg`` says; returns the last epoch's log entry.
 
@@ -139,13 +162,18 @@ def train_segmentation(cfg: dict, progress: bool = True) -> dict:
     """
     info = init_distributed(cfg.get("device"))
     out = Path(cfg["out"])
+    with output_lock(out) if info.is_main else contextlib.nullcontext():  # one run per output folder
+        return _train(cfg, info, out, progress)
+
+
+def _train(cfg: dict, info: DistInfo, out: Path, progress: bool) -> dict:
     tc, dc, mc = cfg["train"], cfg["data"], cfg["model"]
     torch.manual_seed(cfg["seed"])
     train_set = build_dataset(dc["name"], dc["root"], dc["train_split"], **dc.get("options", {}))
     val_set = build_dataset(dc["name"], dc["root"], dc["val_split"], **dc.get("options", {})) if dc.get("val_split") else None
     loss_name, loss_opts = tc["loss"]["name"], tc["loss"].get("options", {})
     if loss_name not in LOSSES:
-        raise ValueError(f"train.loss.name={loss_name!r} is unknown; valid: {', '.join(LOSSES)}")
+        raise ConfigError(f"train.loss.name={loss_name!r} is unknown; valid: {', '.join(LOSSES)}")
     if dc.get("paste"):  # outlier pixels from pasted objects (outlier exposure)
         p = dc["paste"]
         train_set = PastedDataset(train_set, p["pool"], count=p.get("count", (1, 3)),
@@ -158,15 +186,17 @@ def train_segmentation(cfg: dict, progress: bool = True) -> dict:
         load_checkpoint(model, mc["init"])
     model.to(info.device)
     if tc["finetune"] not in ("all", "head"):
-        raise ValueError(f"train.finetune={tc['finetune']!r}: choose 'all' or 'head' (the classifier only)")
+        raise ConfigError(f"train.finetune={tc['finetune']!r}: choose 'all' or 'head' (the classifier only)")
     if tc["finetune"] == "head":
         head_params = {id(p) for p in model.classifier().parameters()}
         for p in model.parameters():
             p.requires_grad_(id(p) in head_params)
     if info.enabled and info.device.type == "cuda" and tc["sync_bn"]:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if tc["batch_size"] < 1:
+        raise ConfigError(f"train.batch_size={tc['batch_size']} must be at least 1")
     if tc["batch_size"] % info.world:
-        raise ValueError(f"train.batch_size={tc['batch_size']} must be divisible by the {info.world} processes")
+        raise ConfigError(f"train.batch_size={tc['batch_size']} must be divisible by the {info.world} processes")
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=tc["lr"], momentum=tc["momentum"],
                           weight_decay=tc["weight_decay"])
     use_amp = bool(tc["amp"]) and info.device.type == "cuda"
@@ -177,14 +207,21 @@ def train_segmentation(cfg: dict, progress: bool = True) -> dict:
     if tc.get("max_steps_per_epoch"):
         steps_per_epoch = min(steps_per_epoch, tc["max_steps_per_epoch"])
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(train_set)} training images are fewer than train.batch_size={tc['batch_size']}")
+        raise ConfigError(f"{len(train_set)} training images are fewer than train.batch_size={tc['batch_size']}; "
+                          f"lower train.batch_size")
     total = steps_per_epoch * tc["epochs"]
     # best: validation mIoU, or minus the training loss without a validation split (any finite value
     # beats the start, so best.pth is always written)
     start_epoch, best, history = 0, float("-inf"), []
     last_path = out / "checkpoints" / "last.pth"
     if tc["resume"] and last_path.is_file():
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(last_path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ModelError(f"{last_path}: cannot be read ({type(exc).__name__}); delete it or set train.resume=false "
+                             f"to train from scratch") from None
+        check_fingerprint(last_path, resume_fingerprint(state.get("config", {})), resume_fingerprint(cfg),
+                          "set train.resume=false (or choose a new out) to train from scratch")
         model.load_state_dict(state["state_dict"])
         opt.load_state_dict(state["optimizer"])
         start_epoch, best = state["epoch"] + 1, state.get("best_score", float("-inf"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -22,7 +23,7 @@ from tqdm import tqdm
 
 from anomseg.data.synthetic import sprites as sp
 from anomseg.data.synthetic.scene import draw_outlier, draw_scene
-from anomseg.errors import DatasetError
+from anomseg.errors import AnomsegError, DatasetError
 
 GENERATOR_VERSION = 1
 MARKER = "synthetic.json"
@@ -172,8 +173,8 @@ def generate_synthetic(
     return meta
 
 
-def main(argv=None) -> None:
-    """Command line: ``python datasets/make_synthetic.py ROOT [--seed ...]``."""
+def main(argv=None) -> int:
+    """Command line: ``python datasets/make_synthetic.py ROOT [--seed ...]``; bad input -> one line, exit 2."""
     p = argparse.ArgumentParser(description="Generate the synthetic street-scene dataset (StreetHazards layout).")
     p.add_argument("root", help="output folder")
     p.add_argument("--seed", type=int, default=0)
@@ -185,8 +186,13 @@ def main(argv=None) -> None:
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--workers", type=int, default=None)
     a = p.parse_args(argv)
-    meta = generate_synthetic(a.root, seed=a.seed, num_train=a.train, num_val=a.val, num_test=a.test,
-                              num_outliers=a.outliers, height=a.height, width=a.width, workers=a.workers)
+    try:
+        meta = generate_synthetic(a.root, seed=a.seed, num_train=a.train, num_val=a.val, num_test=a.test,
+                                  num_outliers=a.outliers, height=a.height, width=a.width, workers=a.workers)
+    except (AnomsegError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     c = meta["counts"]
     print(f"synthetic set in {a.root}: {c['train']} train / {c['val']} val / {c['test']} test images, "
           f"{c['outliers']} outlier objects ({meta.get('seconds', 0)} s)")
+    return 0
