@@ -63,7 +63,7 @@ def env(tmp_path_factory):
     seg_cfg = yaml.safe_load((ROOT / "configs" / "seg_synthetic_tiny.yaml").read_text())
     seg_cfg.update(out=str(tmp / "seg"))
     seg_cfg["data"].update(root=str(data), crop=[64, 128], val_split=None)
-    seg_cfg["model"]["options"] = SMALL
+    seg_cfg["model"]["options"] = {"encoder_depth": 3, "decoder_channels": [16, 8, 4]}
     seg_cfg["train"].update(epochs=1, batch_size=2, max_steps_per_epoch=1)
     (tmp / "seg.yaml").write_text(yaml.safe_dump(seg_cfg))
     assert train_seg.main(["--config", str(tmp / "seg.yaml")]) == 0
@@ -189,8 +189,9 @@ def truncated_meta(env, tmp):
 
 
 def seg_other_arch(env, tmp):
-    return ["--config", _seg_copy(env, tmp), "model.backbone=smp:Unet:resnet18",
-            "model.options={encoder_depth: 3, decoder_channels: [16, 8, 4]}", "train.epochs=2"]
+    return ["--config", _seg_copy(env, tmp), "model.backbone=smp:FPN:resnet18",
+            "model.options={encoder_depth: 3, decoder_segmentation_channels: 32, decoder_pyramid_channels: 32}",
+            "train.epochs=2"]
 
 
 def seg_truncated_last(env, tmp):
@@ -264,7 +265,7 @@ CASES = [
      "predicts 19 classes but streethazards/test has 13"),
     ("planted-pickle-state", E, planted_pickle, "not a readable anomseg state file"),
     ("finished-eval-one-more-method", E, lambda e, t: finished_eval(e, t, "methods=[{name: msp}, {name: entropy}]"),
-     "changed: methods"),
+     "methods); it is not reused"),
     ("head-with-multiscale", E, lambda e, t: ["--config", _eval_cfg(e, t), "inference.scales=[0.5, 0.75]"],
      "no scale-1.0 pass"),
     ("folder-masks-255-as-anomaly", E, folder_255, "255 means void"),
