@@ -56,9 +56,7 @@ def plot_curves(hists: dict[str, ScoreHistogram], out_dir: Path) -> list[Path]:
         ax.set(xlabel=xl, ylabel=yl, xlim=(0, 1), ylim=(0, 1.01), title=f"{kind.upper()} (pooled pixels)")
         ax.legend(fontsize=7)
         fig.tight_layout()
-        paths.append(out_dir / f"{kind}.png")
-        fig.savefig(paths[-1])
-        plt.close(fig)
+        paths.append(save_figure(fig, out_dir / f"{kind}.png"))
     return paths
 
 
@@ -81,9 +79,7 @@ def plot_histograms(hists: dict[str, ScoreHistogram], out_dir: Path, bins: int =
         ax.set(xlabel=f"{name} score (higher = more anomalous)", ylabel="fraction of pixels", title=name)
         ax.legend()
         fig.tight_layout()
-        paths.append(out_dir / f"hist_{safe_name(name)}.png")
-        fig.savefig(paths[-1])
-        plt.close(fig)
+        paths.append(save_figure(fig, out_dir / f"hist_{safe_name(name)}.png"))
     return paths
 
 
@@ -147,6 +143,18 @@ def resolve_threshold(spec, hist: ScoreHistogram | None, score: np.ndarray) -> t
         k = float(spec[3:-1])
         return float(np.percentile(score, 100 - k)), f"top {k:g}%"
     return float(spec), f"{float(spec):g}"
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Render a matplotlib figure to PNG and write it atomically; closes the figure."""
+    import io
+
+    from anomseg.files import write_bytes_atomic
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return write_bytes_atomic(path, buf.getvalue())
 
 
 def save_png(path: Path, rgb: np.ndarray) -> Path:

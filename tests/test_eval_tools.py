@@ -122,7 +122,9 @@ def test_interrupted_evaluation_resumes(setup, monkeypatch):
 
 
 def test_torchrun_two_processes_equal_one(setup):
+    """Sharded over 2 gloo ranks and merged equals one run, SMIYC components included."""
     tmp, cfg = setup
+    cfg = dict(cfg, components=True, component_track="obstacle")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}  # the same threads: the same float sums
     tool = str(ROOT / "tools" / "eval_caos.py")
     for name, launcher in (("one", []), ("two", ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"])):
@@ -133,3 +135,4 @@ def test_torchrun_two_processes_equal_one(setup):
     a = json.loads((tmp / "one" / "report.json").read_text())
     b = json.loads((tmp / "two" / "report.json").read_text())
     assert a["methods"] == b["methods"] and a["miou"] == b["miou"]
+    assert all("sIoU" in r and "mean_F1" in r for r in a["methods"].values())

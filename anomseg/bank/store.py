@@ -98,10 +98,10 @@ class FeatureBank:
         except OSError:
             raise BankError(f"{path}: unreadable or truncated part; delete it and run the extraction again (it "
                             f"resumes with the missing parts)") from None
-        for k, v in self.meta.items():
-            if k == "complete":
+        for k, v in self.meta.items():  # every attribute the part records must be meta.json's
+            if k == "complete" or k not in attrs:
                 continue
-            if k not in attrs or _attr(v) != (attrs[k].item() if hasattr(attrs[k], "item") else attrs[k]):
+            if _attr(v) != (attrs[k].item() if hasattr(attrs[k], "item") else attrs[k]):
                 f.close()
                 raise BankError(f"{path}: belongs to another bank ({k}: part {attrs.get(k)!r} vs meta.json {_attr(v)!r}); "
                                 f"delete it and run the extraction again")
