@@ -6,6 +6,7 @@ of a method, so no pixel list is ever kept for plotting.
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
@@ -147,8 +148,6 @@ def resolve_threshold(spec, hist: ScoreHistogram | None, score: np.ndarray) -> t
 
 def save_figure(fig, path: Path) -> Path:
     """Render a matplotlib figure to PNG and write it atomically; closes the figure."""
-    import io
-
     from anomseg.files import write_bytes_atomic
 
     buf = io.BytesIO()

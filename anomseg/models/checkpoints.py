@@ -151,15 +151,21 @@ def _csail_state(enc_obj: dict, dec_obj: dict) -> dict:
     return out
 
 
-def _load_strict(model: torch.nn.Module, sd: dict, source: str, head_key: str | None) -> None:
-    own = model.state_dict()
-    for k in own:  # older BN files lack num_batches_tracked: it carries no learned information
+def _mismatch(own: dict, sd: dict) -> tuple[list, list, list]:
+    """(missing, unexpected, shape mismatches) of ``sd`` against ``own``; fills the absent
+    ``num_batches_tracked`` buffers of older BN files (they carry no learned information) in place."""
+    for k in own:
         if k.endswith("num_batches_tracked") and k not in sd:
             sd[k] = torch.zeros_like(own[k])
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     shapes = [f"{k} {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in own
               if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    return missing, unexpected, shapes
+
+
+def _load_strict(model: torch.nn.Module, sd: dict, source: str, head_key: str | None) -> None:
+    missing, unexpected, shapes = _mismatch(model.state_dict(), sd)
     if missing or unexpected or shapes:
         trained = ""
         if head_key and head_key in sd:
@@ -253,13 +259,7 @@ def load_pretrained(model: SegmentationBackbone, name: str, path: str | Path) ->
     kept = {spec["prefix"] + k: v for k, v in sd.items() if not k.startswith(spec["drop"]) and not k.endswith(SYNCBN_EXTRA)}
     dropped = len(sd) - len(kept)
     own = {k: v for k, v in model.state_dict().items() if spec["part"](k)}
-    for k in own:
-        if k.endswith("num_batches_tracked") and k not in kept:
-            kept[k] = own[k].clone()
-    missing = [k for k in own if k not in kept]
-    unexpected = [k for k in kept if k not in own]
-    shapes = [f"{k} {tuple(kept[k].shape)} vs model {tuple(own[k].shape)}" for k in own
-              if k in kept and kept[k].shape != own[k].shape]
+    missing, unexpected, shapes = _mismatch(own, kept)
     if missing or unexpected or shapes:
         raise ModelError(f"{path}: not an ImageNet {name} file ({len(missing)} missing keys {missing[:3]}, "
                          f"{len(unexpected)} unexpected {unexpected[:3]}, {len(shapes)} shape mismatches {shapes[:2]}); "
