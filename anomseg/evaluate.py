@@ -12,6 +12,7 @@ images. Outputs: ``report.json``, ``per_image.csv``, ``report.md``, ``roc.png``,
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import io
 import json
@@ -27,8 +28,10 @@ from tqdm import tqdm
 import anomseg
 from anomseg import viz
 from anomseg.models.identity import weights_hash
-from anomseg.config import ANY, BACKBONE_SCHEMA, OPTIONAL_STR, ConfigError, save_config, schema_from_defaults
+from anomseg.config import ANY, BACKBONE_SCHEMA, OPTIONAL_STR, ConfigError, merge, save_config, schema_from_defaults
+from anomseg.background import Background
 from anomseg.data import build_dataset
+from anomseg.data.loader import sample_loader
 from anomseg.errors import DatasetError
 from anomseg.files import (check_fingerprint, file_digest, load_state, output_lock, save_state, save_torch_atomic,
                            write_json_atomic, write_text_atomic)
@@ -37,7 +40,7 @@ from anomseg.heads.train import HeadError, load_head
 from anomseg.metrics import AnomalyMetrics, reduce_distributed
 from anomseg.metrics.histogram import ScoreHistogram
 from anomseg.models.checkpoints import backbone_from_config
-from anomseg.models.inference import PRESETS, predict
+from anomseg.models.inference import AMP, PRESETS, autocast, predict
 from anomseg.scores import FITTED, POSTHOC, build_score, mc_dropout
 from anomseg.train.seg_trainer import confusion_matrix, miou
 
@@ -47,7 +50,8 @@ DEFAULTS = {
     "device": None,
     "data": {"name": "streethazards", "root": "data/synthetic", "split": "test", "options": {}},
     "backbone": {"name": None, "options": {}, "checkpoint": None},
-    "inference": {"preset": "none", "scales": [1.0], "flip": False},
+    "inference": {"preset": "none", "scales": [1.0], "flip": False, "amp": "none"},
+    "workers": 2,  # image-decoding processes ahead of the backbone (0: none)
     "methods": [{"name": "msp"}, {"name": "max_logit"}, {"name": "entropy"}, {"name": "energy"}],
     "protocol": "per_image",
     "components": False,
@@ -63,13 +67,16 @@ DEFAULTS = {
 
 def infer(model, images, size, inf: dict):
     """:func:`predict` under an evaluation's ``inference`` section."""
-    return predict(model, images, size=size, scales=inf["scales"], flip=inf["flip"], preset=inf["preset"])
+    return predict(model, images, size=size, scales=inf["scales"], flip=inf["flip"], preset=inf["preset"],
+                   amp=inf.get("amp", "none"))
 
 
 def check_inference(inf: dict) -> None:
     """Refuse inference settings that no longer mean anything (one line, with the fix)."""
     if inf["preset"] not in PRESETS:
         raise ConfigError(f"inference preset {inf['preset']!r}: choose one of {', '.join(PRESETS)}")
+    if inf.get("amp", "none") not in AMP:
+        raise ConfigError(f"inference.amp {inf['amp']!r}: choose one of {', '.join(AMP)}")
     if "average" in inf:
         raise ConfigError("inference.average: removed; every method now gets what it consumes (logit scores the mean "
                           "logits, probability scores the mean probabilities); use inference.preset: caos to reproduce "
@@ -135,7 +142,7 @@ class _Method:
         options = spec.get("options", {})
         self.consumes = consumes(spec)
         if self.kind == "head":
-            self.head, info = load_head(spec["head"])
+            self.head, info = load_head(spec["head"], device=next(model.parameters()).device)
             if info.get("weights") and info["weights"] != weights_hash(model):
                 raise ValueError(f"method {self.name!r}: head {spec['head']} was trained on other backbone weights "
                                  f"({info['weights']}); evaluate it with the backbone it was trained on")
@@ -168,11 +175,12 @@ class _Method:
                                   f"cannot be read ({exc}); give the method (or the fit section) fit: {{data: {{name, "
                                   f"root}}, split}} naming the dataset the backbone was trained on") from None
             n = min(len(ds), fingerprint["images"])
-            for i in tqdm(range(n), desc=f"fit {self.name} on {split}", leave=False):
-                s = ds[i]  # fitted under the evaluation's own inference settings: what it will be applied to
-                logits = infer(model, torch.from_numpy(np.array(s["image"]))[None].to(dist_info.device),
-                               s["semantic"].shape, cfg["inference"]).logits
-                self.fn.update(logits.cpu(), torch.from_numpy(s["semantic"])[None])
+            dev = dist_info.device
+            loader = sample_loader(ds, range(n), workers=cfg["workers"], device=dev)
+            for s in tqdm(loader, desc=f"fit {self.name} on {split}", leave=False):
+                # fitted under the evaluation's own inference settings: what it will be applied to
+                logits = infer(model, s["image"].to(dev, non_blocking=True), s["semantic"].shape, cfg["inference"]).logits
+                self.fn.update(logits, torch.from_numpy(s["semantic"])[None].to(dev))
             save_torch_atomic(path, {"fingerprint": fingerprint, "state": self.fn.state_dict()})
         barrier()
         try:
@@ -183,12 +191,14 @@ class _Method:
         check_fingerprint(path, saved_fp, fingerprint, "delete it to refit, or set resume: false")
         self.fn.load_state_dict(state)
 
-    def score(self, model, images, out, size) -> torch.Tensor:
+    def score(self, model, images, out, size, amp: str = "none") -> torch.Tensor:
+        """float32 (N, H, W) on the model's device."""
         if self.consumes == "features":
-            return self.head.score_map(out.features.cpu(), size=size)
+            return self.head.score_map(out.features, size=size)
         if self.consumes == "images":
-            return mc_dropout(model, images, passes=self.passes, size=size).cpu()
-        return self.fn(out.probs if self.consumes == "probs" else out.logits).cpu()
+            with autocast(images.device, amp):
+                return mc_dropout(model, images, passes=self.passes, size=size).float()
+        return self.fn(out.probs if self.consumes == "probs" else out.logits).float()
 
 
 def _backbone_key(spec: dict) -> str:
@@ -234,7 +244,10 @@ def _check_classes(dataset, models: dict, cfg: dict) -> None:
 
 
 def run_evaluation(cfg: dict, progress: bool = True) -> dict | None:
-    """Evaluate every method of ``cfg`` on one split; returns the report (on rank 0, else None)."""
+    """Evaluate every method of ``cfg`` on one split; returns the report (on rank 0, else None).
+
+    Keys ``cfg`` leaves out take their :data:`DEFAULTS`."""
+    cfg = merge(copy.deepcopy(DEFAULTS), copy.deepcopy(cfg))
     check_inference(cfg["inference"])
     check_methods(cfg)
     info = init_distributed(cfg.get("device"))
@@ -293,37 +306,62 @@ def _run(cfg: dict, info, out: Path, progress: bool) -> dict | None:
     mine = [i for i in range(len(dataset)) if i % info.world == info.rank]
     todo = [i for i in mine if i not in done]
     inf = cfg["inference"]
+    main_key = _backbone_key(cfg["backbone"])
+    cuda = info.device.type == "cuda"
 
     def checkpoint():
         state = {"fingerprint": fingerprint, "metrics": {n: m.state_dict() for n, m in metrics.items()},
-                           "hists": {n: h.state_dict() for n, h in hists.items()},
-                           "per_image_metrics": {n: m.state_dict() for n, m in per_image_metrics.items()},
-                           "conf": conf.numpy(), "done": sorted(done)}
+                 "hists": {n: h.state_dict() for n, h in hists.items()},
+                 "per_image_metrics": {n: m.state_dict() for n, m in per_image_metrics.items()},
+                 "conf": conf.numpy(), "done": sorted(done)}
         save_state(state_path, state, "evaluation")
 
-    bar = tqdm(todo, desc=f"evaluate {dataset.split}", disable=not (progress and info.is_main))
-    for count, i in enumerate(bar, 1):
-        s = dataset[i]
-        images = torch.from_numpy(np.array(s["image"]))[None].to(info.device)
-        size = s["anomaly"].shape
-        outputs = {key: infer(mdl, images, size, inf) for key, (mdl, _) in models.items()}
-        outp = outputs[_backbone_key(cfg["backbone"])]
-        anomaly = torch.from_numpy(s["anomaly"])[None]
-        if k:
-            conf += confusion_matrix(outp.logits[:, :k].argmax(1).cpu(), torch.from_numpy(s["semantic"])[None], k)
-        for m in methods:
-            score = m.score(m.model, images, outputs[m.backbone_key], size).float()
-            metrics[m.name].update(score, anomaly, ids=[i])
-            hists[m.name].update(score.numpy(), s["anomaly"])
+    recorded = 0
+
+    def record(item):
+        """Host side of one image, in the background: metrics, histograms, overlay cache, state file."""
+        nonlocal conf, recorded
+        i, anomaly, scores, image_conf, ready = item
+        if ready is not None:
+            ready.synchronize()  # the asynchronous copies to the host have landed
+        if image_conf is not None:
+            conf += image_conf
+        target = torch.from_numpy(anomaly)[None]
+        for name, score in scores.items():
+            metrics[name].update(score, target, ids=[i])
+            hists[name].update(score.numpy(), anomaly)
             if per_image_metrics:
-                per_image_metrics[m.name].update(score, anomaly, ids=[i])
+                per_image_metrics[name].update(score, target, ids=[i])
             if i in overlay_ids:
-                cache = out / "state" / "overlays" / f"{i}_{viz.safe_name(m.name)}.npy"
+                cache = out / "state" / "overlays" / f"{i}_{viz.safe_name(name)}.npy"
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 np.save(cache, score[0].numpy().astype(np.float16))
         done.add(i)
-        if count % cfg["save_every"] == 0:
+        recorded += 1
+        if recorded % cfg["save_every"] == 0:
             checkpoint()
+
+    loader = sample_loader(dataset, todo, workers=cfg["workers"], device=info.device)
+    batches = iter(loader)  # the decoding processes start before the background thread does
+    bar = tqdm(batches, total=len(todo), desc=f"evaluate {dataset.split}", disable=not (progress and info.is_main))
+    with Background(record, depth=2, name="anomseg-evaluation") as background:
+        for s in bar:
+            images = s["image"].to(info.device, non_blocking=True)
+            size = s["anomaly"].shape
+            outputs = {key: infer(mdl, images, size, inf) for key, (mdl, _) in models.items()}
+            image_conf = None
+            if k:
+                semantic = torch.from_numpy(s["semantic"])[None].to(info.device, non_blocking=True)
+                image_conf = confusion_matrix(outputs[main_key].logits[:, :k].argmax(1), semantic, k)
+                image_conf = image_conf.to("cpu", non_blocking=cuda)
+            # host copies of what is recorded (score maps, confusion counts), asynchronous on CUDA
+            scores = {m.name: m.score(m.model, images, outputs[m.backbone_key], size, inf["amp"]).to("cpu", non_blocking=cuda)
+                      for m in methods}
+            ready = None
+            if cuda:
+                ready = torch.cuda.Event()
+                ready.record()
+            background.put((s["index"], s["anomaly"], scores, image_conf, ready))
     checkpoint()
 
     # merge over ranks
@@ -340,7 +378,7 @@ def _run(cfg: dict, info, out: Path, progress: bool) -> dict | None:
                 other = ScoreHistogram(7, buffer_size=1)
                 other.load_state_dict(g[n])
                 h.merge(other)
-    all_reduce_sum(conf)
+    conf = all_reduce_sum(conf.to(info.device)).cpu()  # a device tensor: NCCL reduces only those
     barrier()
     if not info.is_main:
         return None

@@ -114,7 +114,7 @@ def test_4_fitted_scores_are_fitted_under_the_evaluations_inference(data, tmp_pa
         ref.update(out.logits, torch.from_numpy(s["semantic"])[None])
     for key, value in ref.state_dict().items():
         torch.testing.assert_close(saved["state"][key], value)
-    assert saved["fingerprint"]["inference"] == inference
+    assert saved["fingerprint"]["inference"] == {**inference, "amp": "none"}
 
 
 def test_6_stale_evaluation_state_is_refused(data, tmp_path, capsys):

@@ -9,13 +9,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from anomseg.background import Background
 from anomseg.bank.store import KINDS, META, OPEN, BankError, FeatureBank, part_name, write_part
 from anomseg.data.base import resize_nearest
+from anomseg.data.loader import sample_loader
 from anomseg.distributed import DistInfo, barrier
 from anomseg.files import write_json_atomic
 from anomseg.models.identity import weights_hash
+from anomseg.models.inference import AMP, autocast
 
 BANK_VERSION = 1
+_BEFORE = {"amp": "none"}  # attributes added later, as banks made before them had them
 
 
 def _select(rng: np.random.Generator, idx: np.ndarray, cap: int | None) -> np.ndarray:
@@ -26,24 +30,33 @@ def _select(rng: np.random.Generator, idx: np.ndarray, cap: int | None) -> np.nd
 
 @torch.no_grad()
 def image_rows(model, sample: dict, image_index: int, *, seed: int, closed_per_image: int | None,
-               open_per_image: int | None, device=None) -> dict[str, dict[str, np.ndarray]]:
-    """The bank rows of one image: features at the backbone's resolution, labels nearest-downsampled."""
-    image = torch.from_numpy(np.array(sample["image"]))[None]  # a writable copy
-    if device is not None:
-        image = image.to(device)
-    feat = model(image).features[0].float().cpu().numpy()  # (D, h, w)
-    h, w = feat.shape[1:]
+               open_per_image: int | None, device=None, amp: str = "none") -> dict[str, dict[str, np.ndarray]]:
+    """The bank rows of one image: features at the backbone's resolution, labels nearest-downsampled.
+
+    ``sample["image"]`` is the dataset's uint8 (H, W, 3) or a (1, H, W, 3) tensor; the backbone runs on
+    ``device`` (default: the model's) under ``amp``; only the selected rows are copied to the host.
+    """
+    image = sample["image"]
+    if not torch.is_tensor(image):
+        image = torch.from_numpy(np.array(image))[None]  # a writable copy
+    device = device if device is not None else next(model.parameters()).device
+    with autocast(device, amp):
+        feat = model(image.to(device, non_blocking=True)).features[0]  # (D, h, w) on the device
+    d, h, w = feat.shape
     sem = resize_nearest(sample["semantic"], (h, w))
     anom = resize_nearest(sample["anomaly"], (h, w))
     rng = np.random.default_rng([seed, image_index])
     closed = _select(rng, np.flatnonzero(((anom == 0) & (sem != 255)).ravel()), closed_per_image)
     opened = _select(rng, np.flatnonzero((anom == 1).ravel()), open_per_image)
-    flat = feat.reshape(feat.shape[0], -1)
+    flat = feat.reshape(d, -1)
+    chosen = torch.from_numpy(np.concatenate([closed, opened])).to(flat.device)
+    # gathered on the device, rounded to float16 there (the stored precision), then copied
+    rows_host = flat.index_select(1, chosen).T.float().half().contiguous().cpu().numpy()
     rows = {}
-    for kind, idx in (("closed", closed), ("open", opened)):
+    for kind, idx, block in (("closed", closed, rows_host[:len(closed)]), ("open", opened, rows_host[len(closed):])):
         ys, xs = np.divmod(idx, w)
         rows[kind] = {
-            "features": flat[:, idx].T.astype(np.float16),
+            "features": block,
             "labels": (sem.ravel()[idx] if kind == "closed" else np.full(len(idx), OPEN)).astype(np.int16),
             "image": np.full(len(idx), image_index, np.int32),
             "yx": np.stack([ys, xs], 1).astype(np.int16),
@@ -61,7 +74,7 @@ def _concat(parts: list[dict]) -> dict:
 def extract_bank(model, dataset, out: str | Path, *, backbone: str, layer: str = "penultimate",
                  closed_per_image: int | None = 5000, open_per_image: int | None = None, chunk_images: int = 16,
                  seed: int = 0, config: dict | None = None, dist: DistInfo | None = None,
-                 progress: bool = True) -> FeatureBank:
+                 progress: bool = True, workers: int = 2, amp: str = "none") -> FeatureBank:
     """Build (or finish, or reuse) the feature bank of ``dataset`` under ``out``.
 
     Args:
@@ -73,10 +86,15 @@ def extract_bank(model, dataset, out: str | Path, *, backbone: str, layer: str =
         chunk_images: images per part file (the unit of resume and of sharding over ranks).
         seed: sampling seed; the bank is a pure function of the model, data and these settings.
         dist: under torchrun, each rank writes the parts ``rank, rank + world, ...``.
+        workers: image-decoding processes ahead of the backbone (0: none); parts are written by a
+            background thread while the backbone runs on the next images.
+        amp: ``"none"``, ``"bf16"`` or ``"fp16"``: the backbone under autocast (recorded in the bank).
     Returns:
         the :class:`FeatureBank` once every part exists.
     """
     out = Path(out)
+    if amp not in AMP:
+        raise BankError(f"amp {amp!r}: choose one of {', '.join(AMP)}")
     rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
     device = dist.device if dist is not None else next(model.parameters()).device
     n = len(dataset)
@@ -86,7 +104,7 @@ def extract_bank(model, dataset, out: str | Path, *, backbone: str, layer: str =
         "dataset": type(dataset).__name__, "split": getattr(dataset, "split", ""), "images": n,
         "num_classes": int(getattr(dataset, "num_classes", 0)), "closed_per_image": closed_per_image,
         "open_per_image": open_per_image, "chunk_images": chunk_images, "seed": seed, "config": config or {},
-        "parts": -(-n // chunk_images),
+        "parts": -(-n // chunk_images), "amp": amp,
     }
     meta_path = out / META
     if meta_path.is_file():
@@ -94,7 +112,7 @@ def extract_bank(model, dataset, out: str | Path, *, backbone: str, layer: str =
             old = json.loads(meta_path.read_text())
         except (ValueError, UnicodeDecodeError):
             raise BankError(f"{meta_path}: unreadable or truncated; delete {out} and extract the bank again") from None
-        diff = [k for k in attrs if old.get(k) != attrs[k]]
+        diff = [k for k in attrs if old.get(k, _BEFORE.get(k)) != attrs[k]]
         if diff:
             raise BankError(f"{out}: an existing bank was built with other settings ({', '.join(diff)}: "
                             f"{old.get(diff[0])!r} vs {attrs[diff[0]]!r}); use another folder or delete it")
@@ -108,14 +126,20 @@ def extract_bank(model, dataset, out: str | Path, *, backbone: str, layer: str =
     todo = [p for p in range(attrs["parts"]) if p % world == rank and not (out / part_name(p)).is_file()]
     bar = tqdm(total=sum(min(chunk_images, n - p * chunk_images) for p in todo), desc=f"feature bank {attrs['split']}",
                disable=not (progress and rank == 0))
+    images = [i for p in todo for i in range(p * chunk_images, min(n, (p + 1) * chunk_images))]
+    batches = iter(sample_loader(dataset, images, workers=workers, device=device))  # workers start first
     try:
-        for p in todo:
+        with Background(lambda part: write_part(*part), depth=2, name="anomseg-bank-writer") as writer:
             rows = []
-            for i in range(p * chunk_images, min(n, (p + 1) * chunk_images)):
-                rows.append(image_rows(model, dataset[i], i, seed=seed, closed_per_image=closed_per_image,
-                                       open_per_image=open_per_image, device=device))
+            for s in batches:
+                i = s["index"]
+                rows.append(image_rows(model, s, i, seed=seed, closed_per_image=closed_per_image,
+                                       open_per_image=open_per_image, device=device, amp=amp))
                 bar.update()
-            write_part(out / part_name(p), _concat(rows), attrs)
+                p = i // chunk_images
+                if i == min(n, (p + 1) * chunk_images) - 1:  # the part's last image: written in the background
+                    writer.put((out / part_name(p), _concat(rows), attrs))
+                    rows = []
     finally:
         bar.close()
         model.train(was)

@@ -19,10 +19,12 @@ class MixedBatchSampler:
             batch, as the paper does (then ``model`` and ``dataset`` are required).
         block: contiguous rows per random read from the bank (see :meth:`FeatureBank.sample`).
         seed: the sampler's random stream (batches are reproducible).
+        device: where the batches' tensors are put (pinned host memory and an asynchronous copy on CUDA).
     """
 
     def __init__(self, bank: FeatureBank, *, n_closed: int = 5000, n_open: int = 2500, closed_source: str = "bank",
-                 model=None, dataset=None, block: int = 64, seed: int = 0):
+                 model=None, dataset=None, block: int = 64, seed: int = 0,
+                 device: str | torch.device = "cpu"):
         if closed_source not in ("bank", "image"):
             raise ValueError(f"closed_source={closed_source!r}: choose 'bank' or 'image'")
         if closed_source == "image" and (model is None or dataset is None):
@@ -36,6 +38,7 @@ class MixedBatchSampler:
         self.closed_source, self.model, self.dataset, self.block = closed_source, model, dataset, block
         self.rng = np.random.default_rng(seed)
         self.seed = seed
+        self.device = torch.device(device)
 
     def state_dict(self) -> dict:
         return {"rng": self.rng.bit_generator.state}
@@ -54,16 +57,17 @@ class MixedBatchSampler:
         return rows
 
     def next(self) -> dict[str, torch.Tensor]:
-        """``{"closed": float32 (n_closed, D), "closed_labels": int64 (n_closed,), "open": float32 (n_open, D)}``."""
+        """``{"closed": float32 (n_closed, D), "closed_labels": int64 (n_closed,), "open": float32 (n_open, D)}``,
+        on the sampler's device."""
         if self.closed_source == "bank":
             c = self.bank.sample("closed", self.n_closed, self.rng, self.block)
         else:
             c = self._closed_from_image()
-        batch = {"closed": torch.from_numpy(c["features"].astype(np.float32)),
-                 "closed_labels": torch.from_numpy(c["labels"].astype(np.int64))}
+        batch = {"closed": c["features"].astype(np.float32), "closed_labels": c["labels"].astype(np.int64)}
         if self.n_open > 0:
-            o = self.bank.sample("open", self.n_open, self.rng, self.block)
-            batch["open"] = torch.from_numpy(o["features"].astype(np.float32))
+            batch["open"] = self.bank.sample("open", self.n_open, self.rng, self.block)["features"].astype(np.float32)
         else:
-            batch["open"] = torch.zeros(0, self.bank.feature_dim)
-        return batch
+            batch["open"] = np.zeros((0, self.bank.feature_dim), np.float32)
+        cuda = self.device.type == "cuda"
+        return {k: (torch.from_numpy(v).pin_memory() if cuda else torch.from_numpy(v)).to(self.device, non_blocking=cuda)
+                for k, v in batch.items()}

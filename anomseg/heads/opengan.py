@@ -100,8 +100,12 @@ class OpenGANHead(Head):
         return self.discriminator(as_column(x)).flatten()
 
     def fake_rows(self, n: int) -> torch.Tensor:
-        """n generated features as a column (1, D, n, 1)."""
-        return self.generator(torch.randn(n, self.generator.nz).T[None, :, :, None])
+        """n generated features as a column (1, D, n, 1), on the head's device."""
+        z = torch.randn(n, self.generator.nz, device=self.device)
+        return self.generator(z.T[None, :, :, None])
 
-    def score_rows(self, x: torch.Tensor) -> torch.Tensor:
+    def row_bytes(self) -> int:  # input row plus D's activations (and their BN / LReLU copies)
+        return 4 * (self.feat_dim + 3 * 15 * self.discriminator.main[0].out_channels // 8)
+
+    def _score_chunk(self, x: torch.Tensor) -> torch.Tensor:
         return -self.logits_rows(x)

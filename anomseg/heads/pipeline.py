@@ -20,10 +20,12 @@ DEFAULTS = {
     "seed": 0,
     "out": "runs/heads",
     "device": None,
+    "workers": 2,  # image-decoding processes ahead of the backbone during extraction (0: none)
     "data": {"name": "streethazards", "root": "data/synthetic", "options": {}, "train_split": "train",
              "val_split": "val", "paste": None},
     "backbone": {"name": None, "options": {}, "checkpoint": None},
-    "bank": {"dir": None, "closed_per_image": 5000, "open_per_image": None, "chunk_images": 16, "val_closed_per_image": None},
+    "bank": {"dir": None, "closed_per_image": 5000, "open_per_image": None, "chunk_images": 16, "val_closed_per_image": None,
+             "amp": "none"},
     "heads": [{"name": "opengan_fea", "options": {"lambda_g": 0.2}}, {"name": "cls_fea", "options": {}}],
     "train": {"steps": 2000, "eval_every": 100, "n_closed": 5000, "n_open": 2500, "n_fake": 2500,
               "lr_d": 1e-4 / 1.5, "lr_g": 1e-4, "max_samples": 100000, "closed_source": "bank"},
@@ -52,7 +54,7 @@ def build_banks(cfg: dict, progress: bool = True):
     bank_dir = Path(cfg["bank"]["dir"] or Path(cfg["out"]) / "bank")
     bc = cfg["bank"]
     common = dict(backbone=name, open_per_image=bc["open_per_image"], chunk_images=bc["chunk_images"],
-                  seed=cfg["seed"], dist=info, progress=progress)
+                  seed=cfg["seed"], dist=info, progress=progress, workers=cfg["workers"], amp=bc["amp"])
     train_bank = extract_bank(model, train_set, bank_dir / "train", closed_per_image=bc["closed_per_image"],
                               config={"data": d, "backbone": cfg["backbone"]}, **common)
     val_bank = extract_bank(model, val_set, bank_dir / "val", closed_per_image=bc["val_closed_per_image"],
@@ -90,7 +92,7 @@ def _train_heads(cfg, out, train_bank, val_bank, model, name, train_set, progres
                 "stride": train_bank.meta["stride"]}
         summary[h["name"]] = train_head(h["name"], dict(h.get("options", {})), train_bank, val_bank, out=head_out,
                                         train=tc, seed=cfg["seed"], progress=progress, info=info,
-                                        sampler_kwargs=sampler_kwargs)
+                                        sampler_kwargs=sampler_kwargs, device=next(model.parameters()).device)
         if progress:
             print(f"{h['name']}: best validation AUROC {summary[h['name']]['best_auroc']:.4f}")
     write_json_atomic(out / "summary.json", summary)

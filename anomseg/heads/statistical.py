@@ -1,18 +1,24 @@
 """Statistical heads fitted on the bank's closed pixels: Gaussian (Mahalanobis), GMM, kNN.
 
 All are ``nn.Module``s whose fitted statistics are buffers, so they save and load like any
-weights. Options of the statistical pipeline: L2 normalisation of features, PCA to ``pca_dim``
-dimensions (fitted on a bounded sample).
+weights, fit and score on the device they sit on, and keep every intermediate under the head's
+``memory_budget`` (rows are processed in chunks whose size follows from it; see
+:class:`~anomseg.heads.base.Head`). Options of the statistical pipeline: L2 normalisation of
+features, PCA to ``pca_dim`` dimensions (fitted on a bounded sample).
 
 * ``gaussian``: class-conditional means with one shared covariance (Lee et al., NeurIPS 2018);
-  score = min over classes of the Mahalanobis distance. Fitted streaming in two passes.
-* ``gmm``: a Gaussian mixture (scikit-learn, diagonal covariances by default) on a bounded sample;
-  score = -log likelihood.
+  score = min over classes of the Mahalanobis distance. Fitted streaming in two passes; scored
+  in whitened coordinates (y = z L with L L^T = precision), so one row costs O(D + C), not O(C D).
+* ``gmm``: a Gaussian mixture with diagonal covariances, fitted by EM streaming over the sample in
+  chunks (k-means initialisation on a bounded subsample, as scikit-learn's default);
+  score = -log likelihood, again without a (rows, components, D) intermediate.
 * ``knn``: distance to the k-th nearest closed feature of a bounded sample (Sun et al., ICML 2022,
   with L2 normalisation by default).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -31,8 +37,12 @@ class _Projected(Head):
         self.register_buffer("pca_basis", torch.eye(feat_dim)[:, :out].clone())
         self.register_buffer("fitted", torch.tensor(False))
 
+    @property
+    def dim(self) -> int:
+        return self.pca_dim or self.feat_dim
+
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float()
+        x = x.to(self.pca_mean.device, torch.float32)
         if self.l2_normalize:
             x = torch.nn.functional.normalize(x, dim=1)
         if self.pca_dim:
@@ -42,8 +52,9 @@ class _Projected(Head):
     def fit_pca(self, sample: torch.Tensor) -> None:
         if not self.pca_dim:
             return
+        sample = sample.to(self.pca_mean.device, torch.float32)
         if self.l2_normalize:
-            sample = torch.nn.functional.normalize(sample.float(), dim=1)
+            sample = torch.nn.functional.normalize(sample, dim=1)
         mean = sample.double().mean(0)
         _, _, vh = torch.linalg.svd(sample.double() - mean, full_matrices=False)
         self.pca_mean.copy_(mean.float())
@@ -52,6 +63,15 @@ class _Projected(Head):
     def _check_fitted(self):
         if not bool(self.fitted):
             raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(bank) first")
+
+    def fit_chunk_rows(self) -> int:
+        """Rows per chunk while fitting: input, projection and float64 copies of a row under the budget."""
+        return max(1, int(self.memory_budget // (4 * self.feat_dim + 24 * self.dim)))
+
+    def _chunks(self, x: torch.Tensor):
+        step = self.fit_chunk_rows()
+        for i in range(0, len(x), step):
+            yield self.project(x[i:i + step])
 
 
 class GaussianHead(_Projected):
@@ -65,77 +85,171 @@ class GaussianHead(_Projected):
         self.register_buffer("means", torch.zeros(num_classes, d))
         self.register_buffer("precision", torch.eye(d))
         self.register_buffer("present", torch.zeros(num_classes, dtype=torch.bool))
+        self._whitened = None  # (L, nu, |nu|^2) cached from the buffers
 
     def fit(self, chunks_factory, pca_sample: torch.Tensor | None = None) -> "GaussianHead":
-        """Fit from ``chunks_factory()``, an iterable of (features float (n, D), labels (n,)); called twice."""
+        """Fit from ``chunks_factory()``, an iterable of (features float (n, D), labels (n,)); called twice.
+
+        Chunks are re-split to :meth:`fit_chunk_rows` rows; sums are float64 on the head's device."""
         if self.pca_dim:
             self.fit_pca(pca_sample)
-        d = self.means.shape[1]
-        count = torch.zeros(self.num_classes, dtype=torch.float64)
-        total = torch.zeros(self.num_classes, d, dtype=torch.float64)
-        for x, y in chunks_factory():
-            z = self.project(x).double()
+        dev, d, step = self.means.device, self.dim, self.fit_chunk_rows()
+
+        def rows():
+            for x, y in chunks_factory():
+                for i in range(0, len(x), step):
+                    yield self.project(x[i:i + step]).double(), y[i:i + step].to(dev, torch.int64)
+
+        count = torch.zeros(self.num_classes, dtype=torch.float64, device=dev)
+        total = torch.zeros(self.num_classes, d, dtype=torch.float64, device=dev)
+        for z, y in rows():
             count += torch.bincount(y, minlength=self.num_classes).double()
             total.index_add_(0, y, z)
         means = total / count.clamp(min=1)[:, None]
-        scatter, n = torch.zeros(d, d, dtype=torch.float64), 0.0
-        for x, y in chunks_factory():
-            r = self.project(x).double() - means[y]
+        scatter, n = torch.zeros(d, d, dtype=torch.float64, device=dev), 0.0
+        for z, y in rows():
+            r = z - means[y]
             scatter += r.T @ r
             n += len(y)
         cov = scatter / max(n - 1, 1.0)
-        cov += self.shrinkage * torch.eye(d, dtype=torch.float64) * max(float(cov.diagonal().mean()), 1e-12)
+        cov += self.shrinkage * torch.eye(d, dtype=torch.float64, device=dev) * max(float(cov.diagonal().mean()), 1e-12)
         self.means.copy_(means.float())
         self.precision.copy_(torch.linalg.inv(cov).float())
         self.present.copy_(count > 0)
         self.fitted.fill_(True)
+        self._whitened = None
         return self
 
-    def score_rows(self, x):
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._whitened = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn, *args, **kwargs):  # .to(device) etc.: the cache follows the buffers
+        self._whitened = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def whitening(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """float64 L (d, d) with L L^T = precision, the whitened class means nu = mu L (C', d) of the
+        classes present, and |nu|^2 (C',)."""
+        if self._whitened is None:
+            p = self.precision.double()
+            p = (p + p.T) / 2
+            chol, bad = torch.linalg.cholesky_ex(p)
+            if int(bad):  # float32 rounding left it not quite positive definite
+                w, v = torch.linalg.eigh(p)
+                chol = v * w.clamp(min=0).sqrt()
+            nu = self.means[self.present].double() @ chol
+            self._whitened = (chol, nu, (nu * nu).sum(1))
+        return self._whitened
+
+    def row_bytes(self) -> int:
+        return 4 * self.feat_dim + 24 * self.dim + 16 * self.num_classes
+
+    def _score_chunk(self, x):
         self._check_fitted()
-        z = self.project(x)
-        mu = self.means[self.present]
-        diff = z[:, None, :] - mu[None]  # (n, C, d)
-        m = torch.einsum("ncd,de,nce->nc", diff, self.precision, diff)
-        return m.amin(1).clamp(min=0).sqrt()
+        chol, nu, nu2 = self.whitening()
+        y = self.project(x).double() @ chol
+        # |y - nu_c|^2 = |y|^2 - 2 y.nu_c + |nu_c|^2 in float64: (n, C') without an (n, C, d) difference
+        m = (y * y).sum(1, keepdim=True) - 2 * (y @ nu.T) + nu2[None]
+        return m.amin(1).clamp(min=0).sqrt().float()
 
 
 class GMMHead(_Projected):
-    """A Gaussian mixture on a bounded sample of closed features; score = -log likelihood."""
+    """A diagonal Gaussian mixture on a bounded sample of closed features; score = -log likelihood.
+
+    EM runs on the head's device in chunks of :meth:`fit_chunk_rows` rows (float64 sufficient
+    statistics), initialised from k-means on at most ``init_samples`` rows; ``reg_covar`` is added to
+    every variance, and EM stops when the mean log-likelihood gains less than ``tol`` (scikit-learn's
+    defaults: 1e-6, 1e-3, 100 iterations).
+    """
 
     def __init__(self, feat_dim: int, n_components: int = 16, covariance: str = "diag", l2_normalize: bool = False,
-                 pca_dim: int | None = None, seed: int = 0):
+                 pca_dim: int | None = None, seed: int = 0, max_iter: int = 100, tol: float = 1e-3,
+                 reg_covar: float = 1e-5, init_samples: int = 20000):
         super().__init__(feat_dim, l2_normalize, pca_dim)
         if covariance != "diag":
             raise ValueError("only covariance='diag' is supported (full covariances at D = 720 do not fit streaming)")
         d = pca_dim or feat_dim
         self.n_components, self.seed = n_components, seed
+        self.max_iter, self.tol, self.reg_covar, self.init_samples = max_iter, tol, reg_covar, init_samples
         self.register_buffer("weights", torch.ones(n_components) / n_components)
         self.register_buffer("means", torch.zeros(n_components, d))
         self.register_buffer("variances", torch.ones(n_components, d))
 
-    def fit(self, sample: torch.Tensor) -> "GMMHead":
-        from sklearn.mixture import GaussianMixture
+    def _log_joint(self, z: torch.Tensor, weights, means, variances) -> torch.Tensor:
+        """log w_k + log N(z | mu_k, diag var_k) for rows z float64 (n, d) -> (n, K), by matrix products."""
+        prec = 1.0 / variances
+        quad = (z * z) @ prec.T - 2 * z @ (means * prec).T + (means * means * prec).sum(1)[None]
+        const = variances.log().sum(1) + z.shape[1] * math.log(2 * math.pi)
+        return -0.5 * (quad + const[None]) + weights.log()[None]
 
+    def _m_step(self, z_chunks, resp_fn):
+        """Sufficient statistics over all chunks -> (weights, means, variances), float64."""
+        k, d, dev = self.n_components, self.dim, self.means.device
+        nk = torch.zeros(k, dtype=torch.float64, device=dev)
+        sx = torch.zeros(k, d, dtype=torch.float64, device=dev)
+        sxx = torch.zeros(k, d, dtype=torch.float64, device=dev)
+        ll, n = 0.0, 0
+        for z in z_chunks():
+            resp, chunk_ll = resp_fn(z)
+            nk += resp.sum(0)
+            sx += resp.T @ z
+            sxx += resp.T @ (z * z)
+            ll, n = ll + chunk_ll, n + len(z)
+        nk = nk + 10 * torch.finfo(torch.float64).eps
+        means = sx / nk[:, None]
+        variances = (sxx / nk[:, None] - means * means).clamp(min=0) + self.reg_covar
+        return nk / nk.sum(), means, variances, ll / max(n, 1)
+
+    def fit(self, sample: torch.Tensor) -> "GMMHead":
+        from sklearn.cluster import KMeans
+
+        sample = sample.to(self.means.device)
         self.fit_pca(sample)
-        z = self.project(sample).double().numpy()
-        gmm = GaussianMixture(self.n_components, covariance_type="diag", random_state=self.seed, reg_covar=1e-5).fit(z)
-        self.weights.copy_(torch.from_numpy(gmm.weights_).float())
-        self.means.copy_(torch.from_numpy(gmm.means_).float())
-        self.variances.copy_(torch.from_numpy(gmm.covariances_).float())
+        z_chunks = lambda: (z.double() for z in self._chunks(sample))  # noqa: E731
+        rng = np.random.default_rng(self.seed)
+        sub = rng.choice(len(sample), size=min(len(sample), self.init_samples), replace=False)
+        init = self.project(sample[torch.from_numpy(np.sort(sub)).to(sample.device)]).cpu().numpy()
+        centers = KMeans(self.n_components, n_init=1, random_state=self.seed).fit(init).cluster_centers_
+        centers = torch.from_numpy(centers).to(self.means.device, torch.float64)
+
+        def hard(z):  # initial responsibilities: each row to its nearest k-means centre
+            lab = torch.cdist(z, centers).argmin(1)
+            return torch.nn.functional.one_hot(lab, self.n_components).double(), 0.0
+
+        weights, means, variances, _ = self._m_step(z_chunks, hard)
+        previous = -math.inf
+        for _ in range(self.max_iter):
+            def soft(z, w=weights, m=means, v=variances):
+                lj = self._log_joint(z, w, m, v)
+                norm = torch.logsumexp(lj, dim=1, keepdim=True)
+                return (lj - norm).exp(), float(norm.sum())
+            new = self._m_step(z_chunks, soft)
+            ll = new[3]  # mean log-likelihood under the parameters before this M-step
+            weights, means, variances = new[:3]
+            if abs(ll - previous) < self.tol:
+                break
+            previous = ll
+        self.weights.copy_(weights.float())
+        self.means.copy_(means.float())
+        self.variances.copy_(variances.float())
         self.fitted.fill_(True)
         return self
 
-    def score_rows(self, x):
+    def row_bytes(self) -> int:
+        return 4 * self.feat_dim + 32 * self.dim + 24 * self.n_components
+
+    def _score_chunk(self, x):
         self._check_fitted()
-        z = self.project(x).double()[:, None, :]
-        var, mu = self.variances.double()[None], self.means.double()[None]
-        log_comp = -0.5 * (((z - mu) ** 2 / var).sum(-1) + var.log().sum(-1) + z.shape[-1] * np.log(2 * np.pi))
-        return -torch.logsumexp(log_comp + self.weights.double().log()[None], dim=1).float()
+        lj = self._log_joint(self.project(x).double(), self.weights.double(), self.means.double(),
+                             self.variances.double())
+        return -torch.logsumexp(lj, dim=1).float()
 
 
 class KNNHead(_Projected):
     """Distance to the k-th nearest closed feature of a bounded sample."""
+
+    memory_block = 8192  # memory rows compared at once
 
     def __init__(self, feat_dim: int, k: int = 10, max_samples: int = 50000, l2_normalize: bool = True,
                  pca_dim: int | None = None):
@@ -144,8 +258,9 @@ class KNNHead(_Projected):
         self.register_buffer("memory", torch.zeros(0, pca_dim or feat_dim))
 
     def fit(self, sample: torch.Tensor) -> "KNNHead":
+        sample = sample.to(self.pca_mean.device)
         self.fit_pca(sample)
-        self.memory = self.project(sample[: self.max_samples]).contiguous()
+        self.memory = torch.cat(list(self._chunks(sample[: self.max_samples]))).contiguous()
         if len(self.memory) < self.k:
             raise ValueError(f"kNN with k={self.k} needs at least {self.k} samples, got {len(self.memory)}")
         self.fitted.fill_(True)
@@ -154,15 +269,18 @@ class KNNHead(_Projected):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "memory"
         if key in state_dict:
-            self.memory = torch.empty_like(state_dict[key])
+            self.memory = torch.empty_like(state_dict[key], device=self.memory.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def score_rows(self, x):
+    def row_bytes(self) -> int:  # a row of distances to one memory block, its candidates, the projection
+        return 4 * (2 * (self.memory_block + self.k) + self.feat_dim + self.dim)
+
+    def _score_chunk(self, x):
         self._check_fitted()
         z = self.project(x)
         best = None
-        for i in range(0, len(self.memory), 8192):  # chunks keep the distance matrix small
-            d = torch.cdist(z, self.memory[i:i + 8192])
+        for i in range(0, len(self.memory), self.memory_block):
+            d = torch.cdist(z, self.memory[i:i + self.memory_block])
             cand = d if best is None else torch.cat([best, d], 1)
             best = cand.topk(min(self.k, cand.shape[1]), dim=1, largest=False).values
         return best[:, -1]

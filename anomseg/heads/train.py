@@ -24,10 +24,11 @@ HEAD_FORMAT = "anomseg-head"
 
 @torch.no_grad()
 def score_bank(head, bank: FeatureBank, kind: str, chunk: int = 65536) -> np.ndarray:
-    """Scores of every ``kind`` row of a bank (float64 (n,))."""
+    """Scores of every ``kind`` row of a bank (float64 (n,), on the host for the exact metrics),
+    scored on the head's device."""
     was = head.training
     head.eval()
-    out = [head.score_rows(torch.from_numpy(c["features"].astype(np.float32))).double().numpy()
+    out = [head.score_rows(to_device(c["features"], head.device)).double().cpu().numpy()
            for c in bank.iter_chunks(kind, chunk, fields=("features",))]
     head.train(was)
     return np.concatenate(out) if out else np.zeros(0)
@@ -41,6 +42,14 @@ def validation_auroc(head, bank: FeatureBank) -> float:
     return exact_metrics(score_bank(head, bank, "open"), score_bank(head, bank, "closed"))["auroc"]
 
 
+def to_device(rows: np.ndarray, device) -> torch.Tensor:
+    """Host rows (float16 / float32 numpy) -> float32 tensor on ``device`` (pinned, asynchronous on CUDA)."""
+    t = torch.from_numpy(rows)
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True).float()
+    return t.float()
+
+
 def save_head(path: Path, head, info: dict) -> Path:
     """Write a head with what rebuilds it (name, feature size, options) and ``info`` (backbone, weights hash, ...)."""
     return save_torch_atomic(path, {"format": HEAD_FORMAT, "name": head.name, "feat_dim": head.feat_dim,
@@ -51,8 +60,8 @@ class HeadError(AnomsegError, ValueError):
     """A head checkpoint is missing or malformed."""
 
 
-def load_head(path: str | Path):
-    """Rebuild a head saved by the trainers here; returns (head, the saved info)."""
+def load_head(path: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild a head saved by the trainers here, on ``device``; returns (head, the saved info)."""
     path = Path(path)
     if not path.is_file():
         raise HeadError(f"{path}: head checkpoint not found; train it with tools/train_head.py "
@@ -66,7 +75,7 @@ def load_head(path: str | Path):
         raise HeadError(f"{path}: not an anomseg head checkpoint (written by tools/train_head.py)")
     head = make_head(obj["name"], obj["feat_dim"], **obj["options"])
     head.load_state_dict(obj["state_dict"])
-    head.eval()
+    head.to(device).eval()
     return head, {k: v for k, v in obj.items() if k != "state_dict"}
 
 
@@ -85,22 +94,23 @@ def opengan_step(head: OpenGANHead, batch: dict, opt_d, opt_g, n_fake: int) -> t
     """
     closed = batch["closed"]
     opened = batch["open"] if head.lambda_o > 0 else batch["open"][:0]
+    dev = closed.device
     n_real = len(closed) + len(opened)
     real = as_column(torch.cat([closed, opened]))
-    target = torch.cat([torch.ones(len(closed)), torch.zeros(len(opened))])
-    weight = torch.cat([torch.ones(len(closed)), torch.full((len(opened),), head.lambda_o)])
+    target = torch.cat([torch.ones(len(closed), device=dev), torch.zeros(len(opened), device=dev)])
+    weight = torch.cat([torch.ones(len(closed), device=dev), torch.full((len(opened),), head.lambda_o, device=dev)])
     loss_d = (F.binary_cross_entropy_with_logits(head.discriminator(real).flatten(), target, reduction="none")
               * weight).sum() / n_real
-    loss_g = torch.zeros(())
+    loss_g = torch.zeros((), device=dev)
     if opt_g is not None:
         fake = head.fake_rows(n_fake)
         loss_d = loss_d + head.lambda_g * F.binary_cross_entropy_with_logits(
-            head.discriminator(fake.detach()).flatten(), torch.zeros(n_fake))
+            head.discriminator(fake.detach()).flatten(), torch.zeros(n_fake, device=dev))
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     opt_d.step()
     if opt_g is not None:
-        loss_g = F.binary_cross_entropy_with_logits(head.discriminator(fake).flatten(), torch.ones(n_fake))
+        loss_g = F.binary_cross_entropy_with_logits(head.discriminator(fake).flatten(), torch.ones(n_fake, device=dev))
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
@@ -148,6 +158,8 @@ def train_opengan(head: OpenGANHead, sampler: MixedBatchSampler, val_bank: Featu
             opt_g.load_state_dict(state["opt_g"])
         sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and head.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], head.device)
         start, best, best_step = state["step"], state["best_auroc"], state["best_step"]
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"train {head.name}", disable=not progress)
     head.train()
@@ -166,7 +178,8 @@ def train_opengan(head: OpenGANHead, sampler: MixedBatchSampler, val_bank: Featu
             history.append(entry)
             state = {"state_dict": head.state_dict(), "opt_d": opt_d.state_dict(),
                      "opt_g": opt_g.state_dict() if opt_g is not None else None, "sampler": sampler.state_dict(),
-                     "torch_rng": torch.get_rng_state(), "step": step + 1, "best_auroc": best, "best_step": best_step,
+                     "torch_rng": torch.get_rng_state(),
+                     "cuda_rng": torch.cuda.get_rng_state(head.device) if head.device.type == "cuda" else None, "step": step + 1, "best_auroc": best, "best_step": best_step,
                      "fingerprint": fingerprint, "history": json.dumps(history)}
             save_torch_atomic(last, state)
             # the log is rewritten from the checkpointed history: a kill never leaves a line twice
@@ -175,30 +188,32 @@ def train_opengan(head: OpenGANHead, sampler: MixedBatchSampler, val_bank: Featu
 
 
 def fit_statistical(head, bank: FeatureBank, *, max_samples: int = 100000, seed: int = 0) -> None:
-    """Fit a Gaussian (streaming over all closed rows), GMM or kNN head (bounded sample) on a bank."""
+    """Fit a Gaussian (streaming over all closed rows), GMM or kNN head (bounded sample) on a bank, on
+    the head's device."""
     bank.check_compatible(head.feat_dim)
     rng = np.random.default_rng(seed)
     n = min(max_samples, bank.counts["closed"])
-    sample = torch.from_numpy(bank.sample("closed", n, rng, block=16)["features"].astype(np.float32))
+    sample = to_device(bank.sample("closed", n, rng, block=16)["features"], head.device)
     if head.name == "gaussian":
         def chunks():
             for c in bank.iter_chunks("closed"):
-                yield torch.from_numpy(c["features"].astype(np.float32)), torch.from_numpy(c["labels"].astype(np.int64))
+                yield to_device(c["features"], head.device), torch.from_numpy(c["labels"].astype(np.int64))
         head.fit(chunks, pca_sample=sample)
     else:
         head.fit(sample)
 
 
 def train_head(name: str, options: dict, train_bank: FeatureBank, val_bank: FeatureBank, *, out: str | Path,
-               train: dict, seed: int = 0, progress: bool = True, info: dict | None = None, sampler_kwargs: dict | None = None) -> dict:
-    """Build, train (or fit) and select a head; returns a summary with the validation AUROC."""
+               train: dict, seed: int = 0, progress: bool = True, info: dict | None = None,
+               sampler_kwargs: dict | None = None, device: str | torch.device = "cpu") -> dict:
+    """Build, train (or fit) and select a head on ``device``; returns a summary with the validation AUROC."""
     out = Path(out)
     if name not in HEADS:
         raise HeadError(f"unknown head {name!r}; valid: {', '.join(HEADS)}")
     feat_dim = train_bank.feature_dim
     if name == "gaussian":
         options = {"num_classes": int(train_bank.meta.get("num_classes") or 0), **options}
-    head = make_head(name, feat_dim, **options)
+    head = make_head(name, feat_dim, **options).to(device)
     bank_id = lambda b: {k: v for k, v in b.meta.items() if k != "complete"}  # noqa: E731
     fingerprint = {"version": 1, "head": name, "options": options, "seed": seed, "train_bank": bank_id(train_bank),
                    "val_bank": bank_id(val_bank), "train": {k: v for k, v in train.items() if k != "steps"},
@@ -206,7 +221,7 @@ def train_head(name: str, options: dict, train_bank: FeatureBank, val_bank: Feat
     if isinstance(head, OpenGANHead):
         sampler = MixedBatchSampler(train_bank, n_closed=train.get("n_closed", 5000),
                                     n_open=train.get("n_open", 2500) if head.lambda_o > 0 else 0,
-                                    seed=seed, **(sampler_kwargs or {}))
+                                    seed=seed, device=device, **(sampler_kwargs or {}))
         result = train_opengan(head, sampler, val_bank, out=out, steps=train.get("steps", 2000),
                                eval_every=train.get("eval_every", 100), n_fake=train.get("n_fake", 2500),
                                lr_d=train.get("lr_d", 1e-4 / 1.5), lr_g=train.get("lr_g", 1e-4), seed=seed,

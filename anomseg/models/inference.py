@@ -15,8 +15,6 @@ antialiases when shrinking); on 720x1280 that gives 304x536 ... 568x1000.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 import torch
 from PIL import Image
@@ -30,19 +28,38 @@ CAOS_MULTIPLE = 8
 PRESETS = ("none", "caos")
 
 
-class Prediction(NamedTuple):
+class Prediction:
     """What :func:`predict` gives the methods, all at the label size except the features.
 
     Attributes:
         logits: float32 (N, K, H, W) mean of the passes' logits.
-        probs: float32 (N, K, H, W) mean of the passes' softmax probabilities.
+        probs: float32 (N, K, H, W) mean of the passes' softmax probabilities (with one pass: the
+            softmax of ``logits``, computed when first asked for).
         features: float (N, D, h, w) of the scale-1, unflipped pass at the backbone's stride, or None
             when the passes do not include the unresized image.
     """
 
-    logits: torch.Tensor
-    probs: torch.Tensor
-    features: torch.Tensor | None
+    __slots__ = ("logits", "features", "_probs")
+
+    def __init__(self, logits: torch.Tensor, probs: torch.Tensor | None, features: torch.Tensor | None):
+        self.logits, self._probs, self.features = logits, probs, features
+
+    @property
+    def probs(self) -> torch.Tensor:
+        if self._probs is None:
+            self._probs = torch.softmax(self.logits, 1)
+        return self._probs
+
+
+AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device | str, amp: str = "none"):
+    """The autocast context of an ``amp`` setting (``"none"``, ``"bf16"``, ``"fp16"``) on ``device``."""
+    if amp not in AMP:
+        raise ValueError(f"amp {amp!r}: choose one of {', '.join(AMP)}")
+    device = torch.device(device)
+    return torch.autocast(device.type, dtype=AMP[amp] or torch.float32, enabled=AMP[amp] is not None)
 
 
 def caos_input_sizes(height: int, width: int, short_sides=CAOS_SHORT_SIDES, max_size: int = CAOS_MAX_SIZE,
@@ -83,36 +100,42 @@ def _passes(images: torch.Tensor, scales, preset: str):
 
 @torch.no_grad()
 def predict(model, images: torch.Tensor, size: tuple[int, int] | None = None, scales=(1.0,), flip: bool = False,
-            preset: str = "none") -> Prediction:
+            preset: str = "none", amp: str = "none") -> Prediction:
     """Run ``model`` in eval mode over scales / flips; see :class:`Prediction` for what comes back.
 
     Args:
-        images: uint8 (N, H, W, 3) / (N, 3, H, W) or float (N, 3, H, W) in [0, 1].
+        images: uint8 (N, H, W, 3) / (N, 3, H, W) or float (N, 3, H, W) in [0, 1], on the model's device.
         size: (H, W) of the outputs (default: the input size).
         scales: input resize factors (bilinear); ignored under ``preset="caos"``.
         flip: also run horizontally flipped inputs (flipped back before averaging).
         preset: ``"none"`` or ``"caos"`` (CAOS's five PIL-resized inputs; uint8 images only).
+        amp: ``"none"``, ``"bf16"`` or ``"fp16"``: the backbone runs under autocast; logits and
+            probabilities are float32 either way.
     """
     if preset not in PRESETS:
         raise ValueError(f"inference preset {preset!r}: choose one of {', '.join(PRESETS)}")
     was = model.training
     model.eval()
+    device = next(model.parameters()).device
     try:
         if size is None:
-            size = tuple(to_model_input(images).shape[-2:])
+            size = tuple(images.shape[1:3] if images.shape[1] != 3 and images.shape[-1] == 3 else images.shape[-2:])
         logit_sum = prob_sum = features = None
         n = 0
         for x, unresized in _passes(images, scales, preset):
             for flipped in ((False, True) if flip else (False,)):
-                out = model(x.flip(-1) if flipped else x)
+                with autocast(device, amp):
+                    out = model(x.flip(-1) if flipped else x)
                 logits = out.logits.flip(-1) if flipped else out.logits
                 logits = resize_logits(logits.float(), tuple(size))
-                probs = torch.softmax(logits, 1)
-                logit_sum = logits if logit_sum is None else logit_sum + logits
-                prob_sum = probs if prob_sum is None else prob_sum + probs
                 n += 1
+                if n == 1:
+                    logit_sum = first = logits
+                else:  # per-pass probabilities are needed only to average them
+                    prob_sum = torch.softmax(first, 1) if prob_sum is None else prob_sum
+                    logit_sum, prob_sum = logit_sum + logits, prob_sum + torch.softmax(logits, 1)
                 if unresized and not flipped:
                     features = out.features
-        return Prediction(logit_sum / n, prob_sum / n, features)
+        return Prediction(logit_sum / n if n > 1 else logit_sum, prob_sum / n if n > 1 else None, features)
     finally:
         model.train(was)

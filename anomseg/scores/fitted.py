@@ -6,7 +6,7 @@
   softmax of the validation pixels predicted as c; score = min_c KL(p || d_c).
 
 Statistics are float64 sums and exact pixel counts, so fitting in one batch or in many gives
-the same result up to float64 rounding.
+the same result up to float64 rounding; they are kept on the device of the logits they are fed.
 """
 
 from __future__ import annotations
@@ -43,10 +43,11 @@ class StandardizedMaxLogit:
         z = _check(logits)
         m, c = z.max(dim=1)
         keep = _valid_mask(z, semantic)
-        m, c = m[keep].double().cpu(), c[keep].cpu()
+        m, c = m[keep].double(), c[keep]
+        self.count, self.sum, self.sumsq = (t.to(z.device) for t in (self.count, self.sum, self.sumsq))
         self.count += torch.bincount(c, minlength=self.num_classes).double()
-        self.sum += torch.zeros(self.num_classes, dtype=torch.float64).index_add_(0, c, m)
-        self.sumsq += torch.zeros(self.num_classes, dtype=torch.float64).index_add_(0, c, m * m)
+        self.sum += torch.zeros_like(self.sum).index_add_(0, c, m)  # per-batch sums first, as before
+        self.sumsq += torch.zeros_like(self.sumsq).index_add_(0, c, m * m)
 
     def stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, std) per class, float64 (K,); classes never predicted get mean 0, std 1."""
@@ -67,7 +68,7 @@ class StandardizedMaxLogit:
         return -(m - mean[c]) / std[c]
 
     def state_dict(self) -> dict:
-        return {"count": self.count, "sum": self.sum, "sumsq": self.sumsq}
+        return {"count": self.count.cpu(), "sum": self.sum.cpu(), "sumsq": self.sumsq.cpu()}
 
     def load_state_dict(self, state: dict) -> None:
         self.count, self.sum, self.sumsq = state["count"].double(), state["sum"].double(), state["sumsq"].double()
@@ -90,14 +91,15 @@ class KLMatching:
         p = torch.softmax(z.double(), dim=1)  # float64: per-pixel values independent of batch shape
         c = p.argmax(dim=1)
         keep = _valid_mask(z, semantic)
-        p = p.permute(0, 2, 3, 1)[keep].cpu()
-        c = c[keep].cpu()
+        p = p.permute(0, 2, 3, 1)[keep]
+        c = c[keep]
+        self.count, self.sum = self.count.to(z.device), self.sum.to(z.device)
         self.count += torch.bincount(c, minlength=self.num_classes).double()
         self.sum.index_add_(0, c, p)
 
     def templates(self) -> torch.Tensor:
         """float64 (K, K): row c = mean posterior of pixels predicted as c (uniform if none)."""
-        uniform = torch.full((self.num_classes,), 1.0 / self.num_classes, dtype=torch.float64)
+        uniform = torch.full((self.num_classes,), 1.0 / self.num_classes, dtype=torch.float64, device=self.sum.device)
         t = self.sum / self.count.clamp(min=1)[:, None]
         return torch.where((self.count > 0)[:, None], t, uniform)
 
@@ -116,7 +118,7 @@ class KLMatching:
         return (neg_entropy - cross).amin(dim=1)
 
     def state_dict(self) -> dict:
-        return {"count": self.count, "sum": self.sum}
+        return {"count": self.count.cpu(), "sum": self.sum.cpu()}
 
     def load_state_dict(self, state: dict) -> None:
         self.count, self.sum = state["count"].double(), state["sum"].double()

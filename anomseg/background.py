@@ -1,0 +1,73 @@
+"""An ordered background worker: host-side bookkeeping overlapped with the next forward pass.
+
+Evaluation hands each image's host copies (score maps, labels) to a :class:`Background` worker
+that updates the metrics while the main thread already runs the backbone on the next image;
+bank extraction hands it the HDF5 writes. Items are processed one at a time in the order given,
+so results are the same as doing the work inline; an error in the worker is raised again in the
+caller at the next :meth:`put` or at :meth:`drain`.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Callable
+
+
+class Background:
+    """Run ``fn(item)`` for each :meth:`put` item in a thread, in order, at most ``depth`` items queued.
+
+    Use as a context manager, or call :meth:`close`; :meth:`drain` waits until every item given so far
+    has been processed.
+    """
+
+    def __init__(self, fn: Callable, depth: int = 2, name: str = "anomseg-background"):
+        self.fn = fn
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while True:
+            item = self._queue.get()
+            try:
+                if item is _STOP:
+                    return
+                if self._error is None:
+                    self.fn(item)
+            except BaseException as exc:  # handed to the caller
+                self._error = exc
+            finally:
+                self._queue.task_done()
+
+    def _raise(self):
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def put(self, item) -> None:
+        self._raise()
+        self._queue.put(item)
+
+    def drain(self) -> None:
+        self._queue.join()
+        self._raise()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *rest):
+        try:
+            if exc_type is None:
+                self.drain()
+        finally:
+            self.close()
+
+
+_STOP = object()
