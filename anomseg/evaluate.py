@@ -133,7 +133,7 @@ class _Method:
     ``"probs"`` (mean probabilities), ``"features"`` (of the unresized pass) or ``"images"``.
     """
 
-    def __init__(self, spec: dict, num_classes: int, model, cfg: dict, out: Path, dist_info):
+    def __init__(self, spec: dict, num_classes: int, model, cfg: dict, out: Path, dist_info, progress: bool = True):
         self.name = spec["name"]
         self.model = model
         self.backbone_key = _backbone_key(spec.get("backbone") or cfg["backbone"])
@@ -150,13 +150,13 @@ class _Method:
             self.fn = build_score(self.score_name, **options)
         elif self.score_name in FITTED:  # fitted on the backbone's K classes (a folder set has none)
             self.fn = build_score(self.score_name, model.num_classes, **options)
-            self._fit(spec, model, cfg, out, dist_info)
+            self._fit(spec, model, cfg, out, dist_info, progress)
         elif self.score_name == "mc_dropout":
             self.passes = options.get("passes", 8)
         else:
             raise ValueError(f"method {self.name!r}: unknown score {self.score_name!r}; give 'head: <path>' for a head")
 
-    def _fit(self, spec, model, cfg, out, dist_info):
+    def _fit(self, spec, model, cfg, out, dist_info, progress):
         """Fit streaming over the fit split (SML: training pixels; KL matching: validation pixels), under
         the evaluation's inference settings; the fitted file records what made it and is checked."""
         f = {**cfg["fit"], **spec.get("fit", {})}
@@ -177,7 +177,7 @@ class _Method:
             n = min(len(ds), fingerprint["images"])
             dev = dist_info.device
             loader = sample_loader(ds, range(n), workers=cfg["workers"], device=dev)
-            for s in tqdm(loader, desc=f"fit {self.name} on {split}", leave=False):
+            for s in tqdm(loader, desc=f"fit {self.name} on {split}", leave=False, disable=not progress):
                 # fitted under the evaluation's own inference settings: what it will be applied to
                 logits = infer(model, s["image"].to(dev, non_blocking=True), s["semantic"].shape, cfg["inference"]).logits
                 self.fn.update(logits, torch.from_numpy(s["semantic"])[None].to(dev))
@@ -284,7 +284,7 @@ def _run(cfg: dict, info, out: Path, progress: bool) -> dict | None:
     if info.is_main:
         save_config(cfg, out / "config.yaml")
     methods = [_Method(m, dataset.num_classes, models[_backbone_key(m.get("backbone") or cfg["backbone"])][0],
-                       cfg, out, info) for m in cfg["methods"]]
+                       cfg, out, info, progress) for m in cfg["methods"]]
 
     def make(n):  # each method and rank spills its score maps into a folder of its own
         return AnomalyMetrics(cfg["protocol"], components=cfg["components"], component_track=cfg["component_track"],
@@ -294,7 +294,8 @@ def _run(cfg: dict, info, out: Path, progress: bool) -> dict | None:
     metrics = {n: make(n) for n in names}
     hists = {n: plot_hist() for n in names}
     per_image_metrics = {n: AnomalyMetrics("per_image") for n in names} if cfg["protocol"] == "pooled" else {}
-    conf, done = torch.zeros(max(k, 1), max(k, 1), dtype=torch.int64), set()
+    # the confusion counts are accumulated on the host with the rest of what is recorded
+    conf, done = torch.zeros(max(k, 1), max(k, 1), dtype=torch.int64, device="cpu"), set()
     if saved is not None:
         for n in names:
             metrics[n].merge(AnomalyMetrics.from_state(saved["metrics"][n]))

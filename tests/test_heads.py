@@ -170,3 +170,56 @@ def test_bank_mismatch_errors(banks, tmp_path):
     (tmp_path / "half" / META).write_text(json.dumps({"parts": 2, "complete": False, "feature_dim": D}))
     with pytest.raises(BankError, match=r"incomplete bank \(0 of 2 parts written\)"):
         FeatureBank(tmp_path / "half")
+
+
+def test_gmm_em_matches_scikit_learn(banks):
+    """The streaming EM against scikit-learn's GaussianMixture on the same rows and the same k-means
+    initialisation (scikit-learn runs KMeans(n_init=1, random_state) on the rows itself)."""
+    from sklearn.mixture import GaussianMixture
+
+    train, _ = banks
+    rows = train.sample("closed", 3000, np.random.default_rng(0), block=16)["features"].astype(np.float32)
+    head = build_head("gmm", D, n_components=K, init_samples=len(rows))
+    head.memory_budget = 64 * 1024  # many chunks: the streaming sums must not change the fit
+    head.fit(torch.from_numpy(rows))
+    assert head.fit_chunk_rows() < len(rows)
+    ref = GaussianMixture(K, covariance_type="diag", random_state=0, reg_covar=1e-5).fit(rows.astype(np.float64))
+    order = [int(np.argmin(((ref.means_ - m) ** 2).sum(1))) for m in head.means.double().numpy()]
+    assert sorted(order) == list(range(K))
+    np.testing.assert_allclose(head.means.numpy(), ref.means_[order], rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(head.variances.numpy(), ref.covariances_[order], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(head.weights.numpy(), ref.weights_[order], rtol=1e-3)
+    q = np.random.default_rng(2).normal(0, 3, (50, D))
+    np.testing.assert_allclose(head.score_rows(torch.tensor(q, dtype=torch.float32)).numpy(), -ref.score_samples(q),
+                               rtol=1e-4)
+
+
+def test_memory_budget_bounds_the_chunks_at_720_d():
+    """At D = 720 with 19 classes, one chunk of intermediates stays within the budget, and a small budget
+    (many chunks) gives the same scores as one chunk; references: float64 numpy formulas."""
+    rng = np.random.default_rng(0)
+    d, c = 720, 19
+    gauss = build_head("gaussian", d, num_classes=c)
+    a = rng.normal(size=(d, d)) / np.sqrt(d)
+    prec = a @ a.T + np.eye(d)
+    gauss.means.copy_(torch.from_numpy(rng.normal(size=(c, d))))
+    gauss.precision.copy_(torch.from_numpy(prec))
+    gauss.present.fill_(True)
+    gauss.fitted.fill_(True)
+    gmm = build_head("gmm", d, n_components=16)
+    gmm.means.copy_(torch.from_numpy(rng.normal(size=(16, d))))
+    gmm.variances.copy_(torch.from_numpy(rng.uniform(0.5, 2, (16, d))))
+    gmm.fitted.fill_(True)
+    x = torch.from_numpy(rng.normal(size=(300, d)).astype(np.float32))
+    xd = x.double().numpy()
+    mu, p32 = gauss.means.double().numpy(), gauss.precision.double().numpy()
+    ref_gauss = np.sqrt(np.min([np.einsum("nd,de,ne->n", xd - m, p32, xd - m) for m in mu], axis=0))
+    var, mg, w = gmm.variances.double().numpy(), gmm.means.double().numpy(), gmm.weights.double().numpy()
+    log_comp = -0.5 * (((xd[:, None] - mg[None]) ** 2 / var[None]).sum(-1) + np.log(var).sum(-1) + d * np.log(2 * np.pi))
+    ref_gmm = -np.logaddexp.reduce(log_comp + np.log(w), axis=1)
+    for head, ref in ((gauss, ref_gauss), (gmm, ref_gmm)):
+        assert head.chunk_rows() * head.row_bytes() <= head.memory_budget
+        whole = head.score_rows(x)
+        head.memory_budget = 50 * head.row_bytes()  # 6 chunks
+        np.testing.assert_allclose(head.score_rows(x).numpy(), whole.numpy(), rtol=1e-6)
+        np.testing.assert_allclose(whole.numpy(), ref, rtol=1e-4)

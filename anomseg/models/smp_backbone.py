@@ -35,7 +35,7 @@ class SMPBackbone(SegmentationBackbone):
         with torch.no_grad():
             was = self.training
             self.eval()
-            x = torch.zeros(1, 3, 64, 64)
+            x = torch.zeros(1, 3, 64, 64, device=self.pixel_mean.device)
             feat = self.model.decoder(self.model.encoder(x))
             self.train(was)
         return 64 // feat.shape[-1]

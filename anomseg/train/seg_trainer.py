@@ -126,17 +126,17 @@ def evaluate_miou(model, dataset, dist_info: DistInfo, batch_size: int = 4, prog
     was = model.training
     model.eval()
     k = dataset.num_classes
-    conf = torch.zeros(k, k, dtype=torch.int64)
+    conf = torch.zeros(k, k, dtype=torch.int64, device=dist_info.device)
     idx = list(range(dist_info.rank, len(dataset), dist_info.world))
     for start in tqdm(range(0, len(idx), batch_size), desc="val mIoU", disable=not (progress and dist_info.is_main), leave=False):
         samples = [dataset[i] for i in idx[start:start + batch_size]]
         images = torch.from_numpy(np.stack([s["image"] for s in samples])).to(dist_info.device)
-        target = torch.from_numpy(np.stack([s["semantic"] for s in samples]))
+        target = torch.from_numpy(np.stack([s["semantic"] for s in samples])).to(dist_info.device)
         logits = resize_logits(model(images).logits.float(), tuple(target.shape[-2:]))
-        conf += confusion_matrix(logits[:, :k].argmax(1).cpu(), target, k)  # an extra background output is no class
+        conf += confusion_matrix(logits[:, :k].argmax(1), target, k)  # an extra background output is no class
     model.train(was)
     all_reduce_sum(conf)
-    return miou(conf)
+    return miou(conf.cpu())
 
 
 # what a resumed run may change without changing the result: where it writes, how it runs
@@ -258,7 +258,7 @@ def _train(cfg: dict, info: DistInfo, out: Path, progress: bool) -> dict:
                 size = tuple(target.shape[-2:])
                 loss_map, counted = pixel_loss(loss_name, resize_logits(out_.logits.float(), size), target, outlier,
                                                features=out_.features, **loss_opts)
-                valid = all_reduce_sum(torch.tensor([counted.sum().item()], dtype=torch.float64)).item()
+                valid = all_reduce_sum(counted.sum().double().reshape(1)).item()  # on the device: NCCL-ready
                 loss = (loss_map * counted).sum()
                 if out_.aux is not None and tc["aux_weight"]:
                     loss = loss + tc["aux_weight"] * F.cross_entropy(resize_logits(out_.aux.float(), size), target,
@@ -270,7 +270,7 @@ def _train(cfg: dict, info: DistInfo, out: Path, progress: bool) -> dict:
             scaler.update()
             loss_sum += loss.item() / info.world
             bar.set_postfix(loss=f"{loss.item() / info.world:.3f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
-        train_loss = float(all_reduce_sum(torch.tensor([loss_sum], dtype=torch.float64)).item()) / steps_per_epoch
+        train_loss = float(all_reduce_sum(torch.tensor([loss_sum], dtype=torch.float64, device=info.device)).item()) / steps_per_epoch
         entry = {"epoch": epoch + 1, "train_loss": train_loss, "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0}
         if val_set is not None:
             entry["val_miou"], _ = evaluate_miou(model, val_set, info, tc["val_batch_size"], progress)
