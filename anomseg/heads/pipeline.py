@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 from pathlib import Path
 
 import torch
 
 from anomseg.bank import extract_bank
-from anomseg.config import ANY, BACKBONE_SCHEMA, OPTIONAL_INT, OPTIONAL_STR, save_config, schema_from_defaults
+from anomseg.config import ANY, BACKBONE_SCHEMA, OPTIONAL_INT, OPTIONAL_STR, merge, save_config, schema_from_defaults
 from anomseg.data import build_dataset
 from anomseg.data.paste import PastedDataset
 from anomseg.distributed import init_distributed
@@ -39,7 +40,10 @@ SCHEMA = schema_from_defaults(DEFAULTS, {
 
 
 def build_banks(cfg: dict, progress: bool = True):
-    """Extract (or reuse) the training and validation banks; returns (train_bank, val_bank, model, name)."""
+    """Extract (or reuse) the training and validation banks; returns (train_bank, val_bank, model, name).
+
+    Keys ``cfg`` leaves out take their :data:`DEFAULTS`."""
+    cfg = merge(copy.deepcopy(DEFAULTS), copy.deepcopy(cfg))
     info = init_distributed(cfg.get("device"))
     d = cfg["data"]
     train_set = build_dataset(d["name"], d["root"], d["train_split"], **d.get("options", {}))
@@ -69,6 +73,7 @@ def run_head_training(cfg: dict, progress: bool = True) -> dict:
     ``<out>/summary.json`` and the resolved ``<out>/config.yaml``. Under torchrun the banks are extracted by all ranks (sharded) and the
     heads are trained once, by rank 0; the other ranks return None once the banks are complete.
     """
+    cfg = merge(copy.deepcopy(DEFAULTS), copy.deepcopy(cfg))
     out = Path(cfg["out"])
     dist_info = init_distributed(cfg.get("device"))
     with output_lock(out) if dist_info.is_main else contextlib.nullcontext():
