@@ -4,7 +4,9 @@ Evaluation hands each image's host copies (score maps, labels) to a :class:`Back
 that updates the metrics while the main thread already runs the backbone on the next image;
 bank extraction hands it the HDF5 writes. Items are processed one at a time in the order given,
 so results are the same as doing the work inline; an error in the worker is raised again in the
-caller at the next :meth:`put` or at :meth:`drain`.
+caller at the next :meth:`put` or at :meth:`drain`. With ``threaded=False`` the work is done inline
+in :meth:`put` (the choice where no core is spare: on a 2-core CPU run a second thread only takes
+cycles from the backbone).
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ class Background:
     has been processed.
     """
 
-    def __init__(self, fn: Callable, depth: int = 2, name: str = "anomseg-background"):
+    def __init__(self, fn: Callable, depth: int = 2, name: str = "anomseg-background", threaded: bool = True):
         self.fn = fn
+        self.threaded = threaded
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        if threaded:
+            self._thread.start()
 
     def _run(self):
         while True:
@@ -48,10 +52,14 @@ class Background:
 
     def put(self, item) -> None:
         self._raise()
-        self._queue.put(item)
+        if self.threaded:
+            self._queue.put(item)
+        else:
+            self.fn(item)
 
     def drain(self) -> None:
-        self._queue.join()
+        if self.threaded:
+            self._queue.join()
         self._raise()
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import socket
 from pathlib import Path
@@ -18,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from anomseg.errors import AnomsegError
+
+log = logging.getLogger(__name__)
 
 
 class OutputError(AnomsegError, OSError):
@@ -219,3 +222,11 @@ def output_lock(folder: str | Path):
         yield
     finally:
         path.unlink(missing_ok=True)
+
+
+def write_timing(path: str | Path, stage: str, images: int, seconds: float) -> Path:
+    """``{"stage", "images", "seconds", "images_per_second"}`` of a loop over images (logged too)."""
+    rate = images / seconds if seconds > 0 else None
+    log.info("%s: %d images in %.1f s (%s images/s)", stage, images, seconds, f"{rate:.2f}" if rate else "-")
+    return write_json_atomic(path, {"stage": stage, "images": images, "seconds": round(seconds, 4),
+                                    "images_per_second": rate})

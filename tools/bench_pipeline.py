@@ -1,7 +1,7 @@
 """Benchmark the evaluation and bank-extraction pipelines against the bare backbone forward.
 
-    python tools/bench_pipeline.py [--backbone smp:FPN:resnet18] [--height 512 --width 1024]
-        [--images 8 40] [--device cpu|cuda] [--amp none|bf16|fp16] [--workers 2]
+    python tools/bench_pipeline.py [--backbone smp:FPN:resnet18] [--height 256 --width 512]
+        [--images 40] [--device cpu|cuda] [--amp none|bf16|fp16] [--workers auto]
 
 On synthetic street scenes of the given size, in one run:
 
@@ -11,16 +11,19 @@ On synthetic street scenes of the given size, in one run:
   inference, the four default post-hoc scores, per-image metrics, histograms, state files, report);
 * extraction: ``extract_bank`` (reading, forward, row selection, HDF5 parts; 5000 closed rows per image).
 
-Each tool is run on the first N1 and on the first N2 images; its throughput is the MARGINAL rate
-(N2 - N1) / (T2 - T1), so the fixed cost of a call (building the backbone, writing the report and
-plots) cancels and what is measured is the steady state of a long run. The bare forward is timed
-before and after the tools and the faster of the two is used. The last line reads
+A tool's throughput is what it records in ``timing.json`` for its loop over the images (reading,
+forward, scoring / row selection, recording / writing, until the last write has landed), so the fixed
+cost of a call (building the backbone, writing the report and plots) is left out: it is the steady
+state of a long run. Machines here are noisy and the noise drifts slowly, so each measurement times
+the bare forward right before and right after the tool and divides by the faster of the two;
+``--repeats`` measurements, the last line gives the median ratios and reads
 ``pipeline/forward: evaluation <ratio> extraction <ratio>``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import tempfile
 import time
@@ -60,55 +63,53 @@ def bare_forward(model, images, device, amp, repeats=1) -> float:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backbone", default="smp:FPN:resnet18")
-    p.add_argument("--height", type=int, default=512)
-    p.add_argument("--width", type=int, default=1024)
-    p.add_argument("--images", type=int, nargs=2, default=(8, 40), metavar=("N1", "N2"))
+    p.add_argument("--height", type=int, default=256)
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--images", type=int, default=40)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", default="auto", type=lambda v: v if v == "auto" else int(v))
+    p.add_argument("--repeats", type=int, default=3, help="measurements per tool; the median ratio is printed last")
     p.add_argument("--dir", default=None, help="working folder (default: a temporary one, deleted)")
     args = p.parse_args(argv)
-    n1, n2 = args.images
     work = Path(args.dir or tempfile.mkdtemp(prefix="bench_pipeline_"))
     try:
-        roots = {}
-        for n in (n1, n2):  # two sets, of N1 and N2 train / test images
-            roots[n] = work / f"data{n}"
-            generate_synthetic(roots[n], num_train=n, num_val=1, num_test=n, num_outliers=20, height=args.height,
-                               width=args.width, progress=False)
+        data = work / "data"
+        generate_synthetic(data, num_train=1, num_val=1, num_test=args.images, num_outliers=20,
+                           height=args.height, width=args.width, progress=False)
         backbone = {"name": args.backbone, "options": {}, "checkpoint": None}
         torch.manual_seed(0)
         model = build_backbone(args.backbone, 13).to(args.device).eval()
-        test = build_dataset("streethazards", roots[n2], "test")
-        images = [torch.from_numpy(np.array(test[i]["image"]))[None].to(args.device) for i in range(n2)]
-        forward = [bare_forward(model, images, args.device, args.amp)]
+        test = build_dataset("streethazards", data, "test")
+        images = [torch.from_numpy(np.array(test[i]["image"]))[None].to(args.device) for i in range(len(test))]
         print(f"{args.backbone} {args.height}x{args.width} on {args.device} (amp {args.amp}), {args.workers} workers, "
               f"torch threads {torch.get_num_threads()}")
 
-        def evaluation(n):
-            cfg = {"out": str(work / f"eval{n}"), "device": args.device, "workers": args.workers, "backbone": backbone,
-                   "data": {"name": "streethazards", "root": str(roots[n]), "split": "test"},
+        def evaluation(rep):
+            cfg = {"out": str(work / f"eval-{rep}"), "device": args.device, "workers": args.workers, "backbone": backbone,
+                   "data": {"name": "streethazards", "root": str(data), "split": "test"},
                    "inference": {"amp": args.amp}, "overlays": {"images": 0}}
-            t0 = time.perf_counter()
             run_evaluation(cfg, progress=False)
-            return time.perf_counter() - t0
+            return json.loads((work / f"eval-{rep}" / "timing.json").read_text())["images_per_second"]
 
-        def extraction(n):
-            ds = build_dataset("streethazards", roots[n], "train")
-            t0 = time.perf_counter()
-            extract_bank(model, ds, work / f"bank{n}", backbone=args.backbone, closed_per_image=5000, chunk_images=8,
+        def extraction(rep):
+            ds = build_dataset("streethazards", data, "test")  # the same images as the bare forward
+            extract_bank(model, ds, work / f"bank-{rep}", backbone=args.backbone, closed_per_image=5000, chunk_images=8,
                          progress=False, workers=args.workers, amp=args.amp)
-            return time.perf_counter() - t0
+            return json.loads((work / f"bank-{rep}" / "timing.json").read_text())["images_per_second"]
 
-        rates = {}
+        ratios = {}
         for name, fn in (("evaluation", evaluation), ("extraction", extraction)):
-            t1, t2 = fn(n1), fn(n2)
-            rates[name] = (n2 - n1) / (t2 - t1)
-            print(f"{name}: {n1} images {t1:.2f} s, {n2} images {t2:.2f} s -> {rates[name]:.2f} images/s (marginal)")
-        forward.append(bare_forward(model, images, args.device, args.amp))
-        best = max(forward)
-        print(f"bare forward: {', '.join(f'{f:.2f}' for f in forward)} images/s (before, after); using {best:.2f}")
-        print(f"pipeline/forward: evaluation {rates['evaluation'] / best:.2f} extraction {rates['extraction'] / best:.2f}")
+            ratios[name] = []
+            for rep in range(args.repeats):  # the forward timed right before and after: noise here drifts slowly
+                before = bare_forward(model, images, args.device, args.amp)
+                rate = fn(rep)
+                after = bare_forward(model, images, args.device, args.amp)
+                ratios[name].append(rate / max(before, after))
+                print(f"{name} #{rep + 1}: tool {rate:.2f} images/s, bare forward {before:.2f} / {after:.2f} images/s "
+                      f"(before / after) -> ratio {ratios[name][-1]:.2f} (to the faster)")
+        med = {k: float(np.median(v)) for k, v in ratios.items()}
+        print(f"pipeline/forward: evaluation {med['evaluation']:.2f} extraction {med['extraction']:.2f}")
     finally:
         if not args.dir:
             shutil.rmtree(work, ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,9 @@ from tqdm import tqdm
 from anomseg.background import Background
 from anomseg.bank.store import KINDS, META, OPEN, BankError, FeatureBank, part_name, write_part
 from anomseg.data.base import resize_nearest
-from anomseg.data.loader import sample_loader
+from anomseg.data.loader import sample_loader, spare_cores
 from anomseg.distributed import DistInfo, barrier
-from anomseg.files import write_json_atomic
+from anomseg.files import write_json_atomic, write_timing
 from anomseg.models.identity import weights_hash
 from anomseg.models.inference import AMP, autocast
 
@@ -74,7 +75,7 @@ def _concat(parts: list[dict]) -> dict:
 def extract_bank(model, dataset, out: str | Path, *, backbone: str, layer: str = "penultimate",
                  closed_per_image: int | None = 5000, open_per_image: int | None = None, chunk_images: int = 16,
                  seed: int = 0, config: dict | None = None, dist: DistInfo | None = None,
-                 progress: bool = True, workers: int = 2, amp: str = "none") -> FeatureBank:
+                 progress: bool = True, workers: int | str = "auto", amp: str = "none") -> FeatureBank:
     """Build (or finish, or reuse) the feature bank of ``dataset`` under ``out``.
 
     Args:
@@ -86,8 +87,9 @@ def extract_bank(model, dataset, out: str | Path, *, backbone: str, layer: str =
         chunk_images: images per part file (the unit of resume and of sharding over ranks).
         seed: sampling seed; the bank is a pure function of the model, data and these settings.
         dist: under torchrun, each rank writes the parts ``rank, rank + world, ...``.
-        workers: image-decoding processes ahead of the backbone (0: none); parts are written by a
-            background thread while the backbone runs on the next images.
+        workers: image-decoding processes ahead of the backbone (0: none, ``"auto"``: on the spare
+            cores); where a core is spare, parts are written by a background thread while the backbone
+            runs on the next images.
         amp: ``"none"``, ``"bf16"`` or ``"fp16"``: the backbone under autocast (recorded in the bank).
     Returns:
         the :class:`FeatureBank` once every part exists.
@@ -126,10 +128,12 @@ def extract_bank(model, dataset, out: str | Path, *, backbone: str, layer: str =
     todo = [p for p in range(attrs["parts"]) if p % world == rank and not (out / part_name(p)).is_file()]
     bar = tqdm(total=sum(min(chunk_images, n - p * chunk_images) for p in todo), desc=f"feature bank {attrs['split']}",
                disable=not (progress and rank == 0))
+    started = time.perf_counter()
     images = [i for p in todo for i in range(p * chunk_images, min(n, (p + 1) * chunk_images))]
     batches = iter(sample_loader(dataset, images, workers=workers, device=device))  # workers start first
     try:
-        with Background(lambda part: write_part(*part), depth=2, name="anomseg-bank-writer") as writer:
+        with Background(lambda part: write_part(*part), depth=2, name="anomseg-bank-writer",
+                        threaded=spare_cores(device) > 0) as writer:
             rows = []
             for s in batches:
                 i = s["index"]
@@ -143,6 +147,8 @@ def extract_bank(model, dataset, out: str | Path, *, backbone: str, layer: str =
     finally:
         bar.close()
         model.train(was)
+    if rank == 0:
+        write_timing(out / "timing.json", "extraction", len(images), time.perf_counter() - started)
     barrier()
     if rank == 0:
         missing = [p for p in range(attrs["parts"]) if not (out / part_name(p)).is_file()]

@@ -9,9 +9,13 @@ item is a dict: ``index`` (int, the dataset index), ``image`` uint8 tensor (1, H
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from anomseg.config import ConfigError
 
 
 class _Chosen(Dataset):
@@ -30,20 +34,39 @@ class _Chosen(Dataset):
                 "anomaly": s["anomaly"], "name": s.get("name", "")}
 
 
+def spare_cores(device: str | torch.device) -> int:
+    """CPU cores left over by the compute: on CUDA all but one; on the CPU those that torch's own
+    threads do not use (0 on a 2-core machine, where extra processes and threads only slow the
+    backbone down)."""
+    cores = os.cpu_count() or 1
+    if torch.device(device).type == "cuda":
+        return max(0, cores - 1)
+    return max(0, cores - torch.get_num_threads())
+
+
+def resolve_workers(workers: int | str, device: str | torch.device) -> int:
+    """``workers`` as given, or for ``"auto"`` up to 4 decoding processes on the spare cores."""
+    if workers == "auto":
+        return min(4, spare_cores(device))
+    if not isinstance(workers, int) or workers < 0:
+        raise ConfigError(f"workers={workers!r}: give a number >= 0 or 'auto'")
+    return workers
+
+
 def _one(batch):
     return batch[0]
 
 
-def sample_loader(dataset, indices, *, workers: int = 2, device: str | torch.device = "cpu",
+def sample_loader(dataset, indices, *, workers: int | str = "auto", device: str | torch.device = "cpu",
                   prefetch: int = 4) -> DataLoader:
     """A DataLoader over ``dataset[i] for i in indices`` (in that order; see the module docstring).
 
     Args:
-        workers: decoding processes (0: in the calling process).
+        workers: decoding processes (0: in the calling process; ``"auto"``: :func:`resolve_workers`).
         device: the device the images go to; CUDA pins the host copies for asynchronous transfer.
         prefetch: items each worker prepares ahead.
     """
-    workers = max(0, min(int(workers), len(indices)))
+    workers = min(resolve_workers(workers, device), len(indices))
     return DataLoader(_Chosen(dataset, indices), batch_size=1, shuffle=False, num_workers=workers, collate_fn=_one,
                       pin_memory=torch.device(device).type == "cuda", prefetch_factor=prefetch if workers else None,
                       persistent_workers=False)

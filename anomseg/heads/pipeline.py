@@ -21,7 +21,7 @@ DEFAULTS = {
     "seed": 0,
     "out": "runs/heads",
     "device": None,
-    "workers": 2,  # image-decoding processes ahead of the backbone during extraction (0: none)
+    "workers": "auto",  # image-decoding processes ahead of the backbone during extraction (0: none)
     "data": {"name": "streethazards", "root": "data/synthetic", "options": {}, "train_split": "train",
              "val_split": "val", "paste": None},
     "backbone": {"name": None, "options": {}, "checkpoint": None},
@@ -33,7 +33,7 @@ DEFAULTS = {
 }
 
 SCHEMA = schema_from_defaults(DEFAULTS, {
-    "device": OPTIONAL_STR, "data.options": ANY, "data.paste": ANY, "backbone": BACKBONE_SCHEMA, "bank.dir": OPTIONAL_STR,
+    "device": OPTIONAL_STR, "workers": (int, str), "data.options": ANY, "data.paste": ANY, "backbone": BACKBONE_SCHEMA, "bank.dir": OPTIONAL_STR,
     "bank.open_per_image": OPTIONAL_INT, "bank.val_closed_per_image": OPTIONAL_INT,
     "heads": [{"name": str, "options": ANY}],
 })

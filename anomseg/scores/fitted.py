@@ -89,7 +89,7 @@ class KLMatching:
     def update(self, logits: torch.Tensor, semantic: torch.Tensor | None = None) -> None:
         z = _check(logits)
         p = torch.softmax(z.double(), dim=1)  # float64: per-pixel values independent of batch shape
-        c = p.argmax(dim=1)
+        c = p.max(dim=1).indices
         keep = _valid_mask(z, semantic)
         p = p.permute(0, 2, 3, 1)[keep]
         c = c[keep]

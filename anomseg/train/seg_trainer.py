@@ -133,7 +133,7 @@ def evaluate_miou(model, dataset, dist_info: DistInfo, batch_size: int = 4, prog
         images = torch.from_numpy(np.stack([s["image"] for s in samples])).to(dist_info.device)
         target = torch.from_numpy(np.stack([s["semantic"] for s in samples])).to(dist_info.device)
         logits = resize_logits(model(images).logits.float(), tuple(target.shape[-2:]))
-        conf += confusion_matrix(logits[:, :k].argmax(1), target, k)  # an extra background output is no class
+        conf += confusion_matrix(logits[:, :k].max(1).indices, target, k)  # an extra background output is no class
     model.train(was)
     all_reduce_sum(conf)
     return miou(conf.cpu())
