@@ -15,7 +15,7 @@ A tool's throughput is what it records in ``timing.json`` for its loop over the 
 forward, scoring / row selection, recording / writing, until the last write has landed), so the fixed
 cost of a call (building the backbone, writing the report and plots) is left out: it is the steady
 state of a long run. Machines here are noisy and the noise drifts slowly, so each measurement times
-the bare forward right before and right after the tool and divides by the faster of the two;
+the bare forward right before and right after the tool and divides by their mean;
 ``--repeats`` measurements, the last line gives the median ratios and reads
 ``pipeline/forward: evaluation <ratio> extraction <ratio>``.
 """
@@ -105,9 +105,9 @@ def main(argv=None):
                 before = bare_forward(model, images, args.device, args.amp)
                 rate = fn(rep)
                 after = bare_forward(model, images, args.device, args.amp)
-                ratios[name].append(rate / max(before, after))
+                ratios[name].append(rate / ((before + after) / 2))
                 print(f"{name} #{rep + 1}: tool {rate:.2f} images/s, bare forward {before:.2f} / {after:.2f} images/s "
-                      f"(before / after) -> ratio {ratios[name][-1]:.2f} (to the faster)")
+                      f"(before / after) -> ratio {ratios[name][-1]:.2f} (to their mean)")
         med = {k: float(np.median(v)) for k, v in ratios.items()}
         print(f"pipeline/forward: evaluation {med['evaluation']:.2f} extraction {med['extraction']:.2f}")
     finally:
