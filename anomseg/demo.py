@@ -51,6 +51,9 @@ def stage_configs(demo: dict, out: Path, seed: int) -> dict[str, dict]:
     # a method with ``head: true`` is the head the heads stage trained under the method's name
     ev["methods"] = [dict(m, head=str(out / "heads" / "heads" / m["name"] / "best.pth")) if m.get("head") is True
                      else dict(m) for m in demo["eval"]["methods"]]
+    # resolved as each stage's tool resolves (and saves) it: missing keys take the tool's defaults
+    heads = merge(copy.deepcopy(HEAD_DEFAULTS), heads)
+    ev = merge(copy.deepcopy(EVAL_DEFAULTS), ev)
     return {"seg": seg, "heads": heads, "eval": ev}
 
 

@@ -80,12 +80,12 @@ def run_head_training(cfg: dict, progress: bool = True) -> dict:
         train_bank, val_bank, model, name, train_set = build_banks(cfg, progress)
         if not dist_info.is_main:
             return None
-        summary = _train_heads(cfg, out, train_bank, val_bank, model, name, train_set, progress)
+        summary = _train_heads(cfg, out, train_bank, val_bank, model, name, train_set, progress, dist_info.device)
         save_config(cfg, out / "config.yaml")  # once every check passed: it describes what is there
         return summary
 
 
-def _train_heads(cfg, out, train_bank, val_bank, model, name, train_set, progress) -> dict:
+def _train_heads(cfg, out, train_bank, val_bank, model, name, train_set, progress, device) -> dict:
     tc = cfg["train"]
     sampler_kwargs = {}
     if tc.get("closed_source", "bank") == "image":
@@ -97,7 +97,7 @@ def _train_heads(cfg, out, train_bank, val_bank, model, name, train_set, progres
                 "stride": train_bank.meta["stride"]}
         summary[h["name"]] = train_head(h["name"], dict(h.get("options", {})), train_bank, val_bank, out=head_out,
                                         train=tc, seed=cfg["seed"], progress=progress, info=info,
-                                        sampler_kwargs=sampler_kwargs, device=next(model.parameters()).device)
+                                        sampler_kwargs=sampler_kwargs, device=device)
         if progress:
             print(f"{h['name']}: best validation AUROC {summary[h['name']]['best_auroc']:.4f}")
     write_json_atomic(out / "summary.json", summary)
