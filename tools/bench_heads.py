@@ -1,6 +1,6 @@
 """Peak memory of fitting and scoring the statistical heads at D = 720, and their speed.
 
-    python tools/bench_heads.py [--rows 200000] [--dim 720] [--classes 19] [--budget-mib 256]
+    python tools/bench_heads.py [--rows 100000] [--dim 720] [--classes 19] [--budget-mib 256]
 
 Each head runs in a fresh process on random features already in memory (float32); the peak
 resident memory above that baseline (Linux VmHWM, reset through /proc/self/clear_refs after the
@@ -33,7 +33,7 @@ def _run(name, rows, dim, classes, budget, queue):
     x = torch.from_numpy(rng.standard_normal((rows, dim), dtype=np.float32))
     y = torch.from_numpy(rng.integers(0, classes, rows))
     options = {"gaussian": {"num_classes": classes}, "gmm": {"n_components": 16, "max_iter": 20},
-               "knn": {"k": 10, "max_samples": 50000}}[name]
+               "knn": {"k": 10, "max_samples": 20000}}[name]
     head = make_head(name, dim, **options)
     head.memory_budget = budget
     with open("/proc/self/clear_refs", "w") as f:  # reset the peak to the current resident size
@@ -54,7 +54,7 @@ def _run(name, rows, dim, classes, budget, queue):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rows", type=int, default=200000)
+    p.add_argument("--rows", type=int, default=100000)
     p.add_argument("--dim", type=int, default=720)
     p.add_argument("--classes", type=int, default=19)
     p.add_argument("--budget-mib", type=int, default=256, help="the heads' memory_budget")
