@@ -248,6 +248,8 @@ CASES = [
     ("override-bad-type", E, lambda e, t: ["--config", _eval_cfg(e, t), "components=maybe"], "must be true/false"),
     ("unknown-protocol", E, lambda e, t: ["--config", _eval_cfg(e, t, protocol="fishy")], "protocol='fishy' is unknown"),
     ("unknown-preset", E, lambda e, t: ["--config", _eval_cfg(e, t), "inference.preset=csail"], "preset 'csail'"),
+    ("unknown-amp", E, lambda e, t: ["--config", _eval_cfg(e, t), "inference.amp=fp8"], "inference.amp 'fp8'"),
+    ("negative-workers", E, lambda e, t: ["--config", _eval_cfg(e, t, workers=-1)], "workers=-1"),
     ("unknown-score", E, lambda e, t: ["--config", _eval_cfg(e, t, methods=[{"name": "mspp"}])], "unknown score 'mspp'"),
     ("duplicate-method", E, lambda e, t: ["--config", _eval_cfg(e, t, methods=[{"name": "msp"}, {"name": "msp"}])],
      "names must be unique"),
