@@ -20,6 +20,7 @@ import math
 import shutil
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -37,12 +38,12 @@ from anomseg.errors import DatasetError
 from anomseg.files import (check_fingerprint, file_digest, load_state, output_lock, save_state, save_torch_atomic,
                            write_json_atomic, write_text_atomic, write_timing)
 from anomseg.distributed import all_reduce_sum, barrier, init_distributed
-from anomseg.heads.train import HeadError, load_head
+from anomseg.heads.train import HeadError
 from anomseg.metrics import AnomalyMetrics, reduce_distributed
 from anomseg.metrics.histogram import ScoreHistogram
 from anomseg.models.checkpoints import backbone_from_config
-from anomseg.models.inference import AMP, PRESETS, autocast, predict
-from anomseg.scores import FITTED, POSTHOC, build_score, mc_dropout
+from anomseg.models.inference import AMP, PRESETS, predict
+from anomseg.methods import METHODS, Method, Observation, build_method, check_consumable, method_class
 from anomseg.train.seg_trainer import confusion_matrix, miou
 
 DEFAULTS = {
@@ -87,33 +88,34 @@ def check_inference(inf: dict) -> None:
                           "inference.flip")
 
 
-def has_unresized_pass(inf: dict) -> bool:
-    return inf["preset"] != "caos" and 1.0 in [float(s) for s in inf["scales"]]
+def method_name(spec: dict) -> str:
+    """The registered method a config entry names: ``score`` if given, else its ``name``; an entry with
+    ``head:`` whose name is not a registered method is the generic ``head`` method."""
+    name = spec.get("score") or spec["name"]
+    if spec.get("head") and name not in METHODS:
+        return "head"
+    return name
 
 
 def consumes(spec: dict) -> str:
-    """What a method takes from the inference step: ``"logits"`` (mean logits), ``"probs"`` (mean
-    probabilities), ``"features"`` (of the unresized pass) or ``"images"`` (runs its own passes)."""
-    score = spec.get("score", spec["name"])
+    """What a config entry's method takes from the inference step (see :mod:`anomseg.methods`)."""
+    return method_class(method_name(spec)).consumes
+
+
+def build(spec: dict) -> Method:
+    """The method of a config entry, built from the registry (``head:`` is passed as an option)."""
+    options = dict(spec.get("options", {}))
     if spec.get("head"):
-        return "features"
-    if score == "mc_dropout":
-        return "images"
-    return getattr(POSTHOC.get(score), "consumes", "logits")
+        options["head"] = spec["head"]
+    return build_method(method_name(spec), **options)
 
 
 def check_methods(cfg: dict) -> None:
     """Refuse a method whose input the inference settings cannot give it (one line, with the fix)."""
-    inf = cfg["inference"]
     for spec in cfg["methods"]:
-        what = consumes(spec)
-        if what == "features" and not has_unresized_pass(inf):
-            raise ConfigError(f"method {spec['name']!r} consumes backbone features of the unresized image, but the "
-                              f"inference settings (preset {inf['preset']}, scales {list(inf['scales'])}) have no scale-1.0 "
-                              f"pass; add 1.0 to inference.scales or evaluate the head in a run of its own")
-        if what == "images" and (inf["preset"] != "none" or [float(x) for x in inf["scales"]] != [1.0] or inf["flip"]):
-            raise ConfigError(f"method {spec['name']!r} (mc_dropout) runs its own single-scale passes; it cannot follow "
-                              f"multi-scale / flip / preset inference: evaluate it in a run with the default inference")
+        problem = check_consumable(consumes(spec), cfg["inference"])
+        if problem:
+            raise ConfigError(f"method {spec['name']!r}: {problem}")
 
 
 SCHEMA = schema_from_defaults(DEFAULTS, {
@@ -127,79 +129,71 @@ EVAL_STATE_VERSION = 2  # 2: data-only state files (npz + JSON), per-method spil
 FIT_VERSION = 1
 
 
-class _Method:
-    """One evaluated method: how to score, and its evaluator and plotting histogram.
+def prepare(spec: dict, model, cfg: dict, out: Path, dist_info, progress: bool = True) -> Method:
+    """Build a config entry's method for ``model`` and fit it if it is fitted (see :func:`fit`)."""
+    method = build(spec)
+    method.setup(model)
+    if method.fit_split is not None:
+        fit(method, spec, model, cfg, out, dist_info, progress)
+    return method
 
-    ``consumes`` says what it takes from the inference step: ``"logits"`` (mean logits),
-    ``"probs"`` (mean probabilities), ``"features"`` (of the unresized pass) or ``"images"``.
-    """
 
-    def __init__(self, spec: dict, num_classes: int, model, cfg: dict, out: Path, dist_info, progress: bool = True):
-        self.name = spec["name"]
-        self.model = model
-        self.backbone_key = _backbone_key(spec.get("backbone") or cfg["backbone"])
-        self.kind = "head" if spec.get("head") else "score"
-        self.score_name = spec.get("score", self.name)
-        options = spec.get("options", {})
-        self.consumes = consumes(spec)
-        if self.kind == "head":
-            self.head, info = load_head(spec["head"], device=next(model.parameters()).device)
-            if info.get("weights") and info["weights"] != weights_hash(model):
-                raise ValueError(f"method {self.name!r}: head {spec['head']} was trained on other backbone weights "
-                                 f"({info['weights']}); evaluate it with the backbone it was trained on")
-        elif self.score_name in POSTHOC:
-            self.fn = build_score(self.score_name, **options)
-        elif self.score_name in FITTED:  # fitted on the backbone's K classes (a folder set has none)
-            self.fn = build_score(self.score_name, model.num_classes, **options)
-            self._fit(spec, model, cfg, out, dist_info, progress)
-        elif self.score_name == "mc_dropout":
-            self.passes = options.get("passes", 8)
-        else:
-            raise ValueError(f"method {self.name!r}: unknown score {self.score_name!r}; give 'head: <path>' for a head")
-
-    def _fit(self, spec, model, cfg, out, dist_info, progress):
-        """Fit streaming over the fit split (SML: training pixels; KL matching: validation pixels), under
-        the evaluation's inference settings; the fitted file records what made it and is checked."""
-        f = {**cfg["fit"], **spec.get("fit", {})}
-        data = f.get("data") or cfg["data"]
-        split = f.get("split") or (f["train_split"] if self.score_name == "sml" else f["val_split"])
-        fingerprint = {"version": FIT_VERSION, "score": self.score_name, "options": spec.get("options", {}),
-                       "weights": weights_hash(model), "num_classes": model.num_classes,
-                       "data": {k: data.get(k) for k in ("name", "root", "options")}, "split": split,
-                       "images": f.get("images", f["max_images"]), "inference": cfg["inference"]}
-        path = out / "fitted" / f"{viz.safe_name(self.name)}.pt"
-        if dist_info.is_main and not path.is_file():
-            try:
-                ds = build_dataset(data["name"], data["root"], split, **data.get("options", {}))
-            except DatasetError as exc:
-                raise ConfigError(f"method {self.name!r} is fitted on split {split!r} of dataset {data['name']!r}, which "
-                                  f"cannot be read ({exc}); give the method (or the fit section) fit: {{data: {{name, "
-                                  f"root}}, split}} naming the dataset the backbone was trained on") from None
-            n = min(len(ds), fingerprint["images"])
-            dev = dist_info.device
-            loader = sample_loader(ds, range(n), workers=cfg["workers"], device=dev)
-            for s in tqdm(loader, desc=f"fit {self.name} on {split}", leave=False, disable=not progress):
-                # fitted under the evaluation's own inference settings: what it will be applied to
-                logits = infer(model, s["image"].to(dev, non_blocking=True), s["semantic"].shape, cfg["inference"]).logits
-                self.fn.update(logits, torch.from_numpy(s["semantic"])[None].to(dev))
-            save_torch_atomic(path, {"fingerprint": fingerprint, "state": self.fn.state_dict()})
-        barrier()
+def fit(method: Method, spec: dict, model, cfg: dict, out: Path, dist_info, progress: bool = True) -> None:
+    """Fit streaming over the method's fit split under the evaluation's inference settings (what it will
+    be applied to); the fitted state is saved in ``out/fitted/<name>.pt`` with what made it, and checked
+    when it is reused."""
+    name = spec["name"]
+    f = {**cfg["fit"], **spec.get("fit", {})}
+    data = f.get("data") or cfg["data"]
+    split = f.get("split") or (f["train_split"] if method.fit_split == "train" else f["val_split"])
+    fingerprint = {"version": FIT_VERSION, "score": method_name(spec), "options": spec.get("options", {}),
+                   "weights": weights_hash(model), "num_classes": model.num_classes,
+                   "data": {k: data.get(k) for k in ("name", "root", "options")}, "split": split,
+                   "images": f.get("images", f["max_images"]), "inference": cfg["inference"]}
+    path = out / "fitted" / f"{viz.safe_name(name)}.pt"
+    if dist_info.is_main and not path.is_file():
         try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            saved_fp, state = saved["fingerprint"], saved["state"]
-        except Exception as exc:
-            raise ConfigError(f"{path}: not a readable fitted-score file ({type(exc).__name__}); delete it to refit") from None
-        check_fingerprint(path, saved_fp, fingerprint, "delete it to refit, or set resume: false")
-        self.fn.load_state_dict(state)
+            ds = build_dataset(data["name"], data["root"], split, **data.get("options", {}))
+        except DatasetError as exc:
+            raise ConfigError(f"method {name!r} is fitted on split {split!r} of dataset {data['name']!r}, which "
+                              f"cannot be read ({exc}); give the method (or the fit section) fit: {{data: {{name, "
+                              f"root}}, split}} naming the dataset the backbone was trained on") from None
+        n = min(len(ds), fingerprint["images"])
+        dev, inf = dist_info.device, cfg["inference"]
+        loader = sample_loader(ds, range(n), workers=cfg["workers"], device=dev)
 
-    def score(self, model, images, out, size, amp: str = "none") -> torch.Tensor:
-        """float32 (N, H, W) on the model's device."""
-        if self.consumes == "features":
-            return self.head.score_map(out.features, size=size)
-        if self.consumes == "images":
-            with autocast(images.device, amp):
-                return mc_dropout(model, images, passes=self.passes, size=size).float()
-        return self.fn(out.probs if self.consumes == "probs" else out.logits).float()
+        def batches():
+            for s in tqdm(loader, desc=f"fit {name} on {split}", leave=False, disable=not progress):
+                images = s["image"].to(dev, non_blocking=True)
+                size = s["semantic"].shape
+                yield (Observation(infer(model, images, size, inf), images, model, size, inf["amp"]),
+                       torch.from_numpy(s["semantic"])[None].to(dev))
+        method.fit(batches())
+        save_torch_atomic(path, {"fingerprint": fingerprint, "state": method.state_dict()})
+    barrier()
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved_fp, state = saved["fingerprint"], saved["state"]
+    except Exception as exc:
+        raise ConfigError(f"{path}: not a readable fitted-score file ({type(exc).__name__}); delete it to refit") from None
+    check_fingerprint(path, saved_fp, fingerprint, "delete it to refit, or set resume: false")
+    method.load_state_dict(state)
+
+
+class _Evaluated(NamedTuple):
+    """A method of the config with the name it is reported under and the backbone it scores."""
+
+    name: str
+    method: Method
+    backbone_key: str
+
+
+def _methods(cfg: dict, models: dict, out: Path, info, progress: bool) -> list[_Evaluated]:
+    out_list = []
+    for spec in cfg["methods"]:
+        key = _backbone_key(spec.get("backbone") or cfg["backbone"])
+        out_list.append(_Evaluated(spec["name"], prepare(spec, models[key][0], cfg, out, info, progress), key))
+    return out_list
 
 
 def _backbone_key(spec: dict) -> str:
@@ -284,8 +278,7 @@ def _run(cfg: dict, info, out: Path, progress: bool) -> dict | None:
                           "set resume: false (or choose a new out) to evaluate from scratch")
     if info.is_main:
         save_config(cfg, out / "config.yaml")
-    methods = [_Method(m, dataset.num_classes, models[_backbone_key(m.get("backbone") or cfg["backbone"])][0],
-                       cfg, out, info, progress) for m in cfg["methods"]]
+    methods = _methods(cfg, models, out, info, progress)
 
     def make(n):  # each method and rank spills its score maps into a folder of its own
         return AnomalyMetrics(cfg["protocol"], components=cfg["components"], component_track=cfg["component_track"],
@@ -358,7 +351,8 @@ def _run(cfg: dict, info, out: Path, progress: bool) -> dict | None:
                 image_conf = confusion_matrix(outputs[main_key].logits[:, :k].max(1).indices, semantic, k)  # max: 5x argmax on CPU
                 image_conf = image_conf.to("cpu", non_blocking=cuda)
             # host copies of what is recorded (score maps, confusion counts), asynchronous on CUDA
-            scores = {m.name: m.score(m.model, images, outputs[m.backbone_key], size, inf["amp"]).to("cpu", non_blocking=cuda)
+            scores = {m.name: m.method.score(Observation(outputs[m.backbone_key], images, models[m.backbone_key][0], size,
+                                                         inf["amp"])).to("cpu", non_blocking=cuda)
                       for m in methods}
             ready = None
             if cuda:
@@ -485,13 +479,12 @@ def render_overlays(eval_dir: str | Path, indices, threshold="tpr95", out_dir: s
     if not report_path.is_file():
         raise FileNotFoundError(f"{report_path}: no evaluation report; run tools/eval_caos.py first")
     report = json.loads(report_path.read_text())
-    cfg = report["config"]
+    cfg = merge(copy.deepcopy(DEFAULTS), report["config"])
     d = cfg["data"]
     dataset = build_dataset(d["name"], d["root"], d["split"], **d.get("options", {}))
     models = _backbones(cfg, dataset.num_classes or 1, torch.device("cpu"))
     info = init_distributed("cpu")
-    methods = [_Method(m, dataset.num_classes, models[_backbone_key(m.get("backbone") or cfg["backbone"])][0],
-                       cfg, eval_dir, info) for m in cfg["methods"]]
+    methods = _methods(cfg, models, eval_dir, info, progress)
     out_dir = Path(out_dir or eval_dir / "overlays")
     paths = []
     inf = cfg["inference"]
@@ -504,7 +497,8 @@ def render_overlays(eval_dir: str | Path, indices, threshold="tpr95", out_dir: s
         outputs = {key: infer(mdl, images, size, inf) for key, (mdl, _) in models.items()}
         maps, thresholds, label = {}, {}, ""
         for m in methods:
-            maps[m.name] = m.score(m.model, images, outputs[m.backbone_key], size)[0].numpy()
+            obs = Observation(outputs[m.backbone_key], images, models[m.backbone_key][0], size, inf["amp"])
+            maps[m.name] = m.method.score(obs)[0].numpy()
             if threshold == "tpr95":
                 thresholds[m.name], label = report["methods"][m.name]["tpr95_threshold"], "TPR95"
             else:

@@ -250,7 +250,7 @@ CASES = [
     ("unknown-preset", E, lambda e, t: ["--config", _eval_cfg(e, t), "inference.preset=csail"], "preset 'csail'"),
     ("unknown-amp", E, lambda e, t: ["--config", _eval_cfg(e, t), "inference.amp=fp8"], "inference.amp 'fp8'"),
     ("negative-workers", E, lambda e, t: ["--config", _eval_cfg(e, t, workers=-1)], "workers=-1"),
-    ("unknown-score", E, lambda e, t: ["--config", _eval_cfg(e, t, methods=[{"name": "mspp"}])], "unknown score 'mspp'"),
+    ("unknown-score", E, lambda e, t: ["--config", _eval_cfg(e, t, methods=[{"name": "mspp"}])], "unknown method 'mspp'; did you mean 'msp'"),
     ("duplicate-method", E, lambda e, t: ["--config", _eval_cfg(e, t, methods=[{"name": "msp"}, {"name": "msp"}])],
      "names must be unique"),
     ("out-is-a-file", E, out_is_file, "is not a folder"),

@@ -1,0 +1,132 @@
+"""The one contract every anomaly method satisfies, and the registry that builds methods by name.
+
+A :class:`Method` declares what it ``consumes`` from the backbone (``"logits"``: the mean logits at
+the label size; ``"probs"``: the mean softmax probabilities; ``"features"``: the unresized pass's
+features at the backbone's stride; ``"images"``: it runs its own passes), may be fitted
+(``fit_split`` names the split role it is fitted on: ``"train"``, ``"val"``, or None for methods that
+need no fitting or arrive fitted, as trained heads do), and maps an :class:`Observation` to a float32
+(N, H, W) score map at the label size, higher = more anomalous.
+
+``register_method(name)`` adds a class to :data:`METHODS`; ``build_method(name, **options)`` builds one.
+A new method is one file with a registered class; evaluation, the visualizer and tuning use only
+this contract.
+"""
+
+from __future__ import annotations
+
+import abc
+import difflib
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+
+from anomseg.config import ConfigError
+
+CONSUMES = ("logits", "probs", "features", "images")
+
+
+@dataclass
+class Observation:
+    """What the inference step produced for a batch, as a method sees it.
+
+    Attributes:
+        prediction: a :class:`~anomseg.models.inference.Prediction` (``logits`` / ``probs`` float32
+            (N, K, H, W) at the label size, ``features`` (N, D, h, w) or None).
+        images: the input batch (uint8 (N, H, W, 3) or float (N, 3, H, W)), on the model's device.
+        model: the backbone.
+        size: (H, W) of the score maps.
+        amp: the inference autocast setting (``"none"``, ``"bf16"``, ``"fp16"``).
+    """
+
+    prediction: object
+    images: torch.Tensor
+    model: torch.nn.Module
+    size: tuple[int, int]
+    amp: str = "none"
+
+
+class Method(abc.ABC):
+    """An anomaly method (see the module docstring). Subclasses set ``consumes`` and implement
+    :meth:`score`; fitted ones set ``fit_split`` and implement :meth:`update`, :meth:`state_dict`
+    and :meth:`load_state_dict`."""
+
+    name: str = ""
+    consumes: str = "logits"
+    fit_split: str | None = None
+
+    @abc.abstractmethod
+    def score(self, obs: Observation) -> torch.Tensor:
+        """float32 (N, H, W) on the model's device, higher = more anomalous."""
+
+    def setup(self, model: torch.nn.Module) -> None:
+        """Called once with the backbone before fitting or scoring (K classes, device, weights)."""
+
+    def update(self, obs: Observation, semantic: torch.Tensor) -> None:
+        """Add a fitting batch (``semantic`` int64 (N, H, W), 255 = ignore)."""
+        raise NotImplementedError(f"method {self.name!r} is not fitted on data")
+
+    def fit(self, batches: Iterable[tuple[Observation, torch.Tensor]]) -> "Method":
+        """Fit on a stream of (observation, semantic) batches."""
+        for obs, semantic in batches:
+            self.update(obs, semantic)
+        return self
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def identity(self) -> dict:
+        """What a fitted state depends on besides the data (e.g. a head file's digest); {} by default."""
+        return {}
+
+
+def check_consumable(consumes: str, inference: dict) -> str | None:
+    """Why inference settings (``preset``, ``scales``, ``flip``) cannot give a method what it consumes,
+    or None when they can (with the fix in the message)."""
+    scales = [float(s) for s in inference.get("scales", [1.0])]
+    preset, flip = inference.get("preset", "none"), inference.get("flip", False)
+    if consumes == "features" and (preset == "caos" or 1.0 not in scales):
+        return (f"it consumes backbone features of the unresized image, but the inference settings (preset {preset}, "
+                f"scales {scales}) have no scale-1.0 pass; add 1.0 to inference.scales or evaluate it in a run of its own")
+    if consumes == "images" and (preset != "none" or scales != [1.0] or flip):
+        return ("it runs its own single-scale passes; it cannot follow multi-scale / flip / preset inference: "
+                "evaluate it in a run with the default inference")
+    return None
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(name: str):
+    """Class decorator: make ``name`` buildable with :func:`build_method`."""
+    def add(cls):
+        if cls.consumes not in CONSUMES:
+            raise ValueError(f"method {name!r} consumes {cls.consumes!r}; choose one of {', '.join(CONSUMES)}")
+        METHODS[name] = cls
+        cls.name = name
+        return cls
+    return add
+
+
+def method_class(name: str) -> type[Method]:
+    try:
+        return METHODS[name]
+    except KeyError:
+        near = difflib.get_close_matches(str(name), METHODS, n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        raise ConfigError(f"unknown method {name!r}; {hint}valid: {', '.join(sorted(METHODS))} "
+                          f"(a trained head: give its name and 'head: <best.pth>')") from None
+
+
+def build_method(name: str, **options) -> Method:
+    """Build a registered method; ``options`` go to its constructor."""
+    cls = method_class(name)
+    try:
+        method = cls(**options)
+    except TypeError as exc:
+        raise ConfigError(f"method {name!r}: bad option ({exc})") from None
+    method.name = name
+    return method

@@ -1,0 +1,47 @@
+"""Trained per-pixel heads as methods: registered under every head name of :data:`anomseg.heads.HEADS`
+(``opengan_fea``, ``cls_fea``, ``gaussian``, ...); built with ``head=<best.pth>`` (or a fitted
+:class:`~anomseg.heads.Head`) and scored on the features of the unresized pass."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from anomseg.files import file_digest
+from anomseg.heads import HEADS
+from anomseg.heads.train import HeadError, load_head
+from anomseg.methods.base import Method, Observation, register_method
+from anomseg.models.identity import weights_hash
+
+
+class HeadMethod(Method):
+    """A head read from its checkpoint (``head``), checked against the backbone it scores."""
+
+    consumes = "features"
+
+    def __init__(self, head=None, **options):
+        if head is None:
+            raise HeadError(f"method {type(self).name!r} is a trained head: give 'head: <best.pth>' "
+                            f"(tools/train_head.py writes <out>/heads/{type(self).name}/best.pth)")
+        if options:
+            raise HeadError(f"head method {type(self).name!r}: options {sorted(options)} are fixed by the head file")
+        self.path = Path(head) if not hasattr(head, "score_map") else None
+        self.head, self.info = (load_head(self.path) if self.path else (head, {}))
+
+    def setup(self, model):
+        device = next(model.parameters()).device
+        weights = self.info.get("weights")
+        if weights and weights != weights_hash(model):
+            raise ValueError(f"method {self.name!r}: head {self.path} was trained on other backbone weights "
+                             f"({weights}); evaluate it with the backbone it was trained on")
+        self.head.to(device).eval()
+
+    def score(self, obs: Observation):
+        return self.head.score_map(obs.prediction.features, size=obs.size)
+
+    def identity(self) -> dict:
+        return {"head": file_digest(self.path)} if self.path else {}
+
+
+for _name in HEADS:
+    register_method(_name)(type(_name, (HeadMethod,), {"__doc__": f"The trained {_name} head."}))
+register_method("head")(type("head", (HeadMethod,), {"__doc__": "Any trained head (its file names its kind)."}))
