@@ -32,7 +32,7 @@ def data(tmp_path_factory):
 
 def test_segmentation_training_step(data, tmp_path):
     from anomseg.config import load_config
-    from anomseg.train import SEG_DEFAULTS, SEG_SCHEMA, train_segmentation
+    from anomseg.engine.train_seg import DEFAULTS as SEG_DEFAULTS, SCHEMA as SEG_SCHEMA, train_segmentation
 
     cfg = load_config(ROOT / "configs" / "seg_synthetic_tiny.yaml", [
         f"data.root={data}", f"out={tmp_path}", "device=cuda", "train.epochs=1", "train.batch_size=4",
@@ -64,7 +64,8 @@ def test_head_step_on_cuda(tmp_path):
 @pytest.mark.parametrize("name,options", [("gaussian", {"num_classes": 4}), ("gmm", {"n_components": 4}),
                                           ("knn", {"k": 5})])
 def test_statistical_heads_on_cuda_match_the_cpu(tmp_path, name, options):
-    from anomseg.heads.train import fit_statistical, make_head
+    from anomseg.heads.train import fit_statistical
+    from anomseg.heads.io import make_head
     from tests.test_heads import D, make_bank
 
     bank = make_bank(tmp_path / "bank", np.random.default_rng(0))
@@ -77,8 +78,8 @@ def test_statistical_heads_on_cuda_match_the_cpu(tmp_path, name, options):
 
 
 def test_evaluation_of_two_images_matches_the_cpu(data, tmp_path):
-    from anomseg.evaluate import run_evaluation
-    from anomseg.heads.train import make_head, save_head
+    from anomseg.engine.evaluate import run_evaluation
+    from anomseg.heads.io import make_head, save_head
     from anomseg.models import build_backbone
     from anomseg.models.identity import weights_hash
 

@@ -10,9 +10,10 @@ import torch
 
 from anomseg.bank import MixedBatchSampler, extract_bank
 from anomseg.data import build_dataset, generate_synthetic
-from anomseg.evaluate import run_evaluation
+from anomseg.engine.evaluate import run_evaluation
 from anomseg.heads import build_head
-from anomseg.heads.train import fit_statistical, load_head, make_head, make_optimizers, opengan_step, save_head, score_bank
+from anomseg.heads.train import fit_statistical, make_optimizers, opengan_step, score_bank
+from anomseg.heads.io import load_head, make_head, save_head
 from anomseg.models import build_backbone
 from anomseg.models.identity import weights_hash
 from anomseg.models.inference import predict

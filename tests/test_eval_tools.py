@@ -12,9 +12,9 @@ import pytest
 import torch
 import yaml
 
-import anomseg.evaluate as evaluate
+import anomseg.engine.evaluate as evaluate
 from anomseg.data import DatasetError, build_dataset, generate_synthetic
-from anomseg.heads.train import make_head, save_head
+from anomseg.heads.io import make_head, save_head
 from anomseg.models.identity import weights_hash
 from anomseg.models import build_backbone
 from tests.conftest import random_image, tiled_label, write_png

@@ -9,7 +9,8 @@ import torch
 from anomseg.bank import BankError, FeatureBank, MixedBatchSampler
 from anomseg.bank.store import META, part_name, write_part
 from anomseg.heads import build_head
-from anomseg.heads.train import fit_statistical, load_head, train_head, train_opengan, validation_auroc
+from anomseg.heads.train import fit_statistical, train_head, train_opengan, validation_auroc
+from anomseg.heads.io import load_head
 
 D, K = 32, 4
 

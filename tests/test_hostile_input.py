@@ -17,7 +17,7 @@ import yaml
 from PIL import Image
 
 from anomseg.data import generate_synthetic
-from anomseg.heads.train import make_head, save_head
+from anomseg.heads.io import make_head, save_head
 from anomseg.models import build_backbone, save_checkpoint, weights_hash
 from tests.conftest import random_image, write_png
 

@@ -114,7 +114,7 @@ def test_finetune_head_only_changes_the_classifier(tmp_path):
     from anomseg.config import merge
     from anomseg.data import generate_synthetic
     from anomseg.models import build_backbone, save_checkpoint
-    from anomseg.train import SEG_DEFAULTS, train_segmentation
+    from anomseg.engine.train_seg import DEFAULTS as SEG_DEFAULTS, train_segmentation
     import copy
 
     data = tmp_path / "data"
@@ -142,7 +142,7 @@ def test_tune_finds_and_writes_the_best_config(tmp_path):
     pytest.importorskip("optuna")  # the `tune` extra
     import yaml
 
-    from anomseg.tune import run_tuning
+    from anomseg.engine.tune import run_tuning
     from tests.test_heads import make_bank
 
     rng = np.random.default_rng(0)
@@ -155,7 +155,7 @@ def test_tune_finds_and_writes_the_best_config(tmp_path):
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
     tcfg = {"out": str(tmp_path / "tune"), "stage": "heads", "base": str(tmp_path / "base.yaml"), "trials": 2,
             "space": {"train.lr_d": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}}
-    import anomseg.heads.pipeline as pipeline
+    import anomseg.engine.train_heads as pipeline
     from anomseg.bank import FeatureBank
 
     real = pipeline.build_banks

@@ -7,7 +7,7 @@ import torch
 
 from anomseg.config import ConfigError
 from anomseg.data import generate_synthetic
-from anomseg.evaluate import run_evaluation
+from anomseg.engine.evaluate import run_evaluation
 from anomseg.methods import METHODS, Method, Observation, build_method, register_method
 from anomseg.models import build_backbone
 from anomseg.models.inference import predict

@@ -14,7 +14,7 @@ import yaml
 
 from anomseg.config import ConfigError
 from anomseg.data import generate_synthetic
-from anomseg.evaluate import DEFAULTS, run_evaluation
+from anomseg.engine.evaluate import DEFAULTS, run_evaluation
 from anomseg.files import StaleError
 from anomseg.metrics import AnomalyMetrics
 from anomseg.models import build_backbone

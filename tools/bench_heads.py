@@ -26,7 +26,7 @@ def _run(name, rows, dim, classes, budget, queue):
     import numpy as np
     import torch
 
-    from anomseg.heads.train import make_head
+    from anomseg.heads.io import make_head
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)

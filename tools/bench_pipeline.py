@@ -34,7 +34,7 @@ import torch
 
 from anomseg.bank import extract_bank
 from anomseg.data import build_dataset, generate_synthetic
-from anomseg.evaluate import run_evaluation
+from anomseg.engine.evaluate import run_evaluation
 from anomseg.models import build_backbone
 from anomseg.models.inference import autocast
 

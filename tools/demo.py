@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from anomseg.config import load_config
-from anomseg.demo import SCHEMA, print_report, run_demo
+from anomseg.engine.demo import SCHEMA, print_report, run_demo
 from anomseg.errors import AnomsegError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"

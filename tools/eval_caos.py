@@ -11,7 +11,7 @@ import sys
 
 from anomseg.cli import config_tool
 from anomseg.errors import AnomsegError
-from anomseg.evaluate import DEFAULTS, SCHEMA, markdown_table, run_evaluation
+from anomseg.engine.evaluate import DEFAULTS, SCHEMA, markdown_table, run_evaluation
 
 
 def evaluate_and_print(cfg: dict) -> None:

@@ -8,7 +8,7 @@ Writes the resolved config, the banks, and per head its best and last checkpoint
 import sys
 
 from anomseg.cli import config_tool
-from anomseg.heads.pipeline import DEFAULTS, SCHEMA, run_head_training
+from anomseg.engine.train_heads import DEFAULTS, SCHEMA, run_head_training
 
 
 def main(argv=None) -> int:

@@ -7,7 +7,7 @@ NCCL on GPU). Resumes from ``<out>/checkpoints/last.pth`` when it exists.
 import sys
 
 from anomseg.cli import config_tool
-from anomseg.train import SEG_DEFAULTS, SEG_SCHEMA, train_segmentation
+from anomseg.engine.train_seg import DEFAULTS as SEG_DEFAULTS, SCHEMA as SEG_SCHEMA, train_segmentation
 
 
 def main(argv=None) -> int:

@@ -9,7 +9,7 @@ import sys
 
 from anomseg.cli import config_tool
 from anomseg.errors import AnomsegError
-from anomseg.tune import run_tuning
+from anomseg.engine.tune import run_tuning
 
 
 def tune_and_print(cfg: dict) -> None:

@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from anomseg.errors import AnomsegError
-from anomseg.evaluate import render_overlays
+from anomseg.engine.evaluate import render_overlays
 
 
 def threshold_arg(text: str):

@@ -1,4 +1,5 @@
-"""Per-pixel anomaly heads on backbone features: OpenGAN-fea, OpenGAN-0, CLS-fea, Gaussian, GMM, kNN."""
+"""Per-pixel anomaly heads on backbone features: OpenGAN-fea, OpenGAN-0, CLS-fea, Gaussian, GMM, kNN;
+their checkpoint I/O (:mod:`anomseg.heads.io`) and their training on a feature bank (:mod:`anomseg.heads.train`)."""
 
 from __future__ import annotations
 
@@ -35,4 +36,7 @@ def build_head(name: str, feat_dim: int, **options) -> Head:
     return head
 
 
-__all__ = ["build_head", "HEADS", "Head", "OpenGANHead", "Discriminator", "Generator", "GaussianHead", "GMMHead", "KNNHead"]
+from anomseg.heads.io import HeadError, load_head, make_head, save_head  # noqa: E402  (io builds heads)
+
+__all__ = ["build_head", "HEADS", "Head", "OpenGANHead", "Discriminator", "Generator", "GaussianHead", "GMMHead", "KNNHead",
+           "HeadError", "load_head", "make_head", "save_head"]

@@ -13,14 +13,11 @@ from tqdm import tqdm
 
 from anomseg.bank.sampler import MixedBatchSampler
 from anomseg.bank.store import BankError, FeatureBank
-from anomseg.errors import AnomsegError
 from anomseg.files import check_fingerprint, save_torch_atomic, write_text_atomic
-from anomseg.heads import HEADS, build_head
+from anomseg.heads import HEADS
+from anomseg.heads.io import HeadError, make_head, save_head
 from anomseg.heads.opengan import OpenGANHead, as_column
 from anomseg.metrics.curves import exact_metrics
-
-HEAD_FORMAT = "anomseg-head"
-
 
 @torch.no_grad()
 def score_bank(head, bank: FeatureBank, kind: str, chunk: int = 65536) -> np.ndarray:
@@ -48,41 +45,6 @@ def to_device(rows: np.ndarray, device) -> torch.Tensor:
     if torch.device(device).type == "cuda":
         return t.pin_memory().to(device, non_blocking=True).float()
     return t.float()
-
-
-def save_head(path: Path, head, info: dict) -> Path:
-    """Write a head with what rebuilds it (name, feature size, options) and ``info`` (backbone, weights hash, ...)."""
-    return save_torch_atomic(path, {"format": HEAD_FORMAT, "name": head.name, "feat_dim": head.feat_dim,
-                                    "options": getattr(head, "build_options", {}), "state_dict": head.state_dict(), **info})
-
-
-class HeadError(AnomsegError, ValueError):
-    """A head checkpoint is missing or malformed."""
-
-
-def load_head(path: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild a head saved by the trainers here, on ``device``; returns (head, the saved info)."""
-    path = Path(path)
-    if not path.is_file():
-        raise HeadError(f"{path}: head checkpoint not found; train it with tools/train_head.py "
-                        f"(heads are written to <out>/heads/<name>/best.pth)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, not a torch file, pickled code (refused, never run)
-        raise HeadError(f"{path}: cannot be read as a head checkpoint ({type(exc).__name__}); retrain it with "
-                        f"tools/train_head.py") from None
-    if not isinstance(obj, dict) or obj.get("format") != HEAD_FORMAT:
-        raise HeadError(f"{path}: not an anomseg head checkpoint (written by tools/train_head.py)")
-    head = make_head(obj["name"], obj["feat_dim"], **obj["options"])
-    head.load_state_dict(obj["state_dict"])
-    head.to(device).eval()
-    return head, {k: v for k, v in obj.items() if k != "state_dict"}
-
-
-def make_head(name: str, feat_dim: int, **options):
-    head = build_head(name, feat_dim, **options)
-    head.build_options = options
-    return head
 
 
 def opengan_step(head: OpenGANHead, batch: dict, opt_d, opt_g, n_fake: int) -> tuple[float, float]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from anomseg.files import file_digest
 from anomseg.heads import HEADS
-from anomseg.heads.train import HeadError, load_head
+from anomseg.heads.io import HeadError, load_head
 from anomseg.methods.base import Method, Observation, register_method
 from anomseg.models.identity import weights_hash
 

@@ -1,7 +1,7 @@
-"""Training loops: segmentation (this package), heads (anomseg.heads)."""
+"""What segmentation training is made of: pixel losses (cross-entropy and outlier-exposure losses) and
+joint image / label augmentation. The training loop itself is a runner: :mod:`anomseg.engine.train_seg`."""
 
-from anomseg.train.seg_trainer import DEFAULTS as SEG_DEFAULTS
-from anomseg.train.seg_trainer import SCHEMA as SEG_SCHEMA
-from anomseg.train.seg_trainer import evaluate_miou, train_segmentation
+from anomseg.train.augment import SegAugment, sample_seed
+from anomseg.train.losses import LOSSES, pixel_loss
 
-__all__ = ["train_segmentation", "evaluate_miou", "SEG_DEFAULTS", "SEG_SCHEMA"]
+__all__ = ["SegAugment", "sample_seed", "LOSSES", "pixel_loss"]

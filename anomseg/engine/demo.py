@@ -17,14 +17,14 @@ import yaml
 
 from anomseg.config import NONE, merge, save_config
 from anomseg.data import generate_synthetic
-from anomseg.evaluate import DEFAULTS as EVAL_DEFAULTS
-from anomseg.evaluate import SCHEMA as EVAL_SCHEMA
-from anomseg.evaluate import markdown_table, run_evaluation
+from anomseg.engine.evaluate import DEFAULTS as EVAL_DEFAULTS
+from anomseg.engine.evaluate import SCHEMA as EVAL_SCHEMA
+from anomseg.engine.evaluate import markdown_table, run_evaluation
 from anomseg.files import check_fingerprint, write_json_atomic
-from anomseg.heads.pipeline import DEFAULTS as HEAD_DEFAULTS
-from anomseg.heads.pipeline import SCHEMA as HEAD_SCHEMA
-from anomseg.heads.pipeline import run_head_training
-from anomseg.train import SEG_DEFAULTS, SEG_SCHEMA, train_segmentation
+from anomseg.engine.train_heads import DEFAULTS as HEAD_DEFAULTS
+from anomseg.engine.train_heads import SCHEMA as HEAD_SCHEMA
+from anomseg.engine.train_heads import run_head_training
+from anomseg.engine.train_seg import DEFAULTS as SEG_DEFAULTS, SCHEMA as SEG_SCHEMA, train_segmentation
 
 _EVAL = copy.deepcopy(EVAL_SCHEMA)
 _EVAL["methods"][0]["head"] = (str, bool, NONE)  # head: true = the head the heads stage trained

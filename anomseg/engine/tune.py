@@ -51,16 +51,16 @@ def _suggest(trial, name: str, spec: dict):
 
 def _stage(stage: str):
     if stage == "heads":
-        from anomseg.heads.pipeline import DEFAULTS, run_head_training
+        from anomseg.engine.train_heads import DEFAULTS, run_head_training
 
         def objective(cfg, tcfg):
             summary = run_head_training(cfg, progress=False)
             return summary[cfg["heads"][0]["name"]]["best_auroc"]
         return DEFAULTS, objective
     if stage == "seg":
-        from anomseg.evaluate import DEFAULTS as EVAL_DEFAULTS
-        from anomseg.evaluate import run_evaluation
-        from anomseg.train import SEG_DEFAULTS, train_segmentation
+        from anomseg.engine.evaluate import DEFAULTS as EVAL_DEFAULTS
+        from anomseg.engine.evaluate import run_evaluation
+        from anomseg.engine.train_seg import DEFAULTS as SEG_DEFAULTS, train_segmentation
 
         def objective(cfg, tcfg):
             train_segmentation(cfg, progress=False)

@@ -38,13 +38,13 @@ from anomseg.errors import DatasetError
 from anomseg.files import (check_fingerprint, file_digest, load_state, output_lock, save_state, save_torch_atomic,
                            write_json_atomic, write_text_atomic, write_timing)
 from anomseg.distributed import all_reduce_sum, barrier, init_distributed
-from anomseg.heads.train import HeadError
+from anomseg.heads.io import HeadError
 from anomseg.metrics import AnomalyMetrics, reduce_distributed
 from anomseg.metrics.histogram import ScoreHistogram
 from anomseg.models.checkpoints import backbone_from_config
 from anomseg.models.inference import AMP, PRESETS, predict
 from anomseg.methods import METHODS, Method, Observation, build_method, check_consumable, method_class
-from anomseg.train.seg_trainer import confusion_matrix, miou
+from anomseg.metrics.segmentation import confusion_matrix, miou
 
 DEFAULTS = {
     "seed": 0,

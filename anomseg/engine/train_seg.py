@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from anomseg.config import ANY, ConfigError, OPTIONAL_INT, OPTIONAL_STR, save_config, schema_from_defaults
 from anomseg.data import build_dataset
+from anomseg.metrics.segmentation import confusion_matrix, miou
 from anomseg.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from anomseg.files import check_fingerprint, output_lock, write_text_atomic
 from anomseg.models import ModelError, build_backbone, load_checkpoint, load_pretrained, save_checkpoint
@@ -102,22 +103,6 @@ def unused_parameters(model: torch.nn.Module, device: torch.device) -> list[str]
             v.copy_(buffers[k])
     model.train(was)
     return [n for (n, _), g in zip(named, grads) if g is None]
-
-
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
-    """int64 (K, K): rows = ground truth, columns = prediction; ignore (255) pixels left out."""
-    keep = target != 255
-    return torch.bincount(target[keep] * k + pred[keep], minlength=k * k).reshape(k, k)
-
-
-def miou(conf: torch.Tensor) -> tuple[float, list[float]]:
-    """Mean IoU over classes present in the ground truth or the prediction."""
-    conf = conf.double()
-    inter = conf.diag()
-    union = conf.sum(0) + conf.sum(1) - inter
-    present = union > 0
-    iou = torch.where(present, inter / union.clamp(min=1), torch.full_like(inter, float("nan")))
-    return float(iou[present].mean()) if present.any() else float("nan"), iou.tolist()
 
 
 @torch.no_grad()
