@@ -57,3 +57,47 @@ def test_demo_runs_every_stage_and_reuses_outputs(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "heads: made with other inputs (changed: train)" in err[0]
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+
+
+def readme_example() -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("<!-- one-call example")
+    return text[text.index("```python\n", start) + len("```python\n"):text.index("```\n", text.index("```python", start) + 9)]
+
+
+def test_readme_one_call_example_runs_on_the_demo_outputs(tmp_path, capsys):
+    import numpy as np
+    import pytest
+    import torch
+
+    import anomseg
+
+    out = tmp_path / "demo"
+    assert demo.main(["--out", str(out), "--config", str(tiny_config(tmp_path)), "--workers", "1"]) == 0
+    capsys.readouterr()
+    scope = {}
+    exec(compile(readme_example().replace("runs/demo", str(out)), "README.md", "exec"), scope)
+    seg, scores, mask = scope["seg"], scope["scores"], scope["mask"]
+    test = anomseg.build_dataset("streethazards", out / "data", "test")
+    assert scores.dtype == np.float32 and scores.shape == test[0]["anomaly"].shape
+    assert mask.dtype == bool and mask.shape == scores.shape
+    # the loaded pipeline scores as the saved one, and as the evaluation did (its float16 overlay cache)
+    np.testing.assert_array_equal(seg(test[0]["image"]), scores)
+    cached = np.load(out / "eval" / "state" / "overlays" / "0_opengan_fea.npy").astype(np.float32)
+    np.testing.assert_allclose(scores, cached, rtol=2e-3, atol=2e-3)
+    # other backbone weights are refused
+    other = torch.load(out / "seg" / "checkpoints" / "best.pth", weights_only=True)
+    first = next(k for k, v in other["state_dict"].items() if v.is_floating_point())
+    other["state_dict"][first] = other["state_dict"][first] + 1
+    torch.save(other, tmp_path / "other.pth")
+    with pytest.raises(anomseg.PipelineError, match="has weights .* the pipeline was made with"):
+        anomseg.AnomalySegmenter.load(out / "opengan_fea.pipeline.pt", checkpoint=str(tmp_path / "other.pth"))
+    # a fitted method: fitted once, its state travels in the pipeline file
+    train = anomseg.build_dataset("streethazards", out / "data", "train")
+    sml = anomseg.AnomalySegmenter.from_files(checkpoint=str(out / "seg" / "checkpoints" / "best.pth"), method="sml",
+                                              fit_data=train)
+    sml.save(tmp_path / "sml.pt")
+    again = anomseg.AnomalySegmenter.load(tmp_path / "sml.pt")
+    np.testing.assert_array_equal(again(test[1]["image"]), sml(test[1]["image"]))
+    with pytest.raises(anomseg.PipelineError, match="fit_data"):
+        anomseg.AnomalySegmenter.from_files(checkpoint=str(out / "seg" / "checkpoints" / "best.pth"), method="sml")

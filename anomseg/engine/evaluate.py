@@ -43,7 +43,7 @@ from anomseg.metrics import AnomalyMetrics, reduce_distributed
 from anomseg.metrics.histogram import ScoreHistogram
 from anomseg.models.checkpoints import backbone_from_config
 from anomseg.models.inference import AMP, PRESETS, predict
-from anomseg.methods import METHODS, Method, Observation, build_method, check_consumable, method_class
+from anomseg.methods import Method, Observation, build_from_spec, check_consumable, method_class, spec_method_name
 from anomseg.metrics.segmentation import confusion_matrix, miou
 
 DEFAULTS = {
@@ -88,26 +88,9 @@ def check_inference(inf: dict) -> None:
                           "inference.flip")
 
 
-def method_name(spec: dict) -> str:
-    """The registered method a config entry names: ``score`` if given, else its ``name``; an entry with
-    ``head:`` whose name is not a registered method is the generic ``head`` method."""
-    name = spec.get("score") or spec["name"]
-    if spec.get("head") and name not in METHODS:
-        return "head"
-    return name
-
-
 def consumes(spec: dict) -> str:
     """What a config entry's method takes from the inference step (see :mod:`anomseg.methods`)."""
-    return method_class(method_name(spec)).consumes
-
-
-def build(spec: dict) -> Method:
-    """The method of a config entry, built from the registry (``head:`` is passed as an option)."""
-    options = dict(spec.get("options", {}))
-    if spec.get("head"):
-        options["head"] = spec["head"]
-    return build_method(method_name(spec), **options)
+    return method_class(spec_method_name(spec)).consumes
 
 
 def check_methods(cfg: dict) -> None:
@@ -131,7 +114,7 @@ FIT_VERSION = 1
 
 def prepare(spec: dict, model, cfg: dict, out: Path, dist_info, progress: bool = True) -> Method:
     """Build a config entry's method for ``model`` and fit it if it is fitted (see :func:`fit`)."""
-    method = build(spec)
+    method = build_from_spec(spec)
     method.setup(model)
     if method.fit_split is not None:
         fit(method, spec, model, cfg, out, dist_info, progress)
@@ -146,7 +129,7 @@ def fit(method: Method, spec: dict, model, cfg: dict, out: Path, dist_info, prog
     f = {**cfg["fit"], **spec.get("fit", {})}
     data = f.get("data") or cfg["data"]
     split = f.get("split") or (f["train_split"] if method.fit_split == "train" else f["val_split"])
-    fingerprint = {"version": FIT_VERSION, "score": method_name(spec), "options": spec.get("options", {}),
+    fingerprint = {"version": FIT_VERSION, "score": spec_method_name(spec), "options": spec.get("options", {}),
                    "weights": weights_hash(model), "num_classes": model.num_classes,
                    "data": {k: data.get(k) for k in ("name", "root", "options")}, "split": split,
                    "images": f.get("images", f["max_images"]), "inference": cfg["inference"]}

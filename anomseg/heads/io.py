@@ -20,8 +20,7 @@ HEAD_FORMAT = "anomseg-head"
 
 def save_head(path: Path, head, info: dict) -> Path:
     """Write a head with what rebuilds it (name, feature size, options) and ``info`` (backbone, weights hash, ...)."""
-    return save_torch_atomic(path, {"format": HEAD_FORMAT, "name": head.name, "feat_dim": head.feat_dim,
-                                    "options": getattr(head, "build_options", {}), "state_dict": head.state_dict(), **info})
+    return save_torch_atomic(path, head_payload(head, info))
 
 
 class HeadError(AnomsegError, ValueError):
@@ -39,8 +38,19 @@ def load_head(path: str | Path, device: str | torch.device = "cpu"):
     except Exception as exc:  # truncated, not a torch file, pickled code (refused, never run)
         raise HeadError(f"{path}: cannot be read as a head checkpoint ({type(exc).__name__}); retrain it with "
                         f"tools/train_head.py") from None
+    return head_from_payload(obj, device, source=str(path))
+
+
+def head_payload(head, info: dict) -> dict:
+    """What a head file holds (plain data and tensors)."""
+    return {"format": HEAD_FORMAT, "name": head.name, "feat_dim": head.feat_dim,
+            "options": getattr(head, "build_options", {}), "state_dict": head.state_dict(), **info}
+
+
+def head_from_payload(obj, device: str | torch.device = "cpu", source: str = "head payload"):
+    """Rebuild a head from :func:`head_payload`'s dict; returns (head, info)."""
     if not isinstance(obj, dict) or obj.get("format") != HEAD_FORMAT:
-        raise HeadError(f"{path}: not an anomseg head checkpoint (written by tools/train_head.py)")
+        raise HeadError(f"{source}: not an anomseg head checkpoint (written by tools/train_head.py)")
     head = make_head(obj["name"], obj["feat_dim"], **obj["options"])
     head.load_state_dict(obj["state_dict"])
     head.to(device).eval()

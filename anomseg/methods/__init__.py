@@ -6,8 +6,8 @@ scores ``sml`` and ``kl_matching``, ``mc_dropout``, and every head name (``openg
 """
 
 from anomseg.methods import fitted, head, posthoc  # noqa: F401  (registration)
-from anomseg.methods.base import (CONSUMES, METHODS, Method, Observation, build_method, check_consumable, method_class,
-                                  register_method)
+from anomseg.methods.base import (CONSUMES, METHODS, Method, Observation, build_from_spec, build_method, check_consumable,
+                                  method_class, register_method, spec_method_name)
 
-__all__ = ["Method", "Observation", "METHODS", "CONSUMES", "build_method", "check_consumable", "method_class",
-           "register_method"]
+__all__ = ["Method", "Observation", "METHODS", "CONSUMES", "build_method", "build_from_spec", "check_consumable",
+           "method_class", "register_method", "spec_method_name"]

@@ -129,4 +129,22 @@ def build_method(name: str, **options) -> Method:
     except TypeError as exc:
         raise ConfigError(f"method {name!r}: bad option ({exc})") from None
     method.name = name
+    method.options = {k: v for k, v in options.items() if k != "head"}  # what rebuilds it (pipeline files)
     return method
+
+
+def spec_method_name(spec: dict) -> str:
+    """The registered method a config entry ``{name, score?, head?, options?}`` names: ``score`` if
+    given, else ``name``; an entry with ``head:`` whose name is not registered is the generic ``head``."""
+    name = spec.get("score") or spec["name"]
+    if spec.get("head") and name not in METHODS:
+        return "head"
+    return name
+
+
+def build_from_spec(spec: dict) -> Method:
+    """The method of a config entry, built from the registry (``head:`` is passed as an option)."""
+    options = dict(spec.get("options", {}))
+    if spec.get("head"):
+        options["head"] = spec["head"]
+    return build_method(spec_method_name(spec), **options)

@@ -17,7 +17,11 @@ class _FittedLogitScore(Method):
         self.scorer = None
 
     def setup(self, model):
-        self.scorer = type(self).scorer_class(model.num_classes, **self.options)  # the backbone's K classes
+        if self.scorer is None:  # fitted on the backbone's K classes
+            self.scorer = type(self).scorer_class(model.num_classes, **self.options)
+        elif self.scorer.num_classes != model.num_classes:
+            raise ValueError(f"method {self.name!r} was fitted for {self.scorer.num_classes} classes; the backbone "
+                             f"predicts {model.num_classes}")
 
     def update(self, obs: Observation, semantic):
         self.scorer.update(obs.prediction.logits, semantic)
@@ -29,6 +33,8 @@ class _FittedLogitScore(Method):
         return self.scorer.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
+        if self.scorer is None:
+            self.scorer = type(self).scorer_class(len(state["count"]), **self.options)
         self.scorer.load_state_dict(state)
 
 

@@ -8,35 +8,48 @@ from pathlib import Path
 
 from anomseg.files import file_digest
 from anomseg.heads import HEADS
-from anomseg.heads.io import HeadError, load_head
+from anomseg.heads.io import HeadError, head_from_payload, head_payload, load_head
 from anomseg.methods.base import Method, Observation, register_method
 from anomseg.models.identity import weights_hash
 
 
 class HeadMethod(Method):
-    """A head read from its checkpoint (``head``), checked against the backbone it scores."""
+    """A head read from its checkpoint (``head``: a path, a fitted :class:`~anomseg.heads.Head`, or a
+    head payload from a pipeline file), checked against the backbone it scores."""
 
     consumes = "features"
 
     def __init__(self, head=None, **options):
-        if head is None:
-            raise HeadError(f"method {type(self).name!r} is a trained head: give 'head: <best.pth>' "
-                            f"(tools/train_head.py writes <out>/heads/{type(self).name}/best.pth)")
         if options:
             raise HeadError(f"head method {type(self).name!r}: options {sorted(options)} are fixed by the head file")
-        self.path = Path(head) if not hasattr(head, "score_map") else None
-        self.head, self.info = (load_head(self.path) if self.path else (head, {}))
+        self.path, self.head, self.info = None, None, {}
+        if isinstance(head, dict):
+            self.load_state_dict({"head": head})
+        elif hasattr(head, "score_map"):
+            self.head = head
+        elif head is not None:
+            self.path = Path(head)
+            self.head, self.info = load_head(self.path)
 
     def setup(self, model):
-        device = next(model.parameters()).device
+        if self.head is None:
+            raise HeadError(f"method {self.name!r} is a trained head: give 'head: <best.pth>' "
+                            f"(tools/train_head.py writes <out>/heads/{self.name}/best.pth)")
         weights = self.info.get("weights")
         if weights and weights != weights_hash(model):
-            raise ValueError(f"method {self.name!r}: head {self.path} was trained on other backbone weights "
-                             f"({weights}); evaluate it with the backbone it was trained on")
-        self.head.to(device).eval()
+            raise ValueError(f"method {self.name!r}: head {self.path or '(payload)'} was trained on other backbone "
+                             f"weights ({weights}); use it with the backbone it was trained on")
+        self.head.to(next(model.parameters()).device).eval()
 
     def score(self, obs: Observation):
         return self.head.score_map(obs.prediction.features, size=obs.size)
+
+    def state_dict(self) -> dict:
+        return {"head": head_payload(self.head, {k: v for k, v in self.info.items() if k not in ("format", "name",
+                                                                                                  "feat_dim", "options")})}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.head, self.info = head_from_payload(state["head"])
 
     def identity(self) -> dict:
         return {"head": file_digest(self.path)} if self.path else {}

@@ -1,0 +1,177 @@
+"""Scoring images in one call: a backbone, an anomaly method and the inference settings together.
+
+    seg = AnomalySegmenter.from_files(checkpoint="runs/demo/seg/checkpoints/best.pth", method="opengan_fea",
+                                      head="runs/demo/heads/heads/opengan_fea/best.pth")
+    scores = seg("street.png")            # float32 (H, W), higher = more anomalous
+    seg.calibrate(test_set, tpr=0.95)     # the operating point: the threshold reaching 95 % TPR there
+    mask = seg.threshold(scores)          # bool (H, W)
+    seg.save("pipeline.pt")               # backbone name + weights hash, inference, method + state
+    seg = AnomalySegmenter.load("pipeline.pt")
+
+A pipeline file is plain data (read with ``weights_only=True``): the backbone config (name, options,
+checkpoint path) and the sha256 of its weights, the inference settings, the method's registry name,
+options and fitted state (a head's whole checkpoint), and the operating point. Loading rebuilds the
+backbone from its checkpoint (or from ``checkpoint=`` given to :meth:`load`) and refuses weights
+whose hash differs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from anomseg.errors import AnomsegError
+from anomseg.files import save_torch_atomic
+from anomseg.methods import Method, Observation, build_from_spec, build_method, check_consumable
+from anomseg.metrics.histogram import ScoreHistogram
+from anomseg.models.checkpoints import backbone_from_config
+from anomseg.models.identity import weights_hash
+from anomseg.models.inference import predict
+
+PIPELINE_FORMAT = "anomseg-pipeline"
+PIPELINE_VERSION = 1
+INFERENCE = {"preset": "none", "scales": [1.0], "flip": False, "amp": "none"}
+
+
+class PipelineError(AnomsegError, ValueError):
+    """A pipeline file cannot be used (unreadable, or its backbone's weights differ)."""
+
+
+class AnomalySegmenter:
+    """A backbone + a :class:`~anomseg.methods.Method` + inference settings (see the module docstring).
+
+    Args:
+        model: the backbone (moved to ``device``, eval mode).
+        method: a method already set up for ``model`` (and fitted, if it is fitted).
+        backbone: the backbone config ``{name, options, checkpoint}`` that rebuilds ``model``.
+        inference: ``{preset, scales, flip, amp}`` (defaults: one unflipped pass, float32).
+        device: default CUDA when available.
+        operating_point: ``{"threshold": float, ...}`` used by :meth:`threshold` (set by :meth:`calibrate`).
+    """
+
+    def __init__(self, *, model, method: Method, backbone: dict, inference: dict | None = None, device=None,
+                 operating_point: dict | None = None):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        self.method, self.backbone = method, dict(backbone)
+        self.inference = {**INFERENCE, **(inference or {})}
+        problem = check_consumable(method.consumes, self.inference)
+        if problem:
+            raise PipelineError(f"method {method.name!r}: {problem}")
+        self.operating_point = operating_point
+
+    @classmethod
+    def from_files(cls, *, backbone: str | None = None, checkpoint: str | None = None, method: str = "msp",
+                   head: str | None = None, options: dict | None = None, num_classes: int | None = None,
+                   inference: dict | None = None, device=None, fit_data=None) -> "AnomalySegmenter":
+        """Build from a backbone name and / or checkpoint and a method name (``head`` for a trained head).
+
+        ``checkpoint`` alone is an anomseg checkpoint (it names its backbone); with ``backbone`` any
+        supported format (then ``num_classes``). A fitted method (``sml``, ``kl_matching``) is fitted on
+        ``fit_data``, a dataset of the sample contract (its training / validation split)."""
+        spec = {"name": backbone, "options": {}, "checkpoint": checkpoint}
+        model, _ = backbone_from_config(spec, num_classes)
+        m = build_from_spec({"name": method, "options": options or {}, **({"head": head} if head else {})})
+        seg = cls(model=model, method=m, backbone=spec, inference=inference, device=device)
+        m.setup(seg.model)
+        if m.fit_split is not None:
+            if fit_data is None:
+                raise PipelineError(f"method {method!r} is fitted on data: pass fit_data=<its {m.fit_split} dataset>, "
+                                    f"or load a pipeline file saved after fitting")
+            seg.fit(fit_data)
+        return seg
+
+    # -- scoring -------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, images, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """uint8 (N, H, W, 3) RGB (or float (N, 3, H, W) in [0, 1]) -> float32 (N, H, W) scores on the host."""
+        if isinstance(images, np.ndarray):
+            images = torch.from_numpy(images if images.flags.writeable else images.copy())
+        images = images.to(self.device)
+        if size is None:
+            size = tuple(images.shape[1:3] if images.shape[-1] == 3 and images.shape[1] != 3 else images.shape[-2:])
+        inf = self.inference
+        out = predict(self.model, images, size=size, scales=inf["scales"], flip=inf["flip"], preset=inf["preset"],
+                      amp=inf["amp"])
+        return self.method.score(Observation(out, images, self.model, size, inf["amp"])).float().cpu()
+
+    def __call__(self, image) -> np.ndarray:
+        """One image (a path, a PIL image or uint8 (H, W, 3)) -> float32 (H, W) scores."""
+        if isinstance(image, (str, Path)):
+            from anomseg.data.io import read_rgb
+            image = read_rgb(image)
+        return self.predict(np.asarray(image, dtype=np.uint8)[None])[0].numpy()
+
+    # -- fitting and operating point -----------------------------------------------------
+    def fit(self, dataset, max_images: int = 200) -> "AnomalySegmenter":
+        """Fit a fitted method on up to ``max_images`` samples of ``dataset`` (semantic labels used)."""
+        def batches():
+            for i in range(min(len(dataset), max_images)):
+                s = dataset[i]
+                images = torch.from_numpy(np.array(s["image"]))[None].to(self.device)
+                size = s["semantic"].shape
+                inf = self.inference
+                out = predict(self.model, images, size=size, scales=inf["scales"], flip=inf["flip"],
+                              preset=inf["preset"], amp=inf["amp"])
+                yield Observation(out, images, self.model, size, inf["amp"]), torch.as_tensor(s["semantic"], device=self.device)[None]
+        self.method.fit(batches())
+        return self
+
+    def calibrate(self, dataset, tpr: float = 0.95, max_images: int | None = None) -> dict:
+        """Set the operating point: the highest score threshold whose true-positive rate on the anomaly
+        pixels of ``dataset`` (void excluded) reaches ``tpr``; returns it."""
+        from anomseg.viz import tpr_threshold
+
+        hist = ScoreHistogram(11)
+        n = len(dataset) if max_images is None else min(len(dataset), max_images)
+        for i in range(n):
+            s = dataset[i]
+            hist.update(self.predict(np.asarray(s["image"])[None], size=s["anomaly"].shape)[0].numpy(), s["anomaly"])
+        _, pos, _ = hist.groups()
+        if pos.sum() == 0:
+            raise PipelineError(f"calibration set has no anomaly pixel in {n} images; calibrate on a labelled split")
+        self.operating_point = {"threshold": float(tpr_threshold(hist, tpr)), "tpr": tpr, "images": n}
+        return self.operating_point
+
+    def threshold(self, scores, value: float | None = None) -> np.ndarray:
+        """bool mask ``scores >= value`` (default: the calibrated operating point)."""
+        if value is None:
+            if not self.operating_point:
+                raise PipelineError("no operating point: call calibrate(dataset, tpr=0.95) or pass value=")
+            value = self.operating_point["threshold"]
+        return np.asarray(scores) >= value
+
+    # -- the pipeline file ---------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        return save_torch_atomic(path, {
+            "format": PIPELINE_FORMAT, "version": PIPELINE_VERSION, "backbone": self.backbone,
+            "num_classes": int(self.model.num_classes), "weights": weights_hash(self.model),
+            "inference": self.inference, "method": {"name": self.method.name, "options": getattr(self.method, "options", {}),
+                                                    "state": self.method.state_dict()},
+            "operating_point": self.operating_point})
+
+    @classmethod
+    def load(cls, path: str | Path, checkpoint: str | None = None, device=None) -> "AnomalySegmenter":
+        """Rebuild from a pipeline file; ``checkpoint`` replaces the saved backbone checkpoint path."""
+        path = Path(path)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise PipelineError(f"{path}: not a readable pipeline file ({type(exc).__name__})") from None
+        if not isinstance(obj, dict) or obj.get("format") != PIPELINE_FORMAT:
+            raise PipelineError(f"{path}: not an anomseg pipeline file (written by AnomalySegmenter.save)")
+        spec = dict(obj["backbone"], **({"checkpoint": checkpoint} if checkpoint else {}))
+        model, _ = backbone_from_config(spec, obj["num_classes"])
+        if weights_hash(model) != obj["weights"]:
+            raise PipelineError(f"{path}: the backbone built from {spec.get('checkpoint')} has weights {weights_hash(model)}, "
+                                f"the pipeline was made with {obj['weights']}; give the checkpoint it was made with "
+                                f"(AnomalySegmenter.load(path, checkpoint=...))")
+        m = obj["method"]
+        method = build_method(m["name"], **m["options"])
+        method.load_state_dict(m["state"])
+        seg = cls(model=model, method=method, backbone=spec, inference=obj["inference"], device=device,
+                  operating_point=obj["operating_point"])
+        method.setup(seg.model)
+        return seg
