@@ -44,6 +44,14 @@ def init_distributed(device: str | None = None) -> DistInfo:
     return DistInfo(rank=rank, world=world, local_rank=local, device=dev)
 
 
+def to_device(array, device) -> torch.Tensor:
+    """A host numpy array -> tensor on ``device`` (through pinned memory, asynchronously, on CUDA)."""
+    t = torch.from_numpy(array)
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum over ranks in place (no-op when not distributed)."""
     if dist.is_available() and dist.is_initialized():

@@ -28,7 +28,7 @@ from anomseg.methods import Method, Observation, build_from_spec, build_method, 
 from anomseg.metrics.histogram import ScoreHistogram
 from anomseg.models.checkpoints import backbone_from_config
 from anomseg.models.identity import weights_hash
-from anomseg.models.inference import predict
+from anomseg.models.inference import predict_with
 
 PIPELINE_FORMAT = "anomseg-pipeline"
 PIPELINE_VERSION = 1
@@ -92,10 +92,11 @@ class AnomalySegmenter:
         images = images.to(self.device)
         if size is None:
             size = tuple(images.shape[1:3] if images.shape[-1] == 3 and images.shape[1] != 3 else images.shape[-2:])
-        inf = self.inference
-        out = predict(self.model, images, size=size, scales=inf["scales"], flip=inf["flip"], preset=inf["preset"],
-                      amp=inf["amp"])
-        return self.method.score(Observation(out, images, self.model, size, inf["amp"])).float().cpu()
+        return self.method.score(self._observe(images, size)).float().cpu()
+
+    def _observe(self, images: torch.Tensor, size: tuple[int, int]) -> Observation:
+        out = predict_with(self.model, images, size, self.inference)
+        return Observation(out, images, self.model, size, self.inference["amp"])
 
     def __call__(self, image) -> np.ndarray:
         """One image (a path, a PIL image or uint8 (H, W, 3)) -> float32 (H, W) scores."""
@@ -111,11 +112,8 @@ class AnomalySegmenter:
             for i in range(min(len(dataset), max_images)):
                 s = dataset[i]
                 images = torch.from_numpy(np.array(s["image"]))[None].to(self.device)
-                size = s["semantic"].shape
-                inf = self.inference
-                out = predict(self.model, images, size=size, scales=inf["scales"], flip=inf["flip"],
-                              preset=inf["preset"], amp=inf["amp"])
-                yield Observation(out, images, self.model, size, inf["amp"]), torch.as_tensor(s["semantic"], device=self.device)[None]
+                yield (self._observe(images, s["semantic"].shape),
+                       torch.from_numpy(s["semantic"])[None].to(self.device))
         self.method.fit(batches())
         return self
 

@@ -102,7 +102,7 @@ def test_interrupted_evaluation_resumes(setup, monkeypatch):
     ref_cfg = dict(cfg, out=str(tmp / "ref"))
     assert run_cfg(ref_cfg, tmp, "ref") == 0
     cut = dict(cfg, out=str(tmp / "cut"))
-    real_predict, calls = evaluate.predict, {"n": 0}
+    real_predict, calls = evaluate.predict_with, {"n": 0}
 
     def dying(*a, **k):
         calls["n"] += 1
@@ -110,7 +110,7 @@ def test_interrupted_evaluation_resumes(setup, monkeypatch):
             raise KeyboardInterrupt("killed")  # then images 0-2 are done and image 3 dies
         return real_predict(*a, **k)
 
-    monkeypatch.setattr(evaluate, "predict", dying)
+    monkeypatch.setattr(evaluate, "predict_with", dying)
     with pytest.raises(KeyboardInterrupt):
         run_cfg(cut, tmp, "cut")
     calls["n"] = -100  # no more failures; count the images evaluated after the restart

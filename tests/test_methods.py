@@ -26,6 +26,8 @@ def test_registry_covers_every_source_method_and_names_agree():
         build_method("entropi")
     with pytest.raises(ConfigError, match="bad option"):
         build_method("energy", temprature=2.0)
+    with pytest.raises(TypeError, match="'msp' is not fitted on data"):  # the contract's default update
+        build_method("msp").fit([(None, None)])
 
 
 def test_posthoc_methods_score_observations_as_the_functions():

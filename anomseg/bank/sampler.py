@@ -7,6 +7,7 @@ import torch
 
 from anomseg.bank.extract import image_rows
 from anomseg.bank.store import BankError, FeatureBank
+from anomseg.distributed import to_device
 
 
 class MixedBatchSampler:
@@ -68,6 +69,4 @@ class MixedBatchSampler:
             batch["open"] = self.bank.sample("open", self.n_open, self.rng, self.block)["features"].astype(np.float32)
         else:
             batch["open"] = np.zeros((0, self.bank.feature_dim), np.float32)
-        cuda = self.device.type == "cuda"
-        return {k: (torch.from_numpy(v).pin_memory() if cuda else torch.from_numpy(v)).to(self.device, non_blocking=cuda)
-                for k, v in batch.items()}
+        return {k: to_device(v, self.device) for k, v in batch.items()}

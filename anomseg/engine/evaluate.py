@@ -42,7 +42,7 @@ from anomseg.heads.io import HeadError
 from anomseg.metrics import AnomalyMetrics, reduce_distributed
 from anomseg.metrics.histogram import ScoreHistogram
 from anomseg.models.checkpoints import backbone_from_config
-from anomseg.models.inference import AMP, PRESETS, predict
+from anomseg.models.inference import AMP, PRESETS, predict_with
 from anomseg.methods import Method, Observation, build_from_spec, check_consumable, method_class, spec_method_name
 from anomseg.metrics.segmentation import confusion_matrix, miou
 
@@ -65,12 +65,6 @@ DEFAULTS = {
     "resume": True,
     "overlays": {"images": 6, "threshold": "tpr95"},
 }
-
-
-def infer(model, images, size, inf: dict):
-    """:func:`predict` under an evaluation's ``inference`` section."""
-    return predict(model, images, size=size, scales=inf["scales"], flip=inf["flip"], preset=inf["preset"],
-                   amp=inf.get("amp", "none"))
 
 
 def check_inference(inf: dict) -> None:
@@ -149,7 +143,7 @@ def fit(method: Method, spec: dict, model, cfg: dict, out: Path, dist_info, prog
             for s in tqdm(loader, desc=f"fit {name} on {split}", leave=False, disable=not progress):
                 images = s["image"].to(dev, non_blocking=True)
                 size = s["semantic"].shape
-                yield (Observation(infer(model, images, size, inf), images, model, size, inf["amp"]),
+                yield (Observation(predict_with(model, images, size, inf), images, model, size, inf["amp"]),
                        torch.from_numpy(s["semantic"])[None].to(dev))
         method.fit(batches())
         save_torch_atomic(path, {"fingerprint": fingerprint, "state": method.state_dict()})
@@ -327,7 +321,7 @@ def _run(cfg: dict, info, out: Path, progress: bool) -> dict | None:
         for s in bar:
             images = s["image"].to(info.device, non_blocking=True)
             size = s["anomaly"].shape
-            outputs = {key: infer(mdl, images, size, inf) for key, (mdl, _) in models.items()}
+            outputs = {key: predict_with(mdl, images, size, inf) for key, (mdl, _) in models.items()}
             image_conf = None
             if k:
                 semantic = torch.from_numpy(s["semantic"])[None].to(info.device, non_blocking=True)
@@ -477,7 +471,7 @@ def render_overlays(eval_dir: str | Path, indices, threshold="tpr95", out_dir: s
         s = dataset[i]
         images = torch.from_numpy(np.array(s["image"]))[None]
         size = s["anomaly"].shape
-        outputs = {key: infer(mdl, images, size, inf) for key, (mdl, _) in models.items()}
+        outputs = {key: predict_with(mdl, images, size, inf) for key, (mdl, _) in models.items()}
         maps, thresholds, label = {}, {}, ""
         for m in methods:
             obs = Observation(outputs[m.backbone_key], images, models[m.backbone_key][0], size, inf["amp"])

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from anomseg.bank.sampler import MixedBatchSampler
 from anomseg.bank.store import BankError, FeatureBank
+from anomseg.distributed import to_device
 from anomseg.files import check_fingerprint, save_torch_atomic, write_text_atomic
 from anomseg.heads import HEADS
 from anomseg.heads.io import HeadError, make_head, save_head
@@ -25,7 +26,7 @@ def score_bank(head, bank: FeatureBank, kind: str, chunk: int = 65536) -> np.nda
     scored on the head's device."""
     was = head.training
     head.eval()
-    out = [head.score_rows(to_device(c["features"], head.device)).double().cpu().numpy()
+    out = [head.score_rows(to_device(c["features"], head.device).float()).double().cpu().numpy()
            for c in bank.iter_chunks(kind, chunk, fields=("features",))]
     head.train(was)
     return np.concatenate(out) if out else np.zeros(0)
@@ -37,14 +38,6 @@ def validation_auroc(head, bank: FeatureBank) -> float:
         raise BankError(f"{bank.root}: model selection needs open and closed pixels in the validation bank "
                         f"(open {bank.counts['open']}, closed {bank.counts['closed']})")
     return exact_metrics(score_bank(head, bank, "open"), score_bank(head, bank, "closed"))["auroc"]
-
-
-def to_device(rows: np.ndarray, device) -> torch.Tensor:
-    """Host rows (float16 / float32 numpy) -> float32 tensor on ``device`` (pinned, asynchronous on CUDA)."""
-    t = torch.from_numpy(rows)
-    if torch.device(device).type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True).float()
-    return t.float()
 
 
 def opengan_step(head: OpenGANHead, batch: dict, opt_d, opt_g, n_fake: int) -> tuple[float, float]:
@@ -155,11 +148,11 @@ def fit_statistical(head, bank: FeatureBank, *, max_samples: int = 100000, seed:
     bank.check_compatible(head.feat_dim)
     rng = np.random.default_rng(seed)
     n = min(max_samples, bank.counts["closed"])
-    sample = to_device(bank.sample("closed", n, rng, block=16)["features"], head.device)
+    sample = to_device(bank.sample("closed", n, rng, block=16)["features"], head.device).float()
     if head.name == "gaussian":
         def chunks():
             for c in bank.iter_chunks("closed"):
-                yield to_device(c["features"], head.device), torch.from_numpy(c["labels"].astype(np.int64))
+                yield to_device(c["features"], head.device).float(), torch.from_numpy(c["labels"].astype(np.int64))
         head.fit(chunks, pca_sample=sample)
     else:
         head.fit(sample)

@@ -64,7 +64,7 @@ class Method(abc.ABC):
 
     def update(self, obs: Observation, semantic: torch.Tensor) -> None:
         """Add a fitting batch (``semantic`` int64 (N, H, W), 255 = ignore)."""
-        raise NotImplementedError(f"method {self.name!r} is not fitted on data")
+        raise TypeError(f"method {self.name!r} is not fitted on data (fit_split is None): score with it directly")
 
     def fit(self, batches: Iterable[tuple[Observation, torch.Tensor]]) -> "Method":
         """Fit on a stream of (observation, semantic) batches."""

@@ -21,7 +21,7 @@ class _FittedLogitScore(Method):
             self.scorer = type(self).scorer_class(model.num_classes, **self.options)
         elif self.scorer.num_classes != model.num_classes:
             raise ValueError(f"method {self.name!r} was fitted for {self.scorer.num_classes} classes; the backbone "
-                             f"predicts {model.num_classes}")
+                             f"predicts {model.num_classes}; refit it on this backbone's data")
 
     def update(self, obs: Observation, semantic):
         self.scorer.update(obs.prediction.logits, semantic)

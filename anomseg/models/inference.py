@@ -139,3 +139,9 @@ def predict(model, images: torch.Tensor, size: tuple[int, int] | None = None, sc
         return Prediction(logit_sum / n if n > 1 else logit_sum, prob_sum / n if n > 1 else None, features)
     finally:
         model.train(was)
+
+
+def predict_with(model, images: torch.Tensor, size: tuple[int, int], inference: dict) -> Prediction:
+    """:func:`predict` under an ``inference`` section ``{preset, scales, flip, amp}`` (missing keys: defaults)."""
+    return predict(model, images, size=size, scales=inference.get("scales", (1.0,)), flip=inference.get("flip", False),
+                   preset=inference.get("preset", "none"), amp=inference.get("amp", "none"))
