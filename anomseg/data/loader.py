@@ -69,4 +69,7 @@ def sample_loader(dataset, indices, *, workers: int | str = "auto", device: str 
     workers = min(resolve_workers(workers, device), len(indices))
     return DataLoader(_Chosen(dataset, indices), batch_size=1, shuffle=False, num_workers=workers, collate_fn=_one,
                       pin_memory=torch.device(device).type == "cuda", prefetch_factor=prefetch if workers else None,
-                      persistent_workers=False)
+                      persistent_workers=False,
+                      # its own generator: reading never draws from the global RNG, so what a run seeds after
+                      # reading (e.g. head initialisation) does not depend on whether images went through here
+                      generator=torch.Generator().manual_seed(0))
