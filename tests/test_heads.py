@@ -224,3 +224,68 @@ def test_memory_budget_bounds_the_chunks_at_720_d():
         head.memory_budget = 50 * head.row_bytes()  # 6 chunks
         np.testing.assert_allclose(head.score_rows(x).numpy(), whole.numpy(), rtol=1e-6)
         np.testing.assert_allclose(whole.numpy(), ref, rtol=1e-4)
+
+
+# -- kNN: every closed row through faiss, checked against scikit-learn's exact neighbours ------------------
+
+def _sklearn_kth(memory: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Independent reference: scikit-learn's brute-force k-th neighbour distance on L2-normalised rows."""
+    from sklearn.neighbors import NearestNeighbors
+
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    nn = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(unit(memory.astype(np.float64)))
+    return nn.kneighbors(unit(queries.astype(np.float64)))[0][:, -1]
+
+
+@pytest.mark.parametrize("backend,index", [("faiss", "Flat"), ("faiss", "IVF8,Flat"), ("torch", None)])
+def test_knn_equals_exact_neighbours(backend, index):
+    pytest.importorskip("faiss")
+    rng = np.random.default_rng(0)
+    memory, queries = rng.normal(size=(3000, D)).astype(np.float32), rng.normal(size=(200, D)).astype(np.float32)
+    options = {"k": 7, "backend": backend, **({"index": index, "nprobe": 8} if index else {"max_samples": 3000})}
+    head = build_head("knn", D, **options)
+    head.memory_budget = 50 * head.row_bytes()  # several chunks
+    head.fit(torch.from_numpy(memory))
+    assert head.ntotal == 3000
+    got = head.score_rows(torch.from_numpy(queries)).numpy()
+    # IVF searched with nprobe = nlist visits every list: exact as well
+    np.testing.assert_allclose(got, _sklearn_kth(memory, queries, 7), rtol=1e-4, atol=1e-5)
+
+
+def test_knn_indexes_the_whole_bank_and_round_trips(banks, tmp_path):
+    pytest.importorskip("faiss")
+    from anomseg.heads.io import make_head, save_head
+
+    train, val = banks
+    head = make_head("knn", D, k=5)
+    fit_statistical(head, train, max_samples=500)  # the sample trains the index; every row goes in
+    assert head.ntotal == train.counts["closed"] == 4000
+    assert validation_auroc(head, val) > 0.99
+    bounded = make_head("knn", D, k=5, backend="torch", max_samples=300)
+    fit_statistical(bounded, train, max_samples=500)
+    assert bounded.ntotal == 300
+    save_head(tmp_path / "knn.pth", head, {})
+    loaded, _ = load_head(tmp_path / "knn.pth")  # weights_only load: the index is a uint8 tensor
+    x = torch.randn(9, D)
+    torch.testing.assert_close(loaded.score_rows(x), head.score_rows(x))
+    # the full bank in memory, exact: the same k-th distances
+    closed = np.concatenate([c["features"].astype(np.float32) for c in train.iter_chunks("closed")])
+    np.testing.assert_allclose(head.score_rows(x).numpy(), _sklearn_kth(closed, x.numpy(), 5), rtol=1e-4, atol=1e-5)
+
+
+def test_knn_auto_index_goes_to_inverted_lists_beyond_flat_max_rows():
+    head = build_head("knn", D)
+    assert head.resolve_index(150_000, 100_000) == "Flat"
+    assert head.resolve_index(1_000_000, 100_000) == "IVF1024,SQ8"
+    assert head.resolve_index(1_000_000, 19_000) == "IVF256,SQ8"  # >= 39 training rows per list: 39 * 512 > 19000
+    assert build_head("knn", D, index="IVF64,SQ8").resolve_index(10, 10) == "IVF64,SQ8"
+
+
+def test_knn_without_faiss_says_what_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    head = build_head("knn", D)
+    with pytest.raises(ImportError, match="pip install faiss-cpu.*backend: torch"):
+        head.fit(torch.randn(50, D))
+    build_head("knn", D, backend="torch").fit(torch.randn(50, D))  # no faiss needed

@@ -12,8 +12,9 @@ features, PCA to ``pca_dim`` dimensions (fitted on a bounded sample).
 * ``gmm``: a Gaussian mixture with diagonal covariances, fitted by EM streaming over the sample in
   chunks (k-means initialisation on a bounded subsample, as scikit-learn's default);
   score = -log likelihood, again without a (rows, components, D) intermediate.
-* ``knn``: distance to the k-th nearest closed feature of a bounded sample (Sun et al., ICML 2022,
-  with L2 normalisation by default).
+* ``knn``: distance to the k-th nearest closed feature (Sun et al., ICML 2022, with L2 normalisation
+  by default): every closed row of the bank in a faiss index (exact or inverted lists), or brute
+  force in torch on a bounded sample.
 """
 
 from __future__ import annotations
@@ -247,40 +248,180 @@ class GMMHead(_Projected):
 
 
 class KNNHead(_Projected):
-    """Distance to the k-th nearest closed feature of a bounded sample."""
+    """Distance to the k-th nearest closed feature (Sun et al., ICML 2022; L2 normalisation by default).
 
-    memory_block = 8192  # memory rows compared at once
+    Two backends, chosen by ``backend``:
 
-    def __init__(self, feat_dim: int, k: int = 10, max_samples: int = 50000, l2_normalize: bool = True,
-                 pca_dim: int | None = None):
+    * ``"faiss"`` (default): every closed row of the bank goes into a faiss index, streamed chunk by
+      chunk (the bank is never held in memory as float32 besides the index itself). ``index`` is a
+      faiss factory string (``"Flat"``: exact; ``"IVF1024,Flat"``: inverted lists searched with
+      ``nprobe`` lists; ``"IVF1024,SQ8"``: 8-bit codes, a quarter of the memory) or ``"auto"``:
+      ``"Flat"`` up to ``flat_max_rows`` rows, beyond that ``"IVF<nlist>,SQ8"`` with nlist the power of
+      two nearest sqrt(rows) (at least 39 training rows per list, faiss's own floor). Measured on
+      200,000 x 720 clustered rows, 10,000 queries, nlist 512, nprobe 16 (tools/bench_knn.py's data):
+      mean relative error of the k-th distance 0.0015 (Flat lists) / 0.0017 (SQ8), 1,200 / 2,000
+      queries/s on 2 cores, against 0.025 at nprobe 4. Inverted lists
+      are trained on the bounded sample the trainer passes. On a CUDA head with a GPU build of faiss
+      the index is searched on the GPU; with faiss-cpu it is searched on the host and the scores moved
+      to the head's device. The index is saved in the head's state (faiss's own serialisation, a
+      uint8 tensor; no pickle).
+    * ``"torch"``: exact brute force against a bounded sample of ``max_samples`` rows kept as a
+      buffer (the toolkit's first kNN; needs no faiss; ``max_samples`` defaults to 50,000).
+
+    Scores are Euclidean distances (faiss returns squared ones; the root is taken), float32 (n,).
+    """
+
+    memory_block = 8192  # torch backend: memory rows compared at once
+    flat_max_rows = 200_000
+
+    def __init__(self, feat_dim: int, k: int = 10, backend: str = "faiss", index: str = "auto", nprobe: int = 16,
+                 max_samples: int | None = None, l2_normalize: bool = True, pca_dim: int | None = None):
         super().__init__(feat_dim, l2_normalize, pca_dim)
-        self.k, self.max_samples = k, max_samples
+        if backend not in ("faiss", "torch"):
+            raise ValueError(f"backend must be 'faiss' or 'torch', got {backend!r}")
+        if k < 1 or nprobe < 1:
+            raise ValueError(f"k and nprobe must be >= 1, got k={k}, nprobe={nprobe}")
+        self.k, self.backend, self.index_spec, self.nprobe = k, backend, index, nprobe
+        self.max_samples = max_samples if max_samples is not None else (None if backend == "faiss" else 50000)
         self.register_buffer("memory", torch.zeros(0, pca_dim or feat_dim))
+        self._index = None  # faiss index on the host (faiss backend)
+        self._search = None  # the index searched: the host one, or its GPU copy
 
-    def fit(self, sample: torch.Tensor) -> "KNNHead":
+    # -- fitting -------------------------------------------------------------------------------------
+
+    def fit(self, chunks_factory, sample: torch.Tensor | None = None, rows: int | None = None) -> "KNNHead":
+        """Fit on closed features.
+
+        ``chunks_factory()`` yields float (n, D) tensors (or (features, labels) pairs) covering every
+        row to index; ``sample`` float (m, D) is the bounded sample for PCA and for training inverted
+        lists (and the memory of the torch backend); ``rows`` the number of rows the chunks hold (for
+        ``index="auto"``). A plain tensor may be passed instead of ``chunks_factory``."""
+        if isinstance(chunks_factory, torch.Tensor):
+            data = chunks_factory
+            chunks_factory, sample, rows = (lambda: iter([data])), (data if sample is None else sample), len(data)
+        if sample is None:
+            raise ValueError("KNNHead.fit needs a sample for PCA / index training")
         sample = sample.to(self.pca_mean.device)
         self.fit_pca(sample)
-        self.memory = torch.cat(list(self._chunks(sample[: self.max_samples]))).contiguous()
-        if len(self.memory) < self.k:
-            raise ValueError(f"kNN with k={self.k} needs at least {self.k} samples, got {len(self.memory)}")
+        if self.backend == "torch":
+            kept = sample[: self.max_samples]
+            self.memory = torch.cat(list(self._chunks(kept))).contiguous()
+            if len(self.memory) < self.k:
+                raise ValueError(f"kNN with k={self.k} needs at least {self.k} samples, got {len(self.memory)}")
+            self.fitted.fill_(True)
+            return self
+        faiss = _faiss()
+        spec = self.resolve_index(rows if rows is not None else len(sample), len(sample))
+        index = faiss.index_factory(self.dim, spec, faiss.METRIC_L2)
+        if not index.is_trained:
+            index.train(_host(torch.cat(list(self._chunks(sample)))))
+        added, cap = 0, self.max_samples
+        for chunk in chunks_factory():
+            x = chunk[0] if isinstance(chunk, (tuple, list)) else chunk
+            if cap is not None:
+                x = x[: max(0, cap - added)]
+            for z in self._chunks(x):
+                index.add(_host(z))
+            added += len(x)
+        if index.ntotal < self.k:
+            raise ValueError(f"kNN with k={self.k} needs at least {self.k} rows, got {index.ntotal}")
+        self._set_index(index)
         self.fitted.fill_(True)
         return self
+
+    def resolve_index(self, rows: int, sample_rows: int) -> str:
+        """The faiss factory string used for ``rows`` indexed rows and ``sample_rows`` training rows."""
+        if self.index_spec != "auto":
+            return self.index_spec
+        if rows <= self.flat_max_rows:
+            return "Flat"
+        nlist = 2 ** round(math.log2(math.sqrt(rows)))
+        while nlist > 16 and 39 * nlist > sample_rows:
+            nlist //= 2
+        return f"IVF{nlist},SQ8"
+
+    @property
+    def ntotal(self) -> int:
+        """Rows the kNN searches."""
+        return int(self._index.ntotal) if self._index is not None else len(self.memory)
+
+    def _set_index(self, index) -> None:
+        self._index, self._search = index, None
+        ivf = _faiss().try_extract_index_ivf(index)
+        if ivf is not None:
+            ivf.nprobe = self.nprobe
+
+    def _searcher(self):
+        if self._search is None:
+            self._search = self._index
+            faiss = _faiss()
+            dev = self.pca_mean.device
+            if dev.type == "cuda" and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+                self._gpu_resources = faiss.StandardGpuResources()
+                self._search = faiss.index_cpu_to_gpu(self._gpu_resources, dev.index or 0, self._index)
+                ivf = faiss.try_extract_index_ivf(self._search)
+                if ivf is not None:
+                    ivf.nprobe = self.nprobe
+        return self._search
+
+    # -- state: the faiss index travels as extra state (faiss's serialisation, uint8) ------------------
+
+    def get_extra_state(self):
+        if self._index is None:
+            return torch.zeros(0, dtype=torch.uint8)
+        return torch.from_numpy(_faiss().serialize_index(self._index))
+
+    def set_extra_state(self, state):
+        if isinstance(state, torch.Tensor) and state.numel():
+            self._set_index(_faiss().deserialize_index(state.cpu().numpy()))
+        else:
+            self._index, self._search = None, None
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "memory"
         if key in state_dict:
             self.memory = torch.empty_like(state_dict[key], device=self.memory.device)
+        state_dict.setdefault(prefix + "_extra_state", torch.zeros(0, dtype=torch.uint8))  # files before faiss
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def row_bytes(self) -> int:  # a row of distances to one memory block, its candidates, the projection
+    def _apply(self, fn, *args, **kwargs):  # a move drops the GPU copy; it is rebuilt on the next search
+        self._search = None
+        return super()._apply(fn, *args, **kwargs)
+
+    # -- scoring -------------------------------------------------------------------------------------
+
+    def row_bytes(self) -> int:
+        if self.backend == "faiss":  # input, projection, its host copy, k distances and ids
+            return 4 * self.feat_dim + 8 * self.dim + 12 * self.k
+        # a row of distances to one memory block, its candidates, the projection
         return 4 * (2 * (self.memory_block + self.k) + self.feat_dim + self.dim)
 
     def _score_chunk(self, x):
         self._check_fitted()
         z = self.project(x)
+        if self.backend == "faiss":
+            if self._index is None:
+                raise RuntimeError("KNNHead (faiss) has no index: fit it again (tools/train_head.py)")
+            dist, _ = self._searcher().search(_host(z), self.k)
+            kth = torch.from_numpy(dist[:, -1]).clamp(min=0).sqrt()
+            return kth.to(z.device, non_blocking=True)
         best = None
         for i in range(0, len(self.memory), self.memory_block):
             d = torch.cdist(z, self.memory[i:i + self.memory_block])
             cand = d if best is None else torch.cat([best, d], 1)
             best = cand.topk(min(self.k, cand.shape[1]), dim=1, largest=False).values
         return best[:, -1]
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError:
+        raise ImportError("the kNN head's faiss backend needs faiss: pip install faiss-cpu (or anomseg[knn]; "
+                          "faiss-gpu for GPU indexes), or set the head option backend: torch") from None
+    return faiss
+
+
+def _host(z: torch.Tensor) -> np.ndarray:
+    """float32 C-contiguous host array, as faiss takes."""
+    return np.ascontiguousarray(z.detach().to("cpu", torch.float32).numpy())

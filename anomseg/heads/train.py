@@ -18,6 +18,7 @@ from anomseg.files import check_fingerprint, save_torch_atomic, write_text_atomi
 from anomseg.heads import HEADS
 from anomseg.heads.io import HeadError, make_head, save_head
 from anomseg.heads.opengan import OpenGANHead, as_column
+from anomseg.heads.statistical import GaussianHead, KNNHead
 from anomseg.metrics.curves import exact_metrics
 
 @torch.no_grad()
@@ -143,17 +144,22 @@ def train_opengan(head: OpenGANHead, sampler: MixedBatchSampler, val_bank: Featu
 
 
 def fit_statistical(head, bank: FeatureBank, *, max_samples: int = 100000, seed: int = 0) -> None:
-    """Fit a Gaussian (streaming over all closed rows), GMM or kNN head (bounded sample) on a bank, on
-    the head's device."""
+    """Fit a statistical head on a bank's closed rows, on the head's device: Gaussian and kNN stream
+    over every closed row (kNN's torch backend keeps a bounded sample), GMM fits a bounded sample of
+    ``max_samples`` rows, which is also the sample for PCA and for training kNN's inverted lists."""
     bank.check_compatible(head.feat_dim)
     rng = np.random.default_rng(seed)
     n = min(max_samples, bank.counts["closed"])
     sample = to_device(bank.sample("closed", n, rng, block=16)["features"], head.device).float()
-    if head.name == "gaussian":
-        def chunks():
-            for c in bank.iter_chunks("closed"):
-                yield to_device(c["features"], head.device).float(), torch.from_numpy(c["labels"].astype(np.int64))
+
+    def chunks():
+        for c in bank.iter_chunks("closed"):
+            yield to_device(c["features"], head.device).float(), torch.from_numpy(c["labels"].astype(np.int64))
+
+    if isinstance(head, GaussianHead):
         head.fit(chunks, pca_sample=sample)
+    elif isinstance(head, KNNHead):
+        head.fit(chunks, sample=sample, rows=bank.counts["closed"])
     else:
         head.fit(sample)
 

@@ -1,11 +1,11 @@
 """Anomaly methods under one contract (:class:`Method`), built by name with :func:`build_method`.
 
 Registered: every post-hoc score (``msp``, ``max_logit``, ``entropy``, ``energy``, ...), the fitted
-scores ``sml`` and ``kl_matching``, ``mc_dropout``, and every head name (``opengan_fea``, ``cls_fea``,
+scores ``sml`` and ``kl_matching``, ``mc_dropout``, ``cores``, and every head name (``opengan_fea``, ``cls_fea``,
 ``gaussian``, ...; built with ``head=<best.pth>``).
 """
 
-from anomseg.methods import fitted, head, posthoc  # noqa: F401  (registration)
+from anomseg.methods import cores, fitted, head, posthoc  # noqa: F401  (registration)
 from anomseg.methods.base import (CONSUMES, METHODS, Method, Observation, build_from_spec, build_method, check_consumable,
                                   method_class, register_method, spec_method_name)
 
