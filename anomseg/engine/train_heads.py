@@ -97,7 +97,7 @@ def _train_heads(cfg, out, train_bank, val_bank, model, name, train_set, progres
                 "stride": train_bank.meta["stride"]}
         summary[h["name"]] = train_head(h["name"], dict(h.get("options", {})), train_bank, val_bank, out=head_out,
                                         train=tc, seed=cfg["seed"], progress=progress, info=info,
-                                        sampler_kwargs=sampler_kwargs, device=device)
+                                        sampler_kwargs=sampler_kwargs, device=device, classifier=model.classifier())
         if progress:
             print(f"{h['name']}: best validation AUROC {summary[h['name']]['best_auroc']:.4f}")
     write_json_atomic(out / "summary.json", summary)

@@ -1,10 +1,11 @@
-"""Per-pixel anomaly heads on backbone features: OpenGAN-fea, OpenGAN-0, CLS-fea, Gaussian, GMM, kNN;
+"""Per-pixel anomaly heads on backbone features: OpenGAN-fea, OpenGAN-0, CLS-fea, DIAS-fea, Gaussian, GMM, kNN;
 their checkpoint I/O (:mod:`anomseg.heads.io`) and their training on a feature bank (:mod:`anomseg.heads.train`)."""
 
 from __future__ import annotations
 
 from anomseg.config import ConfigError
 from anomseg.heads.base import Head
+from anomseg.heads.dias import DIASHead
 from anomseg.heads.opengan import Discriminator, Generator, OpenGANHead
 from anomseg.heads.statistical import GaussianHead, GMMHead, KNNHead
 
@@ -14,6 +15,7 @@ HEADS = {
     "opengan_fea": (OpenGANHead, {}),
     "opengan0_fea": (OpenGANHead, {"lambda_o": 0.0}),
     "cls_fea": (OpenGANHead, {"lambda_g": 0.0}),
+    "dias_fea": (DIASHead, {}),
     "gaussian": (GaussianHead, {}),
     "gmm": (GMMHead, {}),
     "knn": (KNNHead, {}),
@@ -38,5 +40,5 @@ def build_head(name: str, feat_dim: int, **options) -> Head:
 
 from anomseg.heads.io import HeadError, load_head, make_head, save_head  # noqa: E402  (io builds heads)
 
-__all__ = ["build_head", "HEADS", "Head", "OpenGANHead", "Discriminator", "Generator", "GaussianHead", "GMMHead", "KNNHead",
+__all__ = ["build_head", "HEADS", "Head", "OpenGANHead", "Discriminator", "Generator", "GaussianHead", "GMMHead", "KNNHead", "DIASHead",
            "HeadError", "load_head", "make_head", "save_head"]

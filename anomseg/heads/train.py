@@ -17,6 +17,7 @@ from anomseg.distributed import to_device
 from anomseg.files import check_fingerprint, save_torch_atomic, write_text_atomic
 from anomseg.heads import HEADS
 from anomseg.heads.io import HeadError, make_head, save_head
+from anomseg.heads.dias import DIASHead
 from anomseg.heads.opengan import OpenGANHead, as_column
 from anomseg.heads.statistical import GaussianHead, KNNHead
 from anomseg.metrics.curves import exact_metrics
@@ -84,19 +85,44 @@ def train_opengan(head: OpenGANHead, sampler: MixedBatchSampler, val_bank: Featu
                   steps: int = 2000, eval_every: int = 100, n_fake: int = 2500, lr_d: float = 1e-4 / 1.5,
                   lr_g: float = 1e-4, betas=(0.5, 0.999), seed: int = 0, progress: bool = True,
                   info: dict | None = None, fingerprint: dict | None = None) -> dict:
-    """Train an OpenGAN-family head (recipe in ``anomseg.heads.opengan``); select on validation AUROC.
+    """Train an OpenGAN-family head (recipe in ``anomseg.heads.opengan``); see :func:`train_sampled`."""
+    torch.manual_seed(seed)
+    opt_d, opt_g = make_optimizers(head, lr_d, lr_g, betas)
 
-    Writes ``out/best.pth`` (best validation AUROC), ``out/last.pth`` (resumable: head, optimisers,
-    sampler state) and ``out/log.jsonl``; resumes from ``last.pth`` when present and made with the same
-    ``fingerprint`` (what the run depends on: head, options, banks, training settings), else stops
-    with :class:`~anomseg.files.StaleError`. Returns ``{"best_auroc", "best_step", "steps"}``.
-    """
+    def step(batch):
+        loss_d, loss_g = opengan_step(head, batch, opt_d, opt_g, n_fake)
+        return {"loss_d": loss_d, "loss_g": loss_g}
+
+    return train_sampled(head, sampler, val_bank, {"opt_d": opt_d, "opt_g": opt_g}, step, out=out, steps=steps,
+                         eval_every=eval_every, progress=progress, info=info, fingerprint=fingerprint)
+
+
+def train_dias(head: DIASHead, sampler: MixedBatchSampler, val_bank: FeatureBank, *, out: str | Path,
+               steps: int = 2000, eval_every: int = 100, n_fake: int = 2500, seed: int = 0, progress: bool = True,
+               info: dict | None = None, fingerprint: dict | None = None) -> dict:
+    """Train a DIAS-fea head (recipe in ``anomseg.heads.dias``); see :func:`train_sampled`."""
+    torch.manual_seed(seed)
+    optimizers = head.make_optimizers()
+    return train_sampled(head, sampler, val_bank, optimizers, lambda b: head.train_step(b, optimizers, n_fake),
+                         out=out, steps=steps, eval_every=eval_every, progress=progress, info=info,
+                         fingerprint=fingerprint)
+
+
+def train_sampled(head, sampler: MixedBatchSampler, val_bank: FeatureBank, optimizers: dict, step, *,
+                  out: str | Path, steps: int, eval_every: int, progress: bool = True, info: dict | None = None,
+                  fingerprint: dict | None = None) -> dict:
+    """The training loop of the heads trained on mixed batches: ``step(batch) -> {loss name: float}``
+    for ``steps`` steps, validation AUROC every ``eval_every``; select on it.
+
+    Writes ``out/best.pth`` (best validation AUROC), ``out/last.pth`` (resumable: head, ``optimizers``
+    (name -> optimizer or None), sampler and RNG state) and ``out/log.jsonl``; resumes from ``last.pth``
+    when present and made with the same ``fingerprint`` (what the run depends on: head, options, banks,
+    training settings), else stops with :class:`~anomseg.files.StaleError`. Returns
+    ``{"best_auroc", "best_step", "steps"}``. The caller seeds torch before building optimizers."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     val_bank.check_compatible(head.feat_dim)
     sampler.bank.check_compatible(head.feat_dim)
-    torch.manual_seed(seed)
-    opt_d, opt_g = make_optimizers(head, lr_d, lr_g, betas)
     start, best, best_step, history = 0, -1.0, -1, []
     fingerprint = fingerprint or {}
     last = out / "last.pth"
@@ -109,9 +135,9 @@ def train_opengan(head: OpenGANHead, sampler: MixedBatchSampler, val_bank: Featu
                           f"delete {out} (or use a new out) to train this head from scratch")
         history = json.loads(state.get("history", "[]"))
         head.load_state_dict(state["state_dict"])
-        opt_d.load_state_dict(state["opt_d"])
-        if opt_g is not None:
-            opt_g.load_state_dict(state["opt_g"])
+        for name, opt in optimizers.items():
+            if opt is not None:
+                opt.load_state_dict(state[name])
         sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and head.device.type == "cuda":
@@ -119,23 +145,23 @@ def train_opengan(head: OpenGANHead, sampler: MixedBatchSampler, val_bank: Featu
         start, best, best_step = state["step"], state["best_auroc"], state["best_step"]
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"train {head.name}", disable=not progress)
     head.train()
-    for step in bar:
-        loss_d, loss_g = opengan_step(head, sampler.next(), opt_d, opt_g, n_fake)
-        bar.set_postfix(loss_d=f"{loss_d:.3f}", loss_g=f"{loss_g:.3f}")
-        if (step + 1) % eval_every == 0 or step + 1 == steps:
+    for i in bar:
+        losses = step(sampler.next())
+        bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
+        if (i + 1) % eval_every == 0 or i + 1 == steps:
             auroc = validation_auroc(head, val_bank)
             head.train()
-            entry = {"step": step + 1, "loss_d": loss_d, "loss_g": loss_g, "val_auroc": auroc,
-                     "time": time.time()}
+            entry = {"step": i + 1, **losses, "val_auroc": auroc, "time": time.time()}
             if auroc > best:
-                best, best_step = auroc, step + 1
-                save_head(out / "best.pth", head, {**(info or {}), "val_auroc": auroc, "step": step + 1})
-            save_head(out / "head_last.pth", head, {**(info or {}), "val_auroc": auroc, "step": step + 1})
+                best, best_step = auroc, i + 1
+                save_head(out / "best.pth", head, {**(info or {}), "val_auroc": auroc, "step": i + 1})
+            save_head(out / "head_last.pth", head, {**(info or {}), "val_auroc": auroc, "step": i + 1})
             history.append(entry)
-            state = {"state_dict": head.state_dict(), "opt_d": opt_d.state_dict(),
-                     "opt_g": opt_g.state_dict() if opt_g is not None else None, "sampler": sampler.state_dict(),
-                     "torch_rng": torch.get_rng_state(),
-                     "cuda_rng": torch.cuda.get_rng_state(head.device) if head.device.type == "cuda" else None, "step": step + 1, "best_auroc": best, "best_step": best_step,
+            state = {"state_dict": head.state_dict(),
+                     **{name: opt.state_dict() if opt is not None else None for name, opt in optimizers.items()},
+                     "sampler": sampler.state_dict(), "torch_rng": torch.get_rng_state(),
+                     "cuda_rng": torch.cuda.get_rng_state(head.device) if head.device.type == "cuda" else None,
+                     "step": i + 1, "best_auroc": best, "best_step": best_step,
                      "fingerprint": fingerprint, "history": json.dumps(history)}
             save_torch_atomic(last, state)
             # the log is rewritten from the checkpointed history: a kill never leaves a line twice
@@ -166,14 +192,18 @@ def fit_statistical(head, bank: FeatureBank, *, max_samples: int = 100000, seed:
 
 def train_head(name: str, options: dict, train_bank: FeatureBank, val_bank: FeatureBank, *, out: str | Path,
                train: dict, seed: int = 0, progress: bool = True, info: dict | None = None,
-               sampler_kwargs: dict | None = None, device: str | torch.device = "cpu") -> dict:
-    """Build, train (or fit) and select a head on ``device``; returns a summary with the validation AUROC."""
+               sampler_kwargs: dict | None = None, device: str | torch.device = "cpu",
+               classifier: torch.nn.Module | None = None) -> dict:
+    """Build (seeded with ``seed``), train (or fit) and select a head on ``device``; returns a summary with
+    the validation AUROC. ``classifier``: the segmenter's classifier module, which ``dias_fea`` starts from
+    (its option ``init: segmenter``, the default)."""
     out = Path(out)
     if name not in HEADS:
         raise HeadError(f"unknown head {name!r}; valid: {', '.join(HEADS)}")
     feat_dim = train_bank.feature_dim
-    if name == "gaussian":
+    if name in ("gaussian", "dias_fea"):
         options = {"num_classes": int(train_bank.meta.get("num_classes") or 0), **options}
+    torch.manual_seed(seed)  # the head's initialisation depends on the seed only
     head = make_head(name, feat_dim, **options).to(device)
     bank_id = lambda b: {k: v for k, v in b.meta.items() if k != "complete"}  # noqa: E731
     fingerprint = {"version": 1, "head": name, "options": options, "seed": seed, "train_bank": bank_id(train_bank),
@@ -187,6 +217,18 @@ def train_head(name: str, options: dict, train_bank: FeatureBank, val_bank: Feat
                                eval_every=train.get("eval_every", 100), n_fake=train.get("n_fake", 2500),
                                lr_d=train.get("lr_d", 1e-4 / 1.5), lr_g=train.get("lr_g", 1e-4), seed=seed,
                                progress=progress, info=info, fingerprint=fingerprint)
+        return {"head": name, **result}
+    if isinstance(head, DIASHead):
+        if head.init == "segmenter":
+            if classifier is None:
+                raise HeadError("dias_fea starts from the segmenter's classifier: pass the backbone's classifier() "
+                                "(tools/train_head.py does), or set the head option init: random")
+            head.init_from_segmenter(classifier)
+        sampler = MixedBatchSampler(train_bank, n_closed=train.get("n_closed", 5000), n_open=0, seed=seed,
+                                    device=device, **(sampler_kwargs or {}))
+        result = train_dias(head, sampler, val_bank, out=out, steps=train.get("steps", 2000),
+                            eval_every=train.get("eval_every", 100), n_fake=train.get("n_fake", 2500), seed=seed,
+                            progress=progress, info=info, fingerprint=fingerprint)
         return {"head": name, **result}
     fit_statistical(head, train_bank, max_samples=train.get("max_samples", 100000), seed=seed)
     auroc = validation_auroc(head, val_bank)
