@@ -18,7 +18,8 @@ BACKBONE = {"name": "smp:FPN:resnet18", "options": {"encoder_depth": 3, "decoder
 
 
 def test_registry_covers_every_source_method_and_names_agree():
-    assert set(POSTHOC) | {"sml", "kl_matching", "mc_dropout", "opengan_fea", "cls_fea", "gaussian"} <= set(METHODS)
+    assert set(POSTHOC) | {"sml", "kl_matching", "mc_dropout", "cores", "opengan_fea", "cls_fea", "dias_fea",
+                            "gaussian", "knn"} <= set(METHODS)
     for name, cls in METHODS.items():
         assert cls.name == name and issubclass(cls, Method)
     assert build_method("energy", temperature=2.0).name == "energy"
@@ -77,9 +78,11 @@ def test_a_registered_toy_method_is_evaluated_end_to_end(tmp_path):
                        progress=False)
     cfg = {"out": str(tmp_path / "run"), "workers": 0, "data": {"name": "streethazards", "root": str(data), "split": "test"},
            "backbone": BACKBONE, "fit": {"max_images": 2}, "overlays": {"images": 1},
-           "methods": [{"name": "gap", "score": "toy_channel_gap", "options": {"scale": 2.0}}, {"name": "msp"}]}
+           "methods": [{"name": "gap", "score": "toy_channel_gap", "options": {"scale": 2.0}}, {"name": "msp"},
+                       {"name": "cores", "options": {"kernels": 8}}]}
     report = run_evaluation(cfg, progress=False)
-    assert set(report["methods"]) == {"gap", "msp"}
+    assert set(report["methods"]) == {"gap", "msp", "cores"}
+    assert 0.0 <= report["methods"]["cores"]["auroc"] <= 1.0
     fitted = torch.load(tmp_path / "run" / "fitted" / "gap.pt", weights_only=True)
     assert fitted["fingerprint"]["score"] == "toy_channel_gap" and fitted["state"]["count"] > 0
     # the gap score is a monotone map of the top-2 margin: its AUROC equals the margin's, computed here

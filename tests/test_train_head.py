@@ -12,7 +12,7 @@ from anomseg.data import generate_synthetic
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import train_head  # noqa: E402
 
-HEADS = ["opengan_fea", "opengan0_fea", "cls_fea", "gaussian", "gmm", "knn"]
+HEADS = ["opengan_fea", "opengan0_fea", "cls_fea", "dias_fea", "gaussian", "gmm", "knn"]
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def config(tmp_path_factory):
                      "options": {"encoder_depth": 3, "decoder_segmentation_channels": 32, "decoder_pyramid_channels": 32}},
         "bank": {"closed_per_image": 200, "chunk_images": 4},
         "heads": [{"name": "opengan_fea", "options": {"lambda_g": 0.2}}, {"name": "opengan0_fea"}, {"name": "cls_fea"},
-                  {"name": "gaussian"}, {"name": "gmm", "options": {"n_components": 2}}, {"name": "knn", "options": {"k": 3}}],
+                  {"name": "dias_fea", "options": {"width": 16}}, {"name": "gaussian"}, {"name": "gmm", "options": {"n_components": 2}}, {"name": "knn", "options": {"k": 3}}],
         "train": {"steps": 6, "eval_every": 3, "n_closed": 300, "n_open": 150, "n_fake": 150, "max_samples": 500},
     }
     path = tmp / "cfg.yaml"

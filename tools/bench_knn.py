@@ -88,8 +88,6 @@ def _run(method, args, queue):
 
 def _exact(args, queue):
     """Exact k-th neighbour distance of the first --check queries over every bank row (faiss Flat)."""
-    import torch
-
     from anomseg.heads.io import make_head
 
     head = make_head("knn", args.dim, k=args.k, backend="faiss", index="Flat")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import time
 from pathlib import Path
 
 import torch
@@ -95,9 +96,11 @@ def _train_heads(cfg, out, train_bank, val_bank, model, name, train_set, progres
         head_out = out / "heads" / h["name"]
         info = {"backbone": name, "bank": str(train_bank.root), "weights": train_bank.meta["weights"],
                 "stride": train_bank.meta["stride"]}
+        started = time.perf_counter()
         summary[h["name"]] = train_head(h["name"], dict(h.get("options", {})), train_bank, val_bank, out=head_out,
                                         train=tc, seed=cfg["seed"], progress=progress, info=info,
                                         sampler_kwargs=sampler_kwargs, device=device, classifier=model.classifier())
+        summary[h["name"]]["seconds"] = round(time.perf_counter() - started, 1)  # this run's share (resumed: less)
         if progress:
             print(f"{h['name']}: best validation AUROC {summary[h['name']]['best_auroc']:.4f}")
     write_json_atomic(out / "summary.json", summary)
