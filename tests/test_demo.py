@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import demo  # noqa: E402
 
-METHODS = ["msp", "max_logit", "entropy", "energy", "sml", "kl_matching", "opengan_fea", "cls_fea"]
+METHODS = ["msp", "max_logit", "entropy", "energy", "sml", "kl_matching", "cores", "opengan_fea", "cls_fea", "opengan0_fea",
+           "dias_fea"]
 
 
 def tiny_config(tmp_path):
