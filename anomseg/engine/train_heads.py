@@ -91,7 +91,7 @@ def _train_heads(cfg, out, train_bank, val_bank, model, name, train_set, progres
     sampler_kwargs = {}
     if tc.get("closed_source", "bank") == "image":
         sampler_kwargs = {"closed_source": "image", "model": model, "dataset": train_set}
-    summary = {}
+    summary, seconds = {}, {}
     for h in cfg["heads"]:
         head_out = out / "heads" / h["name"]
         info = {"backbone": name, "bank": str(train_bank.root), "weights": train_bank.meta["weights"],
@@ -99,9 +99,11 @@ def _train_heads(cfg, out, train_bank, val_bank, model, name, train_set, progres
         started = time.perf_counter()
         summary[h["name"]] = train_head(h["name"], dict(h.get("options", {})), train_bank, val_bank, out=head_out,
                                         train=tc, seed=cfg["seed"], progress=progress, info=info,
-                                        sampler_kwargs=sampler_kwargs, device=device, classifier=model.classifier())
-        summary[h["name"]]["seconds"] = round(time.perf_counter() - started, 1)  # this run's share (resumed: less)
+                                        sampler_kwargs=sampler_kwargs, device=device,
+                                        classifier=model.classifier() if model is not None else None)
+        seconds[h["name"]] = round(time.perf_counter() - started, 1)  # this run's share (resumed: less)
         if progress:
             print(f"{h['name']}: best validation AUROC {summary[h['name']]['best_auroc']:.4f}")
     write_json_atomic(out / "summary.json", summary)
+    write_json_atomic(out / "timing.json", {"stage": "heads", "seconds": seconds})
     return summary
