@@ -347,6 +347,9 @@ class KNNHead(_Projected):
 
     def _set_index(self, index) -> None:
         self._index, self._search = index, None
+        self._set_nprobe(index)
+
+    def _set_nprobe(self, index) -> None:
         ivf = _faiss().try_extract_index_ivf(index)
         if ivf is not None:
             ivf.nprobe = self.nprobe
@@ -359,9 +362,7 @@ class KNNHead(_Projected):
             if dev.type == "cuda" and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
                 self._gpu_resources = faiss.StandardGpuResources()
                 self._search = faiss.index_cpu_to_gpu(self._gpu_resources, dev.index or 0, self._index)
-                ivf = faiss.try_extract_index_ivf(self._search)
-                if ivf is not None:
-                    ivf.nprobe = self.nprobe
+                self._set_nprobe(self._search)
         return self._search
 
     # -- state: the faiss index travels as extra state (faiss's serialisation, uint8) ------------------

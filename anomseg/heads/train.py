@@ -209,26 +209,23 @@ def train_head(name: str, options: dict, train_bank: FeatureBank, val_bank: Feat
     fingerprint = {"version": 1, "head": name, "options": options, "seed": seed, "train_bank": bank_id(train_bank),
                    "val_bank": bank_id(val_bank), "train": {k: v for k, v in train.items() if k != "steps"},
                    "sampler": {k: v for k, v in (sampler_kwargs or {}).items() if isinstance(v, (str, int, float))}}
-    if isinstance(head, OpenGANHead):
-        sampler = MixedBatchSampler(train_bank, n_closed=train.get("n_closed", 5000),
-                                    n_open=train.get("n_open", 2500) if head.lambda_o > 0 else 0,
-                                    seed=seed, device=device, **(sampler_kwargs or {}))
-        result = train_opengan(head, sampler, val_bank, out=out, steps=train.get("steps", 2000),
-                               eval_every=train.get("eval_every", 100), n_fake=train.get("n_fake", 2500),
-                               lr_d=train.get("lr_d", 1e-4 / 1.5), lr_g=train.get("lr_g", 1e-4), seed=seed,
-                               progress=progress, info=info, fingerprint=fingerprint)
-        return {"head": name, **result}
-    if isinstance(head, DIASHead):
-        if head.init == "segmenter":
+    if isinstance(head, (OpenGANHead, DIASHead)):  # trained on mixed batches
+        if isinstance(head, DIASHead) and head.init == "segmenter":
             if classifier is None:
                 raise HeadError("dias_fea starts from the segmenter's classifier: pass the backbone's classifier() "
                                 "(tools/train_head.py does), or set the head option init: random")
             head.init_from_segmenter(classifier)
-        sampler = MixedBatchSampler(train_bank, n_closed=train.get("n_closed", 5000), n_open=0, seed=seed,
-                                    device=device, **(sampler_kwargs or {}))
-        result = train_dias(head, sampler, val_bank, out=out, steps=train.get("steps", 2000),
-                            eval_every=train.get("eval_every", 100), n_fake=train.get("n_fake", 2500), seed=seed,
-                            progress=progress, info=info, fingerprint=fingerprint)
+        uses_open = isinstance(head, OpenGANHead) and head.lambda_o > 0
+        sampler = MixedBatchSampler(train_bank, n_closed=train.get("n_closed", 5000),
+                                    n_open=train.get("n_open", 2500) if uses_open else 0,
+                                    seed=seed, device=device, **(sampler_kwargs or {}))
+        common = dict(out=out, steps=train.get("steps", 2000), eval_every=train.get("eval_every", 100),
+                      n_fake=train.get("n_fake", 2500), seed=seed, progress=progress, info=info, fingerprint=fingerprint)
+        if isinstance(head, OpenGANHead):
+            result = train_opengan(head, sampler, val_bank, lr_d=train.get("lr_d", 1e-4 / 1.5),
+                                   lr_g=train.get("lr_g", 1e-4), **common)
+        else:
+            result = train_dias(head, sampler, val_bank, **common)
         return {"head": name, **result}
     fit_statistical(head, train_bank, max_samples=train.get("max_samples", 100000), seed=seed)
     auroc = validation_auroc(head, val_bank)
