@@ -12,6 +12,8 @@ from anomseg.data.base import LabelTable, Record, SegmentationDataset, resize_ne
 from anomseg.data.bdd_anomaly import BDDAnomalyDataset, prepare_bdd_anomaly
 from anomseg.data.cityscapes import CityscapesDataset
 from anomseg.data.folder import FolderAnomalyDataset
+from anomseg.data.smiyc import (FishyscapesLAFDataset, LostAndFoundDataset, RoadAnomaly21Dataset, RoadAnomalyDataset,
+                                RoadObstacle21Dataset)
 from anomseg.data.streethazards import StreetHazardsDataset
 from anomseg.data.synthetic import generate_synthetic
 from anomseg.errors import DatasetError
@@ -21,6 +23,12 @@ DATASETS = {
     "streethazards": StreetHazardsDataset,
     "bdd_anomaly": BDDAnomalyDataset,
     "folder": FolderAnomalyDataset,
+    # SegmentMeIfYouCan and neighbours (anomseg.data.smiyc)
+    "road_anomaly21": RoadAnomaly21Dataset,
+    "road_obstacle21": RoadObstacle21Dataset,
+    "lost_and_found": LostAndFoundDataset,
+    "fishyscapes_laf": FishyscapesLAFDataset,
+    "road_anomaly": RoadAnomalyDataset,
 }
 
 
@@ -40,4 +48,5 @@ __all__ = [
     "DATASETS", "build_dataset", "generate_synthetic", "prepare_bdd_anomaly", "DatasetError",
     "LabelTable", "Record", "SegmentationDataset", "resize_nearest",
     "CityscapesDataset", "StreetHazardsDataset", "BDDAnomalyDataset", "FolderAnomalyDataset",
+    "RoadAnomaly21Dataset", "RoadObstacle21Dataset", "LostAndFoundDataset", "FishyscapesLAFDataset", "RoadAnomalyDataset",
 ]

@@ -120,11 +120,17 @@ def resize_nearest(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Record:
-    """One sample on disk: its name, image file and label file."""
+    """One sample on disk: its name, image file and label file.
+
+    ``label`` is ``None`` for a frame whose labels are not public (a benchmark's test split): such a
+    frame can be scored, and its ``anomaly`` is all void. ``group`` names the score-file folder a
+    benchmark reads the frame's scores from (SegmentMeIfYouCan's persistence name); ``None``: the split.
+    """
 
     name: str
     image: Path
-    label: Path
+    label: Path | None
+    group: str | None = None
 
 
 class SegmentationDataset:
@@ -169,6 +175,17 @@ class SegmentationDataset:
         self.split = split
         self.label_scale = label_scale
         self.transform = transform
+        #: where the labels of frames without public labels are evaluated (set by benchmark adapters)
+        self.hidden_labels_note = "their labels are not public"
+
+    @property
+    def labels_hidden(self) -> bool:
+        """Whether any frame of the split has no public label (it can be scored, not evaluated)."""
+        return any(r.label is None for r in self.records)
+
+    def group(self, index: int) -> str:
+        """The score-file folder of a frame (see :class:`Record`)."""
+        return self.records[index].group or self.split
 
     @property
     def num_classes(self) -> int:
@@ -184,7 +201,9 @@ class SegmentationDataset:
         """(image uint8 (H, W, 3), raw label uint8 (H, W)) of a record, sizes checked."""
         rec = self.records[index]
         image = read_rgb(rec.image)
-        raw = read_label(rec.label)
+        if rec.label is None:
+            raise DatasetError(f"{rec.image}: frame {rec.name!r} has no public label ({self.hidden_labels_note})")
+        raw = self.read_label(rec.label)
         if raw.shape != image.shape[:2]:
             raise DatasetError(
                 f"{rec.label}: label size {raw.shape[1]}x{raw.shape[0]} differs from image {rec.image} "
@@ -192,10 +211,22 @@ class SegmentationDataset:
             )
         return image, raw
 
+    def read_label(self, path: Path) -> np.ndarray:
+        """uint8 (H, W) raw label values of a file (adapters with another encoding override this)."""
+        return read_label(path)
+
     def __getitem__(self, index: int) -> dict:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         rec = self.records[index]
+        if rec.label is None:  # scored, never evaluated: every pixel void
+            image = read_rgb(rec.image)
+            H, W = image.shape[:2]
+            if self.label_scale is not None and self.label_scale != 1:
+                H, W = max(1, round(H * self.label_scale)), max(1, round(W * self.label_scale))
+            sample = {"image": image, "semantic": np.full((H, W), IGNORE, np.int64),
+                      "anomaly": np.full((H, W), VOID, np.uint8), "name": rec.name}
+            return self.transform(sample) if self.transform is not None else sample
         image, raw = self.load_raw(index)
         if self.label_scale is not None and self.label_scale != 1:
             H, W = raw.shape

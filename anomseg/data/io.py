@@ -34,15 +34,18 @@ def read_rgb(path: str | Path) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def read_label(path: str | Path) -> np.ndarray:
+def read_label(path: str | Path, rgb_first_channel: bool = False) -> np.ndarray:
     """Read a single-channel label PNG as uint8 (H, W), values untouched.
 
     Raises DatasetError if the file is not single-channel 8-bit (a colour-coded label map was
-    probably given instead of an id map).
+    probably given instead of an id map), unless ``rgb_first_channel``: then an RGB(A) file's first
+    channel is the id (datasets released with the id repeated in three channels).
     """
     path = Path(path)
     img = _open(path)
-    if img.mode == "P":
+    if rgb_first_channel and img.mode in ("RGB", "RGBA"):
+        arr = np.array(img.convert("RGB"), dtype=np.uint8)[..., 0]
+    elif img.mode == "P":
         # Palette PNGs store the index per pixel; the index is the label value.
         arr = np.asarray(img, dtype=np.uint8)
     elif img.mode == "L":

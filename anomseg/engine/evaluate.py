@@ -7,6 +7,11 @@ closed-set mIoU is accumulated alongside. Images are sharded over torchrun ranks
 saved every ``save_every`` images, so an interrupted evaluation resumes without redoing finished
 images. Outputs: ``report.json``, ``per_image.csv``, ``report.md``, ``roc.png``, ``pr.png``,
 ``hist_<method>.png``, ``overlays/*.png`` and the resolved ``config.yaml``.
+
+``protocol`` names one protocol or a list (the first is the report's headline; each is reported with the
+arithmetic that produced it). ``export: smiyc`` also writes every method's score files for
+SegmentMeIfYouCan (:mod:`anomseg.engine.export`); a split whose labels are hidden (a benchmark's test
+split) is then scored and exported without metrics.
 """
 
 from __future__ import annotations
@@ -38,8 +43,10 @@ from anomseg.errors import DatasetError
 from anomseg.files import (check_fingerprint, file_digest, load_state, output_lock, save_state, save_torch_atomic,
                            write_json_atomic, write_text_atomic, write_timing)
 from anomseg.distributed import all_reduce_sum, barrier, init_distributed
+from anomseg.engine.export import EXPORTS, SmiycExporter
 from anomseg.heads.io import HeadError
-from anomseg.metrics import AnomalyMetrics, reduce_distributed
+from anomseg.metrics import PROTOCOLS, AnomalyMetrics, reduce_distributed
+from anomseg.metrics.components import TRACKS
 from anomseg.metrics.histogram import ScoreHistogram
 from anomseg.models.checkpoints import backbone_from_config
 from anomseg.models.inference import AMP, PRESETS, predict_with
@@ -55,9 +62,10 @@ DEFAULTS = {
     "inference": {"preset": "none", "scales": [1.0], "flip": False, "amp": "none"},
     "workers": "auto",  # image-decoding processes ahead of the backbone (0: none; auto: on the spare cores)
     "methods": [{"name": "msp"}, {"name": "max_logit"}, {"name": "entropy"}, {"name": "energy"}],
-    "protocol": "per_image",
+    "protocol": "per_image",  # or a list, e.g. [pooled, smiyc]: the first is the headline
     "components": False,
-    "component_track": "anomaly",
+    "component_track": "auto",  # anomaly (500 / 100 px) | obstacle (50 / 10) | auto: the dataset's track
+    "export": "none",  # smiyc: also write SegmentMeIfYouCan score files (anomaly_p/<method>/<set>/<fid>.hdf5 + a zip)
     # fitted scores: fit on `data` (default: the evaluated dataset) at its train / val split; a method's
     # own `fit: {data, split, images}` overrides
     "fit": {"data": None, "train_split": "train", "val_split": "val", "max_images": 200},
@@ -82,6 +90,35 @@ def check_inference(inf: dict) -> None:
                           "inference.flip")
 
 
+def protocols(cfg: dict) -> list[str]:
+    """The config's protocols, checked (one line naming the bad value)."""
+    p = cfg["protocol"]
+    names = [p] if isinstance(p, str) else list(p)
+    if not names or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"protocol {p!r}: give one of {', '.join(PROTOCOLS)} or a list of them")
+    for n in names:
+        if n not in PROTOCOLS:
+            raise ConfigError(f"protocol {n!r} is unknown; choose one of {', '.join(PROTOCOLS)} (or a list of them)")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"protocol {p!r}: each protocol once")
+    return names
+
+
+def check_settings(cfg: dict) -> None:
+    """Every check that needs only the config, before anything is built or written."""
+    protocols(cfg)
+    if cfg["component_track"] != "auto" and cfg["component_track"] not in TRACKS:
+        raise ConfigError(f"component_track {cfg['component_track']!r}: choose auto, {', '.join(TRACKS)}")
+    if cfg["export"] not in EXPORTS:
+        raise ConfigError(f"export {cfg['export']!r}: choose one of {', '.join(EXPORTS)}")
+    if cfg["export"] == "smiyc":
+        for m in cfg["methods"]:
+            try:
+                SmiycExporter(".").path(m["name"], "x", "x")
+            except ValueError as exc:
+                raise ConfigError(f"export: smiyc: {exc}") from None
+
+
 def consumes(spec: dict) -> str:
     """What a config entry's method takes from the inference step (see :mod:`anomseg.methods`)."""
     return method_class(spec_method_name(spec)).consumes
@@ -97,7 +134,7 @@ def check_methods(cfg: dict) -> None:
 
 SCHEMA = schema_from_defaults(DEFAULTS, {
     "device": OPTIONAL_STR, "workers": (int, str), "data.options": ANY, "data.split": OPTIONAL_STR, "backbone": BACKBONE_SCHEMA,
-    "inference.scales": list, "fit.data": ANY, "overlays.threshold": (str, int, float),
+    "inference.scales": list, "fit.data": ANY, "overlays.threshold": (str, int, float), "protocol": (str, list),
     "methods": [{"name": str, "score": str, "options": ANY, "head": OPTIONAL_STR, "backbone": BACKBONE_SCHEMA,
                  "fit": {"data": ANY, "split": str, "images": int}}],
 })
@@ -200,7 +237,7 @@ def _fingerprint(cfg: dict, models: dict, world: int) -> dict:
     return {"version": EVAL_STATE_VERSION, "data": cfg["data"], "inference": cfg["inference"], "methods": cfg["methods"],
             "backbone_weights": {key: weights_hash(model) for key, (model, _) in sorted(models.items())},
             "heads": heads, "protocol": cfg["protocol"], "components": cfg["components"],
-            "component_track": cfg["component_track"], "fit": cfg["fit"], "processes": world}
+            "component_track": cfg["component_track"], "fit": cfg["fit"], "processes": world, "export": cfg["export"]}
 
 
 def _check_classes(dataset, models: dict, cfg: dict) -> None:
@@ -220,6 +257,7 @@ def run_evaluation(cfg: dict, progress: bool = True) -> dict | None:
 
     Keys ``cfg`` leaves out take their :data:`DEFAULTS`."""
     cfg = merge(copy.deepcopy(DEFAULTS), copy.deepcopy(cfg))
+    check_settings(cfg)
     check_inference(cfg["inference"])
     check_methods(cfg)
     info = init_distributed(cfg.get("device"))
@@ -231,6 +269,14 @@ def run_evaluation(cfg: dict, progress: bool = True) -> dict | None:
 def _run(cfg: dict, info, out: Path, progress: bool) -> dict | None:
     d = cfg["data"]
     dataset = build_dataset(d["name"], d["root"], d["split"], **d.get("options", {}))
+    evaluated = not dataset.labels_hidden  # a benchmark's test split: scored and exported, never evaluated
+    if not evaluated and cfg["export"] == "none":
+        hidden = sum(r.label is None for r in dataset.records)
+        raise ConfigError(f"{d['name']}/{dataset.split}: {hidden} of {len(dataset)} frames have no public label "
+                          f"({dataset.hidden_labels_note}); metrics need a split with labels (e.g. validation), "
+                          f"or set export: smiyc to write the score files")
+    if cfg["component_track"] == "auto":  # the dataset's own SegEval sizes (obstacle track: 50 / 10 px)
+        cfg["component_track"] = getattr(dataset, "component_track", None) or "anomaly"
     torch.manual_seed(cfg["seed"])
     models = _backbones(cfg, dataset.num_classes or 1, info.device)
     _check_classes(dataset, models, cfg)
@@ -243,7 +289,7 @@ def _run(cfg: dict, info, out: Path, progress: bool) -> dict | None:
     if len(set(names)) != len(names):
         raise ConfigError(f"methods: names must be unique, got {names}; give repeated scores their own name")
     if info.is_main and not cfg["resume"]:  # start over: nothing of an earlier run is reused
-        for sub in ("state", "fitted"):
+        for sub in ("state", "fitted", "anomaly_p"):
             shutil.rmtree(out / sub, ignore_errors=True)
     barrier()
     fingerprint = _fingerprint(cfg, models, info.world)
@@ -257,14 +303,18 @@ def _run(cfg: dict, info, out: Path, progress: bool) -> dict | None:
         save_config(cfg, out / "config.yaml")
     methods = _methods(cfg, models, out, info, progress)
 
-    def make(n):  # each method and rank spills its score maps into a folder of its own
-        return AnomalyMetrics(cfg["protocol"], components=cfg["components"], component_track=cfg["component_track"],
-                              spill_dir=out / "state" / "spill" / viz.safe_name(n) / f"rank{info.rank}")
+    headline, *others = protocols(cfg)
+
+    def make(n, protocol, sub=()):  # each method, protocol and rank spills its score maps into a folder of its own
+        return AnomalyMetrics(protocol, components=cfg["components"], component_track=cfg["component_track"],
+                              spill_dir=out.joinpath("state", "spill", viz.safe_name(n), *sub, f"rank{info.rank}"))
     plot_hist = lambda: ScoreHistogram(7, buffer_size=1 << 18)  # noqa: E731  (coarse: for plots and thresholds)
     k = dataset.num_classes
-    metrics = {n: make(n) for n in names}
+    metrics = {n: make(n, headline) for n in names}
+    extra = {p: {n: make(n, p, (p,)) for n in names} for p in others}  # the other protocols asked for
     hists = {n: plot_hist() for n in names}
-    per_image_metrics = {n: AnomalyMetrics("per_image") for n in names} if cfg["protocol"] == "pooled" else {}
+    per_image_metrics = {n: AnomalyMetrics("per_image") for n in names} if headline in ("pooled", "smiyc") else {}
+    exporter = SmiycExporter(out) if cfg["export"] == "smiyc" else None
     # the confusion counts are accumulated on the host with the rest of what is recorded
     conf, done = torch.zeros(max(k, 1), max(k, 1), dtype=torch.int64, device="cpu"), set()
     if saved is not None:
@@ -273,8 +323,10 @@ def _run(cfg: dict, info, out: Path, progress: bool) -> dict | None:
             hists[n].load_state_dict(saved["hists"][n])
             if per_image_metrics:
                 per_image_metrics[n].merge(AnomalyMetrics.from_state(saved["per_image_metrics"][n]))
+            for p in others:
+                extra[p][n].merge(AnomalyMetrics.from_state(saved["extra"][p][n]))
         conf, done = torch.from_numpy(np.asarray(saved["conf"])), set(saved["done"])
-    overlay_ids = set(range(min(cfg["overlays"]["images"], len(dataset))))
+    overlay_ids = set(range(min(cfg["overlays"]["images"], len(dataset)))) if evaluated else set()
     mine = [i for i in range(len(dataset)) if i % info.world == info.rank]
     todo = [i for i in mine if i not in done]
     inf = cfg["inference"]
@@ -285,6 +337,7 @@ def _run(cfg: dict, info, out: Path, progress: bool) -> dict | None:
         state = {"fingerprint": fingerprint, "metrics": {n: m.state_dict() for n, m in metrics.items()},
                  "hists": {n: h.state_dict() for n, h in hists.items()},
                  "per_image_metrics": {n: m.state_dict() for n, m in per_image_metrics.items()},
+                 "extra": {p: {n: m.state_dict() for n, m in e.items()} for p, e in extra.items()},
                  "conf": conf.numpy(), "done": sorted(done)}
         save_state(state_path, state, "evaluation")
 
@@ -293,17 +346,23 @@ def _run(cfg: dict, info, out: Path, progress: bool) -> dict | None:
     def record(item):
         """Host side of one image, in the background: metrics, histograms, overlay cache, state file."""
         nonlocal conf, recorded
-        i, anomaly, scores, image_conf, ready = item
+        i, anomaly, scores, image_conf, ready, image_size = item
         if ready is not None:
             ready.synchronize()  # the asynchronous copies to the host have landed
-        if image_conf is not None:
+        if image_conf is not None and evaluated:
             conf += image_conf
         target = torch.from_numpy(anomaly)[None]
         for name, score in scores.items():
+            if exporter is not None:  # first: a map the metrics refuse is not half-recorded
+                exporter.write(name, dataset.group(i), dataset.records[i].name, score[0].numpy(), image_size)
+            if not evaluated:
+                continue
             metrics[name].update(score, target, ids=[i])
             hists[name].update(score.numpy(), anomaly)
             if per_image_metrics:
                 per_image_metrics[name].update(score, target, ids=[i])
+            for p in others:
+                extra[p][name].update(score, target, ids=[i])
             if i in overlay_ids:
                 cache = out / "state" / "overlays" / f"{i}_{viz.safe_name(name)}.npy"
                 cache.parent.mkdir(parents=True, exist_ok=True)
@@ -335,7 +394,7 @@ def _run(cfg: dict, info, out: Path, progress: bool) -> dict | None:
             if cuda:
                 ready = torch.cuda.Event()
                 ready.record()
-            background.put((s["index"], s["anomaly"], scores, image_conf, ready))
+            background.put((s["index"], s["anomaly"], scores, image_conf, ready, tuple(s["image"].shape[1:3])))
     checkpoint()
     if info.is_main:  # the steady-state throughput of this run (images read, scored and recorded)
         write_timing(out / "timing.json", "evaluation", len(todo), time.perf_counter() - started)
@@ -345,6 +404,8 @@ def _run(cfg: dict, info, out: Path, progress: bool) -> dict | None:
         metrics[n] = reduce_distributed(metrics[n])
         if per_image_metrics:
             per_image_metrics[n] = reduce_distributed(per_image_metrics[n])
+        for p in others:
+            extra[p][n] = reduce_distributed(extra[p][n])
     if dist.is_available() and dist.is_initialized():
         gathered = [None] * info.world
         dist.all_gather_object(gathered, {n: h.state_dict() for n, h in hists.items()})
@@ -358,12 +419,18 @@ def _run(cfg: dict, info, out: Path, progress: bool) -> dict | None:
     barrier()
     if not info.is_main:
         return None
+    if exporter is not None:
+        for n in names:
+            exporter.zip(n)
+    if not evaluated:
+        return _write_export_report(cfg, out, dataset, backbone_name, names, exporter)
     _, anomalous, _ = hists[names[0]].groups()
     if anomalous.sum() == 0:
         raise DatasetError(f"{d['root']}: no pixel of the {len(dataset)} evaluated images is an anomaly (label value 1); "
                            f"255 means void (excluded): if your masks mark anomalies with 255, map them to 1 "
                            f"(0 inlier, 1 anomaly, 255 void)")
-    report = _write_report(cfg, out, dataset, backbone_name, methods, metrics, per_image_metrics, hists, conf, k)
+    report = _write_report(cfg, out, dataset, backbone_name, methods, metrics, extra, per_image_metrics, hists, conf, k,
+                           exporter)
     _write_overlays(cfg, out, dataset, names, hists)
     return report
 
@@ -381,12 +448,41 @@ def _json_safe(x):
     return x
 
 
-def _write_report(cfg, out, dataset, backbone_name, methods, metrics, per_image_metrics, hists, conf, k) -> dict:
+def _export_summary(exporter, names) -> dict | None:
+    if exporter is None:
+        return None
+    return {"format": "smiyc", "root": str(exporter.root / "anomaly_p"),
+            "files": {n: len(exporter.files(n)) for n in names},
+            "zips": {n: str(exporter.root / f"smiyc_{n}.zip") for n in names}}
+
+
+def _write_export_report(cfg, out, dataset, backbone_name, names, exporter) -> dict:
+    """The report of a split whose labels are hidden: what was exported, no metric."""
+    report = _json_safe({
+        "protocol": None, "dataset": cfg["data"]["name"], "split": dataset.split, "images": len(dataset),
+        "methods": {n: {"exported": len(exporter.files(n))} for n in names}, "evaluated": False,
+        "reason": f"labels hidden ({dataset.hidden_labels_note})", "export": _export_summary(exporter, names),
+        "checkpoint": cfg["backbone"].get("checkpoint"), "backbone": backbone_name,
+        "anomseg_version": anomseg.__version__, "config": cfg,
+    })
+    write_json_atomic(out / "report.json", report)
+    write_text_atomic(out / "report.md", markdown_table(report) + "\n")
+    return report
+
+
+def _write_report(cfg, out, dataset, backbone_name, methods, metrics, extra, per_image_metrics, hists, conf, k,
+                  exporter=None) -> dict:
     results = {}
     for m in methods:
         r = metrics[m.name].compute()
         r.pop("skipped_reasons", None)
         r["tpr95_threshold"] = viz.tpr_threshold(hists[m.name])
+        if extra:  # every protocol asked for, the headline first, each with its arithmetic
+            r["protocols"] = {r["protocol"]: {k_: v for k_, v in r.items() if k_ != "tpr95_threshold"}}
+            for p, e in extra.items():
+                other = e[m.name].compute()
+                other.pop("skipped_reasons", None)
+                r["protocols"][p] = other
         results[m.name] = r
     labelled = k and int(conf.sum()) > 0  # a folder set has class names but no closed-set labels
     report = _json_safe({
@@ -395,6 +491,7 @@ def _write_report(cfg, out, dataset, backbone_name, methods, metrics, per_image_
         "miou": miou(conf)[0] if labelled else None,
         "checkpoint": cfg["backbone"].get("checkpoint"), "backbone": backbone_name,
         "anomseg_version": anomseg.__version__, "config": cfg,
+        **({"export": _export_summary(exporter, [m.name for m in methods])} if exporter is not None else {}),
     })
     write_json_atomic(out / "report.json", report)
     source = per_image_metrics or metrics
@@ -413,13 +510,30 @@ def _write_report(cfg, out, dataset, backbone_name, methods, metrics, per_image_
 
 
 def markdown_table(report: dict) -> str:
-    """The report's methods as a Markdown table (percentages)."""
-    head = (f"{report['dataset']} / {report['split'] or 'all'}, protocol `{report['protocol']}`, {report['images']} images"
+    """The report's methods as a Markdown table (percentages); one column group per protocol asked for."""
+    if report.get("evaluated") is False:
+        lines = [f"{report['dataset']} / {report['split']}: {report['images']} frames scored, not evaluated: "
+                 f"{report['reason']}", "", "| method | score files |", "|---|---:|"]
+        lines += [f"| {n} | {r['exported']} |" for n, r in report["methods"].items()]
+        return "\n".join(lines + ["", f"Score files under {report['export']['root']}; one zip per method beside it."])
+    first = next(iter(report["methods"].values()), {})
+    names = list(first.get("protocols", {})) or [report["protocol"]]
+    head = (f"{report['dataset']} / {report['split'] or 'all'}, protocol `{'`, `'.join(names)}`, {report['images']} images"
             + (f", closed-set mIoU {100 * report['miou']:.1f}" if report.get("miou") is not None else ""))
-    lines = [head, "", "| method | AUROC | AUPR | FPR95 |", "|---|---:|---:|---:|"]
+    pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
+    if len(names) == 1:
+        lines = [head, "", "| method | AUROC | AUPR | FPR95 |", "|---|---:|---:|---:|"]
+        for name, r in report["methods"].items():
+            lines.append(f"| {name} | {pct(r['auroc'])} | {pct(r['aupr'])} | {pct(r['fpr95'])} |")
+        return "\n".join(lines)
+    cols = " | ".join(f"{p} {m}" for p in names for m in ("AUROC", "AUPR", "FPR95"))
+    lines = [head, "", f"| method | {cols} |", "|---|" + "---:|" * (3 * len(names))]
     for name, r in report["methods"].items():
-        pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
-        lines.append(f"| {name} | {pct(r['auroc'])} | {pct(r['aupr'])} | {pct(r['fpr95'])} |")
+        cells = " | ".join(pct(r["protocols"][p][m]) for p in names for m in ("auroc", "aupr", "fpr95"))
+        lines.append(f"| {name} | {cells} |")
+    lines.append("")
+    for p in names:
+        lines.append(f"- `{p}`: {first['protocols'][p]['arithmetic']}")
     return "\n".join(lines)
 
 

@@ -2,7 +2,8 @@
 
 Definitions (../shared/docs/FORMATS.md; Chan et al., "SegmentMeIfYouCan", NeurIPS 2021 Datasets):
 
-* prediction = ``score >= threshold`` on non-void pixels; predicted components are 8-connected;
+* prediction = ``score >= threshold`` on non-void pixels (protocol ``smiyc``: SegEval's strict ``>``, in
+  float16); predicted components are 8-connected;
   components smaller than ``min_pred_size`` pixels are dropped (500 anomaly track, 50 obstacle);
 * THEN ground-truth components (8-connected anomaly regions) smaller than ``min_gt_size`` (100 / 10)
   become void, and both maps are restricted to the remaining region (the reference's order);
@@ -21,6 +22,8 @@ import math
 import cv2
 import numpy as np
 
+from anomseg.metrics.smiyc import segeval_prediction
+
 THRESHOLDS = np.linspace(0.25, 0.75, 11)
 TRACKS = {"anomaly": {"min_pred_size": 500, "min_gt_size": 100}, "obstacle": {"min_pred_size": 50, "min_gt_size": 10}}
 
@@ -32,7 +35,7 @@ def _components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
 
 
 def image_components(score: np.ndarray, anomaly: np.ndarray, threshold: float,
-                     min_pred_size: int, min_gt_size: int) -> tuple[np.ndarray, np.ndarray]:
+                     min_pred_size: int, min_gt_size: int, smiyc: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """sIoU of each GT component and PPV of each predicted component of one image.
 
     Order as the reference (SegmentMeIfYouCan/road-anomaly-benchmark ``metrics/instance_segmentation.py``,
@@ -43,11 +46,14 @@ def image_components(score: np.ndarray, anomaly: np.ndarray, threshold: float,
 
     Args:
         score: float (H, W); anomaly: uint8 (H, W), 0 / 1 / 255.
+        smiyc: predict ``score > threshold`` compared in float16, as SegEval does (see
+            :mod:`anomseg.metrics.smiyc`), instead of ``score >= threshold``.
     Returns:
         (sIoU float64 (n_gt,), PPV float64 (n_pred,)).
     """
     void = anomaly == 255
-    n_pr, pr_lab, pr_size = _components((score >= threshold) & ~void)
+    predicted = segeval_prediction(score, threshold) if smiyc else score >= threshold
+    n_pr, pr_lab, pr_size = _components(predicted & ~void)
     small_pr = np.flatnonzero(pr_size[1:] < min_pred_size) + 1
     if len(small_pr):
         pr_lab[np.isin(pr_lab, small_pr)] = 0

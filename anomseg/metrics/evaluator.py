@@ -14,8 +14,18 @@ from anomseg.errors import AnomsegError
 from anomseg.metrics.components import TRACKS, ComponentStats, image_components
 from anomseg.metrics.curves import exact_metrics
 from anomseg.metrics.histogram import ScoreHistogram
+from anomseg.metrics.smiyc import MAX_FLOAT16, frame_bins, pix_binary_class
 
-PROTOCOLS = ("per_image", "caos", "pooled")
+PROTOCOLS = ("per_image", "caos", "pooled", "smiyc")
+#: which arithmetic produced a protocol's numbers (written into every report)
+ARITHMETIC = {
+    "per_image": "exact per image (void excluded), unweighted mean over images",
+    "caos": "exact per image as hendrycks/anomaly-seg (void counted as inlier, FPR at the recall nearest 0.95)",
+    "pooled_exact": "exact over all non-void pixels pooled",
+    "pooled": "all non-void pixels pooled in a float-bit histogram (error bounds alongside)",
+    "smiyc": "SegmentMeIfYouCan leaderboard (road-anomaly-benchmark PixBinaryClass: float16 scores, per-frame percentile "
+             "bins, step-wise AP, trapezoid AUROC, FPR at the first TPR >= 0.95; frames in sorted order)",
+}
 
 
 class MetricInputError(AnomsegError, ValueError):
@@ -100,7 +110,7 @@ class AnomalyMetrics:
         self._next_id = 0
         self._explicit_ids = False  # whether any update named its ids
         needs_hist = self.protocol == "pooled" and not self.exact
-        needs_hist |= self.components and self.component_threshold == "best_f1"
+        needs_hist |= self.components and self.component_threshold == "best_f1" and self.protocol != "smiyc"
         if not needs_hist:
             self.hist = None
         elif getattr(self, "hist", None) is not None:
@@ -173,7 +183,18 @@ class AnomalyMetrics:
 
     def _update_one(self, s: np.ndarray, a: np.ndarray, image_id: int, counts: tuple[int, int, int]) -> None:
         n_in, n_anom, n_void = counts
-        if self.protocol == "pooled":
+        if self.protocol == "smiyc":  # the scores as the official code reads them back from a float16 file
+            s16 = s.astype(np.float16)
+            if not np.isfinite(s16).all():
+                raise MetricInputError(f"image {image_id}: scores beyond float16's range (|s| <= {MAX_FLOAT16:g}, e.g. "
+                                       f"{s[~np.isfinite(s16)][0]}); SMIYC reads float16 files: rescale the score first")
+            s = s16.astype(np.float32)  # exact: what the components are computed on too
+            bins = frame_bins(s16, a)
+            if bins is None:
+                self.skipped[image_id] = "no evaluated pixel"
+            else:
+                self.records[image_id] = bins
+        elif self.protocol == "pooled":
             if self.exact:
                 self.pooled_pos.append(s[a == 1])
                 self.pooled_neg.append(s[a == 0])
@@ -194,7 +215,8 @@ class AnomalyMetrics:
             if self.component_threshold == "best_f1":
                 self._spill_image(s, a, image_id)
             else:
-                self.comp.add(*image_components(s, a, float(self.component_threshold), self.min_pred_size, self.min_gt_size))
+                self.comp.add(*image_components(s, a, float(self.component_threshold), self.min_pred_size, self.min_gt_size,
+                                                smiyc=self.protocol == "smiyc"))
 
     def _spill_image(self, s: np.ndarray, a: np.ndarray, image_id: int) -> None:
         if self._spill_dir is not None:
@@ -276,18 +298,32 @@ class AnomalyMetrics:
         stats = ComponentStats()
         for path in sorted(self._spilled, key=lambda p: int(p.stem.rsplit("_", 1)[-1])):
             with np.load(path) as z:
-                stats.add(*image_components(z["score"], z["anomaly"], threshold, self.min_pred_size, self.min_gt_size))
+                stats.add(*image_components(z["score"], z["anomaly"], threshold, self.min_pred_size, self.min_gt_size,
+                                            smiyc=self.protocol == "smiyc"))
         return stats
 
     # -- results -------------------------------------------------------------------------
     def per_image(self) -> list[dict]:
-        """Per-image records (per_image / caos protocols), sorted by image id."""
+        """Per-image records (per_image / caos protocols; smiyc: each frame's bins), sorted by image id."""
         return [self.records[i] for i in sorted(self.records)]
+
+    def _smiyc(self) -> dict:
+        try:
+            return pix_binary_class(self.per_image())
+        except ValueError as exc:
+            raise MetricInputError(str(exc)) from None
 
     def compute(self) -> dict:
         """Metrics as a plain dict: at least ``auroc, aupr, fpr95, images, skipped``."""
         out: dict = {"protocol": self.protocol, "images": len(self.seen) - len(self.skipped), "skipped": len(self.skipped)}
-        if self.protocol == "pooled":
+        key = "pooled_exact" if self.protocol == "pooled" and self.exact else self.protocol
+        out["arithmetic"] = ARITHMETIC[key]
+        if self.protocol == "smiyc":
+            m = self._smiyc()
+            out.update({k: m[k] for k in ("auroc", "aupr", "fpr95", "best_f1", "best_f1_threshold", "order_dependent")})
+            out["exact"] = False
+            out["anomaly_px"], out["inlier_px"] = m["pos"], m["neg"]
+        elif self.protocol == "pooled":
             if self.exact:
                 if not self.pooled_pos or not sum(len(p) for p in self.pooled_pos) or not sum(len(n) for n in self.pooled_neg):
                     raise MetricInputError("pooled metrics need at least one anomaly and one inlier pixel in total")
@@ -314,6 +350,8 @@ class AnomalyMetrics:
         """The threshold the component metrics use (best pooled pixel F1, or the fixed value)."""
         if self.component_threshold != "best_f1":
             return float(self.component_threshold)
+        if self.protocol == "smiyc":
+            return self._smiyc()["best_f1_threshold"]
         return self.hist.best_f1_threshold()[0]
 
     def _components(self) -> dict:
@@ -324,4 +362,5 @@ class AnomalyMetrics:
             stats = self.spilled_components(t)
         else:
             t, stats = float(self.component_threshold), self.comp
-        return {**stats.compute(), "component_threshold": t}
+        rule = "s > t in float16 (SegEval)" if self.protocol == "smiyc" else "s >= t"
+        return {**stats.compute(), "component_threshold": t, "component_rule": rule}
