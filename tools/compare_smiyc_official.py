@@ -114,15 +114,18 @@ def main(argv=None) -> int:
     ds = build_dataset("road_obstacle21", work / "datasets", "validation", check_size=False)
     outputs = work / "outputs"
     exporter = SmiycExporter(outputs)
-    ours = {}
+    ours, exact_pooled = {}, {}
     for method, kind in (("anomseg-continuous", 0), ("anomseg-ties", 1), ("anomseg-clipped", 2)):
         m = AnomalyMetrics("smiyc", components=True, component_track="obstacle")
+        exact = AnomalyMetrics("pooled", exact=True)
         for i in range(len(ds)):
             s = ds[i]
             score = score_map(rng, s["anomaly"], kind)
             m.update(score, s["anomaly"], ids=[i])
+            exact.update(score, s["anomaly"], ids=[i])
             exporter.write(method, ds.group(i), ds.records[i].name, score, s["anomaly"].shape)
         ours[method] = m.compute()
+        exact_pooled[method] = exact.compute()
     env = {**os.environ, "DIR_DATASETS": str(work / "datasets"), "DIR_OUTPUTS": str(outputs)}
     theirs, same_numpy = {}, {}
     for method in ours:
@@ -166,6 +169,9 @@ def main(argv=None) -> int:
             if c is not None:
                 worst_same = max(worst_same, abs(c - b))
             print(f"{key:<20}{a:>22.16f}{b:>26.16f}{d:>12.2e}" + (f"{c:>24.16f}{abs(c - b):>12.2e}" if c is not None else ""))
+        e = exact_pooled[method]
+        print(f"  exact pooled (float32 scores, every pixel): AUROC {e['auroc']:.6f}  AP {e['aupr']:.6f}  "
+              f"FPR95 {e['fpr95']:.6f}")
         if ours[method].get("order_dependent"):
             print("  (ties at the top threshold: the official value depends on numpy's sort order, see anomseg.metrics.smiyc)")
     problems = frame_list_check(args.rab)

@@ -184,7 +184,8 @@ class AnomalyMetrics:
     def _update_one(self, s: np.ndarray, a: np.ndarray, image_id: int, counts: tuple[int, int, int]) -> None:
         n_in, n_anom, n_void = counts
         if self.protocol == "smiyc":  # the scores as the official code reads them back from a float16 file
-            s16 = s.astype(np.float16)
+            with np.errstate(over="ignore"):
+                s16 = s.astype(np.float16)
             if not np.isfinite(s16).all():
                 raise MetricInputError(f"image {image_id}: scores beyond float16's range (|s| <= {MAX_FLOAT16:g}, e.g. "
                                        f"{s[~np.isfinite(s16)][0]}); SMIYC reads float16 files: rescale the score first")

@@ -42,7 +42,8 @@ MAX_FLOAT16 = float(np.finfo(np.float16).max)  # 65504
 
 def to_float16(score: np.ndarray) -> np.ndarray:
     """The scores as a score file holds them (float16); values beyond float16's range are an error."""
-    s16 = np.asarray(score).astype(np.float16)
+    with np.errstate(over="ignore"):
+        s16 = np.asarray(score).astype(np.float16)
     if not np.isfinite(s16).all():
         bad = np.asarray(score)[~np.isfinite(s16)].ravel()[0]
         raise ValueError(f"score {bad} is outside float16's range (|s| <= {MAX_FLOAT16:g}) or not finite; the SMIYC "
