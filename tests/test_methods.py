@@ -25,7 +25,7 @@ def test_registry_covers_every_source_method_and_names_agree():
     assert build_method("energy", temperature=2.0).name == "energy"
     with pytest.raises(ConfigError, match="did you mean 'entropy'"):
         build_method("entropi")
-    with pytest.raises(ConfigError, match="bad option"):
+    with pytest.raises(ConfigError, match="unknown option 'temprature'; did you mean 'temperature'"):
         build_method("energy", temprature=2.0)
     with pytest.raises(TypeError, match="'msp' is not fitted on data"):  # the contract's default update
         build_method("msp").fit([(None, None)])

@@ -66,7 +66,8 @@ def test_pooled_and_smiyc_side_by_side_with_score_files(obstacle_track, tmp_path
     cfg = base_cfg(obstacle_track, out, protocol=["pooled", "smiyc"], components=True, export="smiyc")
     assert run_eval(cfg, tmp_path, "both") == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["config"]["component_track"] == "obstacle"  # auto: the dataset's track
+    assert report["config"]["component_track"] == "auto"
+    assert report["methods"]["msp"]["min_pred_size"] == 50 and report["methods"]["msp"]["min_gt_size"] == 10  # obstacle
     md = (out / "report.md").read_text()
     assert "pooled AUROC" in md and "smiyc AUROC" in md and "road-anomaly-benchmark PixBinaryClass" in md
     # the validation split (its frames are checked in test_data_smiyc.py): labels read with plain PIL
@@ -117,7 +118,7 @@ def test_hidden_test_labels_scored_and_exported_not_evaluated(obstacle_track, tm
 
 def test_bad_export_settings_are_one_line_before_any_work(obstacle_track, tmp_path, capsys):
     for key, value, words in (("export", "csv", "export 'csv': choose one of none, smiyc"),
-                              ("protocol", ["pooled", "smiyc2"], "protocol 'smiyc2' is unknown"),
+                              ("protocol", ["pooled", "smiyc2"], "protocol='smiyc2' is unknown"),
                               ("component_track", "road", "component_track 'road': choose auto")):
         out = tmp_path / f"bad_{key}"
         assert run_eval({**base_cfg(obstacle_track, out), key: value}, tmp_path, key) == 2

@@ -95,10 +95,10 @@ def protocols(cfg: dict) -> list[str]:
     p = cfg["protocol"]
     names = [p] if isinstance(p, str) else list(p)
     if not names or not all(isinstance(n, str) for n in names):
-        raise ConfigError(f"protocol {p!r}: give one of {', '.join(PROTOCOLS)} or a list of them")
+        raise ConfigError(f"protocol={p!r}: give one of {', '.join(PROTOCOLS)} or a list of them")
     for n in names:
         if n not in PROTOCOLS:
-            raise ConfigError(f"protocol {n!r} is unknown; choose one of {', '.join(PROTOCOLS)} (or a list of them)")
+            raise ConfigError(f"protocol={n!r} is unknown; choose one of {', '.join(PROTOCOLS)} (or a list of them)")
     if len(set(names)) != len(names):
         raise ConfigError(f"protocol {p!r}: each protocol once")
     return names
@@ -275,8 +275,9 @@ def _run(cfg: dict, info, out: Path, progress: bool) -> dict | None:
         raise ConfigError(f"{d['name']}/{dataset.split}: {hidden} of {len(dataset)} frames have no public label "
                           f"({dataset.hidden_labels_note}); metrics need a split with labels (e.g. validation), "
                           f"or set export: smiyc to write the score files")
-    if cfg["component_track"] == "auto":  # the dataset's own SegEval sizes (obstacle track: 50 / 10 px)
-        cfg["component_track"] = getattr(dataset, "component_track", None) or "anomaly"
+    track = cfg["component_track"]
+    if track == "auto":  # the dataset's own SegEval sizes (obstacle track: 50 / 10 px)
+        track = getattr(dataset, "component_track", None) or "anomaly"
     torch.manual_seed(cfg["seed"])
     models = _backbones(cfg, dataset.num_classes or 1, info.device)
     _check_classes(dataset, models, cfg)
@@ -306,7 +307,7 @@ def _run(cfg: dict, info, out: Path, progress: bool) -> dict | None:
     headline, *others = protocols(cfg)
 
     def make(n, protocol, sub=()):  # each method, protocol and rank spills its score maps into a folder of its own
-        return AnomalyMetrics(protocol, components=cfg["components"], component_track=cfg["component_track"],
+        return AnomalyMetrics(protocol, components=cfg["components"], component_track=track,
                               spill_dir=out.joinpath("state", "spill", viz.safe_name(n), *sub, f"rank{info.rank}"))
     plot_hist = lambda: ScoreHistogram(7, buffer_size=1 << 18)  # noqa: E731  (coarse: for plots and thresholds)
     k = dataset.num_classes

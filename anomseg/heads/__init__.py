@@ -4,6 +4,7 @@ their checkpoint I/O (:mod:`anomseg.heads.io`) and their training on a feature b
 from __future__ import annotations
 
 from anomseg.config import ConfigError
+from anomseg.options import check_options
 from anomseg.heads.base import Head
 from anomseg.heads.dias import DIASHead
 from anomseg.heads.opengan import Discriminator, Generator, OpenGANHead
@@ -22,6 +23,13 @@ HEADS = {
 }
 
 
+def check_head_options(name: str, options: dict) -> dict:
+    """A head's options checked against its constructor's declared types and ranges (one line each)."""
+    if name not in HEADS:
+        raise ConfigError(f"unknown head {name!r}; valid: {', '.join(HEADS)}")
+    return check_options(f"head {name!r}", HEADS[name][0], options, skip=("feat_dim",))
+
+
 def build_head(name: str, feat_dim: int, **options) -> Head:
     """Build a head by name (see :data:`HEADS`); ``gaussian`` also needs ``num_classes``."""
     if name not in HEADS:
@@ -30,6 +38,7 @@ def build_head(name: str, feat_dim: int, **options) -> Head:
     clash = {k for k in fixed if k in options and options[k] != fixed[k]}
     if clash:
         raise ConfigError(f"head {name!r} fixes {', '.join(sorted(clash))}; use 'opengan_fea' to set them freely")
+    options = check_head_options(name, options)
     try:
         head = cls(feat_dim, **{**options, **fixed})
     except TypeError as exc:

@@ -44,12 +44,15 @@ Design choices the pixel setting forces (ours):
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from anomseg.config import ConfigError
 from anomseg.heads.base import Head
+from anomseg.options import Fraction, NonNegative, Positive, PositiveInt, Range
 from anomseg.heads.opengan import Discriminator, Generator, as_column, dcgan_init
 
 
@@ -134,10 +137,11 @@ def pointwise_classifier(module: nn.Module, feat_dim: int, num_classes: int) -> 
 class DIASHead(Head):
     """Per-pixel DIAS (see the module docstring); ``score_rows`` = -max softmax(C(x) / temperature)."""
 
-    def __init__(self, feat_dim: int, num_classes: int, width: int = 256, temperature: float = 1.0,
-                 beta: float = 0.1, fake_ratio: float = 0.1, pull_ratio: float = 1.0, smoothing: float = 0.5,
-                 smoothing_last: float = 1.0, lr: float = 1e-4, gan_lr: float = 2e-4, nz: int = 64, ndf: int = 64,
-                 ngf: int = 64, init: str = "segmenter"):
+    def __init__(self, feat_dim: int, num_classes: Annotated[int, Range(2)], width: PositiveInt = 256,
+                 temperature: Positive = 1.0, beta: NonNegative = 0.1, fake_ratio: NonNegative = 0.1,
+                 pull_ratio: NonNegative = 1.0, smoothing: Fraction = 0.5, smoothing_last: Fraction = 1.0,
+                 lr: Positive = 1e-4, gan_lr: Positive = 2e-4, nz: PositiveInt = 64, ndf: PositiveInt = 64,
+                 ngf: PositiveInt = 64, init: Literal["segmenter", "random"] = "segmenter"):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"dias_fea needs the bank's number of classes (>= 2), got {num_classes}")

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from anomseg.heads.base import Head
+from anomseg.options import NonNegative, PositiveInt
 
 
 def dcgan_init(m: nn.Module) -> None:
@@ -86,7 +87,8 @@ class OpenGANHead(Head):
         nz, ndf, ngf: sizes (published: 64).
     """
 
-    def __init__(self, feat_dim: int, lambda_o: float = 1.0, lambda_g: float = 0.2, nz: int = 64, ndf: int = 64, ngf: int = 64):
+    def __init__(self, feat_dim: int, lambda_o: NonNegative = 1.0, lambda_g: NonNegative = 0.2, nz: PositiveInt = 64,
+                 ndf: PositiveInt = 64, ngf: PositiveInt = 64):
         super().__init__()
         if lambda_o < 0 or lambda_g < 0 or (lambda_o == 0 and lambda_g == 0):
             raise ValueError(f"lambda_o={lambda_o}, lambda_g={lambda_g}: need lambda_o > 0 or lambda_g > 0 (both >= 0)")

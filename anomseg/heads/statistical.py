@@ -20,11 +20,13 @@ features, PCA to ``pca_dim`` dimensions (fitted on a bounded sample).
 from __future__ import annotations
 
 import math
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
 
 from anomseg.heads.base import Head
+from anomseg.options import NonEmpty, NonNegative, Positive, PositiveInt
 
 
 class _Projected(Head):
@@ -78,8 +80,8 @@ class _Projected(Head):
 class GaussianHead(_Projected):
     """Class-conditional Gaussians with a shared covariance; score = min_c Mahalanobis distance."""
 
-    def __init__(self, feat_dim: int, num_classes: int, l2_normalize: bool = False, pca_dim: int | None = None,
-                 shrinkage: float = 1e-6):
+    def __init__(self, feat_dim: int, num_classes: PositiveInt, l2_normalize: bool = False,
+                 pca_dim: PositiveInt | None = None, shrinkage: NonNegative = 1e-6):
         super().__init__(feat_dim, l2_normalize, pca_dim)
         d = pca_dim or feat_dim
         self.num_classes, self.shrinkage = num_classes, shrinkage
@@ -164,9 +166,10 @@ class GMMHead(_Projected):
     defaults: 1e-6, 1e-3, 100 iterations).
     """
 
-    def __init__(self, feat_dim: int, n_components: int = 16, covariance: str = "diag", l2_normalize: bool = False,
-                 pca_dim: int | None = None, seed: int = 0, max_iter: int = 100, tol: float = 1e-3,
-                 reg_covar: float = 1e-5, init_samples: int = 20000):
+    def __init__(self, feat_dim: int, n_components: PositiveInt = 16, covariance: Literal["diag"] = "diag",
+                 l2_normalize: bool = False, pca_dim: PositiveInt | None = None, seed: int = 0,
+                 max_iter: PositiveInt = 100, tol: Positive = 1e-3, reg_covar: NonNegative = 1e-5,
+                 init_samples: PositiveInt = 20000):
         super().__init__(feat_dim, l2_normalize, pca_dim)
         if covariance != "diag":
             raise ValueError("only covariance='diag' is supported (full covariances at D = 720 do not fit streaming)")
@@ -274,8 +277,9 @@ class KNNHead(_Projected):
     memory_block = 8192  # torch backend: memory rows compared at once
     flat_max_rows = 200_000
 
-    def __init__(self, feat_dim: int, k: int = 10, backend: str = "faiss", index: str = "auto", nprobe: int = 16,
-                 max_samples: int | None = None, l2_normalize: bool = True, pca_dim: int | None = None):
+    def __init__(self, feat_dim: int, k: PositiveInt = 10, backend: Literal["faiss", "torch"] = "faiss",
+                 index: Annotated[str, NonEmpty()] = "auto", nprobe: PositiveInt = 16,
+                 max_samples: PositiveInt | None = None, l2_normalize: bool = True, pca_dim: PositiveInt | None = None):
         super().__init__(feat_dim, l2_normalize, pca_dim)
         if backend not in ("faiss", "torch"):
             raise ValueError(f"backend must be 'faiss' or 'torch', got {backend!r}")

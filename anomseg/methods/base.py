@@ -22,6 +22,7 @@ from typing import Iterable
 import torch
 
 from anomseg.config import ConfigError
+from anomseg.options import check_options
 
 CONSUMES = ("logits", "probs", "features", "images")
 
@@ -82,6 +83,12 @@ class Method(abc.ABC):
         """What a fitted state depends on besides the data (e.g. a head file's digest); {} by default."""
         return {}
 
+    @classmethod
+    def declaration(cls):
+        """(callable, parameters to skip) whose typed keyword parameters declare this method's options
+        (:mod:`anomseg.options`); by default the constructor."""
+        return cls, ()
+
 
 def check_consumable(consumes: str, inference: dict) -> str | None:
     """Why inference settings (``preset``, ``scales``, ``flip``) cannot give a method what it consumes,
@@ -121,9 +128,17 @@ def method_class(name: str) -> type[Method]:
                           f"(a trained head: give its name and 'head: <best.pth>')") from None
 
 
+def check_method_options(name: str, options: dict) -> dict:
+    """A registered method's options checked against their declared types and ranges (one line each)."""
+    fn, skip = method_class(name).declaration()
+    return check_options(f"method {name!r}", fn, options, skip)
+
+
 def build_method(name: str, **options) -> Method:
-    """Build a registered method; ``options`` go to its constructor."""
+    """Build a registered method; ``options`` are checked (:func:`check_method_options`), then go to its
+    constructor."""
     cls = method_class(name)
+    options = check_method_options(name, options)
     try:
         method = cls(**options)
     except TypeError as exc:

@@ -41,6 +41,7 @@ from anomseg.config import ConfigError
 from anomseg.methods.base import Method, Observation, register_method
 from anomseg.models.base import resize_logits
 from anomseg.models.inference import autocast
+from anomseg.options import NonNegative, PositiveInt
 
 
 def last_conv(module: nn.Module) -> nn.Conv2d:
@@ -81,8 +82,8 @@ class CORES(Method):
 
     consumes = "images"
 
-    def __init__(self, layers: Sequence[str] = (), kernels: int = 64, tau: float | Sequence[float] = 0.0,
-                 lambda_m: float = 1.0, lambda_f: float = 1.0):
+    def __init__(self, layers: str | Sequence[str] = (), kernels: PositiveInt = 64, tau: float | Sequence[float] = 0.0,
+                 lambda_m: NonNegative = 1.0, lambda_f: NonNegative = 1.0):
         if isinstance(layers, str):
             layers = [layers]
         self.layers, self.kernels = list(layers), int(kernels)

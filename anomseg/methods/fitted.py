@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from anomseg.methods.base import Method, Observation, register_method
 from anomseg.models.inference import autocast
+from anomseg.options import PositiveInt
 from anomseg.scores.fitted import KLMatching, StandardizedMaxLogit, mc_dropout
 
 
@@ -15,6 +16,10 @@ class _FittedLogitScore(Method):
     def __init__(self, **options):
         self.options = options
         self.scorer = None
+
+    @classmethod
+    def declaration(cls):
+        return cls.scorer_class, ("num_classes",)
 
     def setup(self, model):
         if self.scorer is None:  # fitted on the backbone's K classes
@@ -60,7 +65,7 @@ class MCDropout(Method):
 
     consumes = "images"
 
-    def __init__(self, passes: int = 8):
+    def __init__(self, passes: PositiveInt = 8):
         self.passes = int(passes)
 
     def score(self, obs: Observation):

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from anomseg.files import file_digest
 from anomseg.heads import HEADS
@@ -19,9 +20,7 @@ class HeadMethod(Method):
 
     consumes = "features"
 
-    def __init__(self, head=None, **options):
-        if options:
-            raise HeadError(f"head method {type(self).name!r}: options {sorted(options)} are fixed by the head file")
+    def __init__(self, head: Any = None):
         self.path, self.head, self.info = None, None, {}
         if isinstance(head, dict):
             self.load_state_dict({"head": head})

@@ -20,6 +20,11 @@ class PosthocMethod(Method):
         inspect.signature(fn).bind(None, **options)  # an unknown option fails here (TypeError), not mid-run
         self.fn = functools.partial(fn, **options) if options else fn
 
+    @classmethod
+    def declaration(cls):
+        fn = cls.function
+        return fn, (next(iter(inspect.signature(fn).parameters)),)  # the logits / probabilities argument
+
     def score(self, obs: Observation):
         x = obs.prediction.probs if self.consumes == "probs" else obs.prediction.logits
         return self.fn(x).float()

@@ -364,4 +364,5 @@ class AnomalyMetrics:
         else:
             t, stats = float(self.component_threshold), self.comp
         rule = "s > t in float16 (SegEval)" if self.protocol == "smiyc" else "s >= t"
-        return {**stats.compute(), "component_threshold": t, "component_rule": rule}
+        return {**stats.compute(), "component_threshold": t, "component_rule": rule, "min_pred_size": self.min_pred_size,
+                "min_gt_size": self.min_gt_size}

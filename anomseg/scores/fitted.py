@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from anomseg.options import Positive
+
 from anomseg.scores.posthoc import _check
 
 
@@ -79,7 +81,7 @@ class KLMatching:
 
     name = "kl_matching"
 
-    def __init__(self, num_classes: int, eps: float = 1e-8):
+    def __init__(self, num_classes: int, eps: Positive = 1e-8):
         self.num_classes = num_classes
         self.eps = eps
         self.count = torch.zeros(num_classes, dtype=torch.float64)

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import torch
 
+from anomseg.options import NonNegativeInt, Positive, PositiveInt
+
 
 def _check(logits: torch.Tensor) -> torch.Tensor:
     if logits.ndim != 4:
@@ -53,17 +55,17 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(dim=1)
 
 
-def energy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def energy(logits: torch.Tensor, temperature: Positive = 1.0) -> torch.Tensor:
     """Free energy -T logsumexp(z / T)."""
     return -temperature * torch.logsumexp(_check(logits) / temperature, dim=1)
 
 
-def background(logits: torch.Tensor, index: int = 0) -> torch.Tensor:
+def background(logits: torch.Tensor, index: NonNegativeInt = 0) -> torch.Tensor:
     """Softmax probability of class ``index`` (a background / void class trained as such)."""
     return torch.softmax(_check(logits), dim=1)[:, index]
 
 
-def gen(logits: torch.Tensor, gamma: float = 0.1, top_m: int | None = None) -> torch.Tensor:
+def gen(logits: torch.Tensor, gamma: Positive = 0.1, top_m: PositiveInt | None = None) -> torch.Tensor:
     """Generalized entropy over the ``top_m`` largest probabilities (all classes by default)."""
     p = torch.softmax(_check(logits), dim=1)
     if top_m is not None and top_m < p.shape[1]:
