@@ -29,6 +29,85 @@ class _Any:
 
 ANY = _Any()
 
+# -- reading YAML safely -----------------------------------------------------------------------------
+# A config is text a user (or someone else) wrote: it must not expand without bound ("billion laughs":
+# aliases of aliases), nest without bound (a RecursionError in the parser), or keep the last of a key
+# given twice without a word.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_DEPTH = 64          # nested mappings / lists
+MAX_NODES = 100_000     # values after every alias is expanded
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key, line):
+        self.key, self.line = key, line
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping key given twice (merge keys ``<<`` still merge)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise _DuplicateKey(key, key_node.start_mark.line + 1)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _Loader.construct_yaml_map)
+
+
+def _expanded_size(node, memo: dict) -> int:
+    """Values under ``node`` with every alias expanded (shared nodes counted once per use), iteratively."""
+    stack = [(node, False)]
+    while stack:
+        n, done = stack.pop()
+        if id(n) in memo:
+            continue
+        children = [c for kv in n.value for c in kv] if isinstance(n, yaml.MappingNode) else \
+            (n.value if isinstance(n, yaml.SequenceNode) else [])
+        if done:
+            memo[id(n)] = min(1 + sum(memo[id(c)] for c in children), MAX_NODES + 1)
+        else:
+            stack.append((n, True))
+            stack.extend((c, False) for c in children if id(c) not in memo)
+    return memo[id(node)]
+
+
+def read_yaml(text: str, source: str = "<text>"):
+    """Parse YAML text safely (the limits above, duplicate keys refused); errors are one ConfigError line."""
+    try:
+        depth = 0
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):  # an iterator: no recursion, checked before composing
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    line = event.start_mark.line + 1
+                    raise ConfigError(f"{source}: nested deeper than {MAX_DEPTH} levels (line {line}); a config is a few "
+                                      f"levels of sections")
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+        loader = _Loader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            if _expanded_size(node, {}) > MAX_NODES:
+                raise ConfigError(f"{source}: expands to more than {MAX_NODES} values through anchors and aliases; "
+                                  f"write the values out")
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
+    except _DuplicateKey as dup:
+        raise ConfigError(f"{source}: key {dup.key!r} is given twice (line {dup.line}); keep one") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML ({' '.join(str(exc).split())})") from None
+
 
 def load_config(path: str | Path, overrides: list[str] | None = None, defaults: dict | None = None,
                 schema: dict | None = None) -> dict:
@@ -38,9 +117,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None, defaults: 
     if not path.is_file():
         raise ConfigError(f"{path}: config not found; see configs/ for examples")
     try:
-        user = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size} bytes; a config is at most {MAX_CONFIG_BYTES} bytes")
+        user = read_yaml(path.read_text(), str(path))
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot be read ({exc}); give a YAML text file") from None
     if user is None:
@@ -61,9 +140,9 @@ def apply_override(cfg: dict, item: str) -> None:
         raise ConfigError(f"override {item!r}: write key.sub=value")
     key, value = item.split("=", 1)
     try:
-        parsed = yaml.safe_load(value)
-    except yaml.YAMLError:
-        raise ConfigError(f"override {item!r}: the value is not valid YAML; quote strings with special characters") from None
+        parsed = read_yaml(value, f"override {item!r}")
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; quote strings with special characters") from None
     node = cfg
     parts = key.split(".")
     for i, p in enumerate(parts):

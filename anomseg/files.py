@@ -27,22 +27,61 @@ class OutputError(AnomsegError, OSError):
     """An output cannot be written (disk full, not writable, a folder in the way)."""
 
 
+def _reason(exc: BaseException) -> str:
+    """One line saying why a write failed (torch and h5py wrap the OS error in text of their own)."""
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    for code, words in ((errno.ENOSPC, "disk full"), (errno.EFBIG, "file too large (a file-size limit)"),
+                        (errno.EROFS, "read-only file system"), (errno.EACCES, "permission denied")):
+        if getattr(exc, "errno", None) == code:
+            return words
+    low = text.lower()
+    for needle, words in (("no space left", "disk full"), ("file too large", "file too large (a file-size limit)"),
+                          ("permission denied", "permission denied"), ("read-only", "read-only file system")):
+        if needle in low:
+            return words
+    line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return line[:160]
+
+
+def make_dirs(path: str | Path) -> Path:
+    """``mkdir -p`` whose failure (a file in the way, no permission, a full disk) is one OutputError line."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot create this folder ({_reason(exc)}); choose a writable output folder") from None
+    return path
+
+
 def _atomic(path: str | Path, write) -> Path:
+    """Run ``write(tmp)`` and move ``tmp`` over ``path``. A failed write (the OS's error, or the text torch and
+    h5py wrap it in) is one OutputError line; whatever goes wrong, no ``.tmp`` is left behind."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)
         write(tmp)
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:
         try:
             tmp.unlink()
         except OSError:
             pass
-        if exc.errno == errno.ENOSPC:
-            raise OutputError(f"{path}: disk full; the previous version is kept; free space and run again") from None
-        raise OutputError(f"{path}: cannot be written ({exc.strerror or exc}); choose a writable output folder") from None
+        if isinstance(exc, OutputError):
+            raise
+        if isinstance(exc, (OSError, RuntimeError)):  # torch.save reports I/O failures as RuntimeError
+            reason = _reason(exc)
+            if reason == "disk full":
+                raise OutputError(f"{path}: disk full; the previous version is kept; free space and run again") from None
+            raise OutputError(f"{path}: cannot be written ({reason}); the previous version is kept; choose a writable "
+                              f"output folder") from None
+        raise
     return path
+
+
+def write_with(path: str | Path, write) -> Path:
+    """Write ``path`` atomically with ``write(tmp_path)`` (any writer: numpy, h5py, zipfile, ...)."""
+    return _atomic(path, write)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from anomseg.files import make_dirs
 from anomseg.metrics.histogram import ScoreHistogram  # noqa: E402
 
 
@@ -44,7 +45,7 @@ def tpr_threshold(hist: ScoreHistogram, level: float = 0.95) -> float:
 
 def plot_curves(hists: dict[str, ScoreHistogram], out_dir: Path) -> list[Path]:
     """roc.png and pr.png with one curve per method."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(out_dir)
     paths = []
     for kind, (x, y, xl, yl) in {"roc": ("fpr", "tpr", "false positive rate", "true positive rate"),
                                  "pr": ("recall", "precision", "recall", "precision")}.items():
@@ -63,7 +64,7 @@ def plot_curves(hists: dict[str, ScoreHistogram], out_dir: Path) -> list[Path]:
 
 def plot_histograms(hists: dict[str, ScoreHistogram], out_dir: Path, bins: int = 80) -> list[Path]:
     """One ``hist_<method>.png`` per method: inlier vs anomaly score densities."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(out_dir)
     paths = []
     for name, h in hists.items():
         ids, pos, neg = h.groups()

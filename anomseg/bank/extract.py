@@ -15,7 +15,7 @@ from anomseg.bank.store import KINDS, META, OPEN, BankError, FeatureBank, part_n
 from anomseg.data.base import resize_nearest
 from anomseg.data.loader import sample_loader, spare_cores
 from anomseg.distributed import DistInfo, barrier
-from anomseg.files import write_json_atomic, write_timing
+from anomseg.files import make_dirs, write_json_atomic, write_timing
 from anomseg.models.identity import weights_hash
 from anomseg.models.inference import AMP, autocast
 
@@ -120,7 +120,7 @@ def extract_bank(model, dataset, out: str | Path, *, backbone: str, layer: str =
                             f"{old.get(diff[0])!r} vs {attrs[diff[0]]!r}); use another folder or delete it")
         if old.get("complete"):
             return FeatureBank(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
     if rank == 0:
         write_json_atomic(meta_path, {**attrs, "complete": False})
     was = model.training

@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 
 from anomseg.errors import AnomsegError
+from anomseg.files import write_with
 
 OPEN = -1  #: label of open-set rows
 KINDS = ("closed", "open")
@@ -43,18 +44,19 @@ def _attr(v):
 
 def write_part(path: Path, rows: dict[str, dict[str, np.ndarray]], attrs: dict) -> None:
     """Write one part atomically. ``rows[kind]`` holds features / labels / image / yx arrays."""
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        for k, v in attrs.items():
-            f.attrs[k] = _attr(v)
-        for kind in KINDS:
-            g = f.create_group(kind)
-            r = rows[kind]
-            n, d = r["features"].shape
-            g.create_dataset("features", data=r["features"], chunks=(min(max(n, 1), 256), d) if n else None)
-            for name in ("labels", "image", "yx"):
-                g.create_dataset(name, data=r[name])
-    tmp.replace(path)
+    def write(tmp):
+        with h5py.File(tmp, "w") as f:
+            for k, v in attrs.items():
+                f.attrs[k] = _attr(v)
+            for kind in KINDS:
+                g = f.create_group(kind)
+                r = rows[kind]
+                n, d = r["features"].shape
+                g.create_dataset("features", data=r["features"], chunks=(min(max(n, 1), 256), d) if n else None)
+                for name in ("labels", "image", "yx"):
+                    g.create_dataset(name, data=r[name])
+
+    write_with(path, write)
 
 
 class FeatureBank:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from anomseg.files import make_dirs, write_text_atomic
 from anomseg.data.base import LabelTable, Record, SegmentationDataset
 from anomseg.data.io import read_label
 from anomseg.errors import DatasetError
@@ -89,12 +90,6 @@ def is_anomalous(raw: np.ndarray) -> bool:
     return bool((TABLE.anomaly[raw] == 1).any())
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def prepare_bdd_anomaly(root: str | Path, *, require_images: bool = True, progress: bool = True) -> dict[str, int]:
     """Write the BDD-Anomaly split lists ``<root>/bdd_anomaly/{train,val,test}.txt``.
 
@@ -136,12 +131,14 @@ def prepare_bdd_anomaly(root: str | Path, *, require_images: bool = True, progre
                 lists[split].append(image_id)
         counts[f"test_from_{split}"] = n_anom
     out = root / SPLIT_DIR
-    out.mkdir(exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out}: exists and is not a folder; the split lists go into {out}/: move the file away")
+    make_dirs(out)
     for split, ids in lists.items():
         counts[split] = len(ids)
-        _write_atomic(out / f"{split}.txt", "".join(f"{i}\n" for i in ids))
+        write_text_atomic(out / f"{split}.txt", "".join(f"{i}\n" for i in ids))
     meta = {"layout": layout.name, "anomaly_train_ids": list(ANOMALY_TRAIN_IDS), "counts": counts}
-    _write_atomic(out / "prepare.json", json.dumps(meta, indent=2) + "\n")
+    write_text_atomic(out / "prepare.json", json.dumps(meta, indent=2) + "\n")
     return counts
 
 

@@ -13,9 +13,8 @@ import json
 import time
 from pathlib import Path
 
-import yaml
 
-from anomseg.config import NONE, merge, save_config
+from anomseg.config import NONE, merge, save_config, read_yaml
 from anomseg.data import generate_synthetic
 from anomseg.engine.evaluate import DEFAULTS as EVAL_DEFAULTS
 from anomseg.engine.evaluate import SCHEMA as EVAL_SCHEMA
@@ -78,7 +77,7 @@ def run_demo(demo: dict, out: str | Path, seed: int = 0, workers: int | None = N
     def same_config(key: str):
         def check():  # reuse only what the same resolved config made
             path = out / ("seg" if key == "seg" else key) / "config.yaml"
-            saved = yaml.safe_load(path.read_text()) if path.is_file() else {}
+            saved = read_yaml(path.read_text(), str(path)) if path.is_file() else {}
             check_fingerprint(path.parent, saved, json.loads(json.dumps(cfgs[key])),
                               f"delete {path.parent} (or use a new --out) to rebuild it with this config")
         return check

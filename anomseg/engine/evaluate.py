@@ -41,7 +41,7 @@ from anomseg.data import build_dataset
 from anomseg.data.loader import sample_loader, spare_cores
 from anomseg.errors import DatasetError
 from anomseg.files import (check_fingerprint, file_digest, load_state, output_lock, save_state, save_torch_atomic,
-                           write_json_atomic, write_text_atomic, write_timing)
+                           write_json_atomic, write_text_atomic, write_timing, write_with)
 from anomseg.distributed import all_reduce_sum, barrier, init_distributed
 from anomseg.engine.export import EXPORTS, SmiycExporter
 from anomseg.heads.io import HeadError
@@ -366,8 +366,7 @@ def _run(cfg: dict, info, out: Path, progress: bool) -> dict | None:
                 extra[p][name].update(score, target, ids=[i])
             if i in overlay_ids:
                 cache = out / "state" / "overlays" / f"{i}_{viz.safe_name(name)}.npy"
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                np.save(cache, score[0].numpy().astype(np.float16))
+                write_with(cache, lambda tmp, m=score[0].numpy().astype(np.float16): _save_npy(tmp, m))
         done.add(i)
         recorded += 1
         if recorded % cfg["save_every"] == 0:
@@ -434,6 +433,11 @@ def _run(cfg: dict, info, out: Path, progress: bool) -> dict | None:
                            exporter)
     _write_overlays(cfg, out, dataset, names, hists)
     return report
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, arr)
 
 
 def _json_safe(x):

@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 
 from anomseg.errors import AnomsegError
-from anomseg.files import _atomic
+from anomseg.files import write_with
 from anomseg.metrics.smiyc import to_float16
 
 EXPORTS = ("none", "smiyc")
@@ -69,7 +69,7 @@ class SmiycExporter:
             with h5py.File(tmp, "w") as f:
                 f.create_dataset("value", data=s16, compression=9)
 
-        return _atomic(path, write)
+        return write_with(path, write)
 
     def files(self, method: str) -> list[Path]:
         return sorted((self.root / "anomaly_p" / method).glob("*/*.hdf5"))
@@ -84,7 +84,7 @@ class SmiycExporter:
                 for f in files:
                     z.write(f, f.relative_to(self.root).as_posix())
 
-        return _atomic(out, write)
+        return write_with(out, write)
 
 
 def read_score_file(path: str | Path) -> np.ndarray:

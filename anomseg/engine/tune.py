@@ -18,6 +18,7 @@ import copy
 import csv
 from pathlib import Path
 
+from anomseg.files import make_dirs
 from anomseg.config import ConfigError, load_config, save_config
 
 
@@ -82,7 +83,7 @@ def run_tuning(tcfg: dict) -> dict:
     import optuna
 
     out = Path(tcfg["out"])
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
     save_config(tcfg, out / "tune.yaml")
     defaults, objective = _stage(tcfg["stage"])
     base = load_config(tcfg["base"], tcfg.get("base_overrides", []), defaults)

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from anomseg.bank.sampler import MixedBatchSampler
 from anomseg.bank.store import BankError, FeatureBank
 from anomseg.distributed import to_device
-from anomseg.files import check_fingerprint, save_torch_atomic, write_text_atomic
+from anomseg.files import make_dirs, check_fingerprint, save_torch_atomic, write_text_atomic
 from anomseg.heads import HEADS
 from anomseg.heads.io import HeadError, make_head, save_head
 from anomseg.heads.dias import DIASHead
@@ -120,7 +120,7 @@ def train_sampled(head, sampler: MixedBatchSampler, val_bank: FeatureBank, optim
     training settings), else stops with :class:`~anomseg.files.StaleError`. Returns
     ``{"best_auroc", "best_step", "steps"}``. The caller seeds torch before building optimizers."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
     val_bank.check_compatible(head.feat_dim)
     sampler.bank.check_compatible(head.feat_dim)
     start, best, best_step, history = 0, -1.0, -1, []

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from anomseg.errors import AnomsegError
+from anomseg.files import make_dirs, write_with
 from anomseg.metrics.components import TRACKS, ComponentStats, image_components
 from anomseg.metrics.curves import exact_metrics
 from anomseg.metrics.histogram import ScoreHistogram
@@ -221,14 +222,17 @@ class AnomalyMetrics:
 
     def _spill_image(self, s: np.ndarray, a: np.ndarray, image_id: int) -> None:
         if self._spill_dir is not None:
-            folder = self._spill_dir
-            folder.mkdir(parents=True, exist_ok=True)
+            folder = make_dirs(self._spill_dir)
         else:
             if not self._owned:
                 self._owned.append(Path(tempfile.mkdtemp(prefix="anomseg_components_")))
             folder = self._owned[0]
         path = folder / f"{self._token}_{image_id}.npz"
-        np.savez(path, score=s.astype(np.float32), anomaly=a)
+        def write(tmp):
+            with open(tmp, "wb") as f:
+                np.savez(f, score=s.astype(np.float32), anomaly=a)
+
+        write_with(path, write)
         self._spilled.append(path)
 
     # -- combine -------------------------------------------------------------------------

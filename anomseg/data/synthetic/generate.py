@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from anomseg.files import make_dirs, write_text_atomic
 from anomseg.data.synthetic import sprites as sp
 from anomseg.data.synthetic.scene import draw_outlier, draw_scene
 from anomseg.errors import AnomsegError, DatasetError
@@ -131,15 +132,15 @@ def generate_synthetic(
                                f"choose another folder or delete this one")
     elif root.is_dir() and any(root.iterdir()):
         raise DatasetError(f"{root}: folder is not empty and holds no {MARKER}; choose an empty or new folder")
-    root.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({**config, "complete": False}, indent=2) + "\n")
+    make_dirs(root)
+    write_text_atomic(marker, json.dumps({**config, "complete": False}, indent=2) + "\n")
 
     for split, (top, sub, towns, _) in SPLIT_LAYOUT.items():
         for town in towns:
             for kind in ("images", "annotations"):
-                (root / top / kind / sub / town).mkdir(parents=True, exist_ok=True)
-    (root / "outliers" / "images").mkdir(parents=True, exist_ok=True)
-    (root / "outliers" / "masks").mkdir(parents=True, exist_ok=True)
+                make_dirs((root / top / kind / sub / town))
+    make_dirs((root / "outliers" / "images"))
+    make_dirs((root / "outliers" / "masks"))
 
     jobs = [(str(root), seed, split, i, config["counts"][split], height, width)
             for split in SPLIT_LAYOUT for i in range(config["counts"][split])]
@@ -167,9 +168,9 @@ def generate_synthetic(
 
     by_split = {split: [e for e, j in zip(entries, jobs) if j[2] == split] for split in SPLIT_LAYOUT}
     for split, (_, _, _, odgt) in SPLIT_LAYOUT.items():
-        (root / odgt).write_text(json.dumps(by_split[split]) + "\n")
+        write_text_atomic(root / odgt, json.dumps(by_split[split]) + "\n")
     meta = {**config, "complete": True, "seconds": round(seconds, 2)}
-    marker.write_text(json.dumps(meta, indent=2) + "\n")
+    write_text_atomic(marker, json.dumps(meta, indent=2) + "\n")
     return meta
 
 
