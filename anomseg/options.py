@@ -91,6 +91,8 @@ def _describe(hint) -> str:
     if origin in (list, tuple, collections.abc.Sequence):
         inner = args[0] if args else Any
         return f"a list of {_describe(inner).removeprefix('a ').removeprefix('an ')}"
+    if hasattr(hint, "describe"):
+        return hint.describe()
     names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", dict: "a mapping",
              type(None): "null", Any: "anything"}
     return names.get(hint, getattr(hint, "__name__", str(hint)))
@@ -156,6 +158,11 @@ def check_value(value, hint):
         if isinstance(value, dict):
             return value
         raise _Bad(_describe(hint))
+    if hasattr(hint, "check_option"):  # a declared section type (e.g. anomseg.data.DatasetSection)
+        problem = hint.check_option(value)
+        if problem:
+            raise _Bad(problem)
+        return value
     if isinstance(hint, type):
         if isinstance(value, hint):
             return value

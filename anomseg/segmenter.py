@@ -18,19 +18,23 @@ whose hash differs.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
 
+from anomseg.data.images import MAX_PIXELS, ImageInputError, as_image_batch
 from anomseg.errors import AnomsegError
 from anomseg.files import save_torch_atomic
 from anomseg.methods import Method, Observation, build_from_spec, build_method, check_consumable
 from anomseg.metrics.histogram import ScoreHistogram
 from anomseg.models.checkpoints import backbone_from_config
 from anomseg.models.identity import weights_hash
-from anomseg.models.inference import predict_with
+from anomseg.models.inference import check_inference_settings, predict_with
+from anomseg.options import PositiveInt, Range, check_options
 
 PIPELINE_FORMAT = "anomseg-pipeline"
+PIPELINE_FIELDS = ("version", "backbone", "num_classes", "weights", "inference", "method", "operating_point")
 PIPELINE_VERSION = 1
 INFERENCE = {"preset": "none", "scales": [1.0], "flip": False, "amp": "none"}
 
@@ -52,11 +56,16 @@ class AnomalySegmenter:
     """
 
     def __init__(self, *, model, method: Method, backbone: dict, inference: dict | None = None, device=None,
-                 operating_point: dict | None = None):
+                 operating_point: dict | None = None, max_pixels: int = MAX_PIXELS):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         self.method, self.backbone = method, dict(backbone)
-        self.inference = {**INFERENCE, **(inference or {})}
+        if inference is not None and not isinstance(inference, dict):
+            raise PipelineError(f"inference={inference!r}: give a mapping {{preset, scales, flip, amp}}")
+        self.inference = check_inference_settings({**INFERENCE, **(inference or {})})
+        if not isinstance(max_pixels, int) or isinstance(max_pixels, bool) or max_pixels < 1:
+            raise PipelineError(f"max_pixels={max_pixels!r}: give a number of pixels >= 1")
+        self.max_pixels = max_pixels
         problem = check_consumable(method.consumes, self.inference)
         if problem:
             raise PipelineError(f"method {method.name!r}: {problem}")
@@ -86,12 +95,11 @@ class AnomalySegmenter:
     # -- scoring -------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, images, size: tuple[int, int] | None = None) -> torch.Tensor:
-        """uint8 (N, H, W, 3) RGB (or float (N, 3, H, W) in [0, 1]) -> float32 (N, H, W) scores on the host."""
-        if isinstance(images, np.ndarray):
-            images = torch.from_numpy(images if images.flags.writeable else images.copy())
-        images = images.to(self.device)
+        """A batch in any accepted layout (:mod:`anomseg.data.images`: uint8 or float in [0, 1], channels last or
+        first) -> float32 (N, H, W) scores on the host."""
+        images = as_image_batch(images, self.max_pixels).to(self.device)
         if size is None:
-            size = tuple(images.shape[1:3] if images.shape[-1] == 3 and images.shape[1] != 3 else images.shape[-2:])
+            size = tuple(images.shape[1:3] if images.dtype == torch.uint8 else images.shape[-2:])
         return self.method.score(self._observe(images, size)).float().cpu()
 
     def _observe(self, images: torch.Tensor, size: tuple[int, int]) -> Observation:
@@ -99,11 +107,12 @@ class AnomalySegmenter:
         return Observation(out, images, self.model, size, self.inference["amp"])
 
     def __call__(self, image) -> np.ndarray:
-        """One image (a path, a PIL image or uint8 (H, W, 3)) -> float32 (H, W) scores."""
-        if isinstance(image, (str, Path)):
-            from anomseg.data.io import read_rgb
-            image = read_rgb(image)
-        return self.predict(np.asarray(image, dtype=np.uint8)[None])[0].numpy()
+        """One image (a path, a PIL image, or an array in an accepted layout, :mod:`anomseg.data.images`) ->
+        float32 (H, W) scores."""
+        batch = as_image_batch(image, self.max_pixels)
+        if batch.shape[0] != 1:
+            raise ImageInputError(f"seg(image) scores one image, got a batch of {batch.shape[0]}; use seg.predict(images)")
+        return self.predict(batch)[0].numpy()
 
     # -- fitting and operating point -----------------------------------------------------
     def fit(self, dataset, max_images: int = 200) -> "AnomalySegmenter":
@@ -117,11 +126,13 @@ class AnomalySegmenter:
         self.method.fit(batches())
         return self
 
-    def calibrate(self, dataset, tpr: float = 0.95, max_images: int | None = None) -> dict:
+    def calibrate(self, dataset, tpr: Annotated[float, Range(0, 1, lo_open=True)] = 0.95,
+                  max_images: PositiveInt | None = None) -> dict:
         """Set the operating point: the highest score threshold whose true-positive rate on the anomaly
         pixels of ``dataset`` (void excluded) reaches ``tpr``; returns it."""
         from anomseg.viz import tpr_threshold
 
+        check_options("calibrate", AnomalySegmenter.calibrate, {"tpr": tpr, "max_images": max_images})
         hist = ScoreHistogram(11)
         n = len(dataset) if max_images is None else min(len(dataset), max_images)
         for i in range(n):
@@ -160,6 +171,11 @@ class AnomalySegmenter:
             raise PipelineError(f"{path}: not a readable pipeline file ({type(exc).__name__})") from None
         if not isinstance(obj, dict) or obj.get("format") != PIPELINE_FORMAT:
             raise PipelineError(f"{path}: not an anomseg pipeline file (written by AnomalySegmenter.save)")
+        missing = [k for k in PIPELINE_FIELDS if k not in obj]
+        if missing or not isinstance(obj.get("method"), dict) or \
+                any(k not in obj["method"] for k in ("name", "options", "state")):
+            what = ", ".join(missing) if missing else "method name / options / state"
+            raise PipelineError(f"{path}: pipeline file lacks {what}; save it again with AnomalySegmenter.save")
         spec = dict(obj["backbone"], **({"checkpoint": checkpoint} if checkpoint else {}))
         model, _ = backbone_from_config(spec, obj["num_classes"])
         if weights_hash(model) != obj["weights"]:
@@ -168,7 +184,12 @@ class AnomalySegmenter:
                                 f"(AnomalySegmenter.load(path, checkpoint=...))")
         m = obj["method"]
         method = build_method(m["name"], **m["options"])
-        method.load_state_dict(m["state"])
+        try:
+            method.load_state_dict(m["state"])
+        except (KeyError, TypeError, RuntimeError) as exc:
+            raise PipelineError(f"{path}: the state of method {m['name']!r} is incomplete or malformed "
+                                f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); save it "
+                                f"again with AnomalySegmenter.save") from None
         seg = cls(model=model, method=method, backbone=spec, inference=obj["inference"], device=device,
                   operating_point=obj["operating_point"])
         method.setup(seg.model)

@@ -90,6 +90,22 @@ class FeatureBank:
         self._ds = {k: {f: [fh[k][f] for fh in self._files] for f in ("features", "labels", "image", "yx")} for k in KINDS}
         self._offsets = {k: np.cumsum([0] + [d.shape[0] for d in self._ds[k]["labels"]]) for k in KINDS}
         self.counts = {k: int(self._offsets[k][-1]) for k in KINDS}
+        self._check_images()
+
+    def _check_images(self) -> None:
+        """Each part holds rows of its own images only (meta.json: part p = images [p * chunk, (p + 1) * chunk)):
+        a part copied over another, or written for another bank layout, is refused with its path."""
+        chunk, n = self.meta.get("chunk_images"), self.meta.get("images")
+        if not isinstance(chunk, int) or not isinstance(n, int):
+            return  # a hand-built bank records no layout
+        for p in range(len(self._files)):
+            lo, hi = p * chunk, min(n, (p + 1) * chunk)
+            for kind in KINDS:
+                images = self._ds[kind]["image"][p][()]
+                if images.size and (images.min() < lo or images.max() >= hi):
+                    raise BankError(f"{self.root / part_name(p)}: holds {kind} rows of images {int(images.min())}-"
+                                    f"{int(images.max())}, but part {p} of this bank holds images {lo}-{hi - 1} "
+                                    f"(a copied or misplaced part); delete it and run the extraction again")
 
     def _open_part(self, i: int):
         """Open part ``i`` and check it belongs to this bank (its attributes are ``meta.json``'s)."""
@@ -137,6 +153,12 @@ class FeatureBank:
             if hi > lo:
                 for f in fields:
                     out[f].append(self._ds[kind][f][p][lo:hi])
+                if "features" in fields:
+                    bad = ~np.isfinite(out["features"][-1]).all(axis=1)
+                    if bad.any():
+                        raise BankError(f"{self.root / part_name(p)}: {int(bad.sum())} {kind} rows (e.g. row "
+                                        f"{lo + int(np.flatnonzero(bad)[0])}) hold NaN or infinite features; nothing "
+                                        f"trains or fits on them: delete the part and run the extraction again")
             p += 1
         return {f: (np.concatenate(v) if v else np.zeros((0,) + self._ds[kind][f][0].shape[1:], self._ds[kind][f][0].dtype))
                 for f, v in out.items()}

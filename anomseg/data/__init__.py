@@ -32,6 +32,33 @@ DATASETS = {
 }
 
 
+class DatasetSection:
+    """A config's dataset section as an option type: ``{name, root, options?, split?}`` (see :mod:`anomseg.options`)."""
+
+    KEYS = ("name", "root", "options", "split")
+
+    @staticmethod
+    def describe() -> str:
+        return "a dataset section {name: <one of the datasets>, root: <folder>, options: {...}}"
+
+    @classmethod
+    def check_option(cls, value) -> str | None:
+        if not isinstance(value, dict):
+            return cls.describe()
+        unknown = [k for k in value if k not in cls.KEYS]
+        if unknown:
+            return f"{cls.describe()} (unknown key {unknown[0]!r})"
+        if not isinstance(value.get("name"), str) or value["name"] not in DATASETS:
+            return f"{cls.describe()} with name one of {', '.join(sorted(DATASETS))}"
+        if not isinstance(value.get("root"), str):
+            return f"{cls.describe()} with root a folder"
+        if not isinstance(value.get("options", {}), dict):
+            return f"{cls.describe()} with options a mapping"
+        if value.get("split") is not None and not isinstance(value["split"], str):
+            return f"{cls.describe()} with split a string"
+        return None
+
+
 def build_dataset(name: str, root, split: str = "train", **options) -> SegmentationDataset:
     """Build a dataset by name (one of :data:`DATASETS`); options go to its constructor."""
     try:
@@ -45,7 +72,7 @@ def build_dataset(name: str, root, split: str = "train", **options) -> Segmentat
 
 
 __all__ = [
-    "DATASETS", "build_dataset", "generate_synthetic", "prepare_bdd_anomaly", "DatasetError",
+    "DATASETS", "DatasetSection", "build_dataset", "generate_synthetic", "prepare_bdd_anomaly", "DatasetError",
     "LabelTable", "Record", "SegmentationDataset", "resize_nearest",
     "CityscapesDataset", "StreetHazardsDataset", "BDDAnomalyDataset", "FolderAnomalyDataset",
     "RoadAnomaly21Dataset", "RoadObstacle21Dataset", "LostAndFoundDataset", "FishyscapesLAFDataset", "RoadAnomalyDataset",

@@ -37,7 +37,7 @@ from anomseg import viz
 from anomseg.models.identity import weights_hash
 from anomseg.config import ANY, BACKBONE_SCHEMA, OPTIONAL_STR, ConfigError, merge, save_config, schema_from_defaults
 from anomseg.background import Background
-from anomseg.data import build_dataset
+from anomseg.data import DatasetSection, build_dataset
 from anomseg.data.loader import sample_loader, spare_cores
 from anomseg.errors import DatasetError
 from anomseg.files import (check_fingerprint, file_digest, load_state, output_lock, save_state, save_torch_atomic,
@@ -45,12 +45,15 @@ from anomseg.files import (check_fingerprint, file_digest, load_state, output_lo
 from anomseg.distributed import all_reduce_sum, barrier, init_distributed
 from anomseg.engine.export import EXPORTS, SmiycExporter
 from anomseg.heads.io import HeadError
-from anomseg.metrics import PROTOCOLS, AnomalyMetrics, reduce_distributed
+from anomseg.metrics import PROTOCOLS, AnomalyMetrics, MetricInputError, reduce_distributed
 from anomseg.metrics.components import TRACKS
 from anomseg.metrics.histogram import ScoreHistogram
 from anomseg.models.checkpoints import backbone_from_config
 from anomseg.models.inference import AMP, PRESETS, predict_with
 from anomseg.methods import Method, Observation, build_from_spec, check_consumable, method_class, spec_method_name
+from anomseg.methods.base import check_method_options
+from anomseg.models.inference import check_inference_settings
+from anomseg.options import NonNegativeInt, PositiveInt, check_options
 from anomseg.metrics.segmentation import confusion_matrix, miou
 
 DEFAULTS = {
@@ -85,9 +88,21 @@ def check_inference(inf: dict) -> None:
         raise ConfigError("inference.average: removed; every method now gets what it consumes (logit scores the mean "
                           "logits, probability scores the mean probabilities); use inference.preset: caos to reproduce "
                           "CAOS, with its max_mean_prob / max_double_softmax / neg_mean_prob0 scores")
+    check_inference_settings(inf)
     if inf["preset"] == "caos" and (list(inf["scales"]) != [1.0] or inf["flip"]):
         raise ConfigError("inference.preset: caos fixes the five CAOS input sizes and no flip; remove inference.scales / "
                           "inference.flip")
+
+
+def fit_section(data: DatasetSection | None = None, train_split: str = "train", val_split: str = "val",
+                max_images: PositiveInt = 200) -> None:
+    """The evaluation's ``fit`` section, declared: the data fitted scores fit on (default: the evaluated
+    dataset), its split roles and the most images they read."""
+
+
+def method_fit_section(data: DatasetSection | None = None, split: str | None = None,
+                       images: PositiveInt | None = None) -> None:
+    """A method's own ``fit`` section, declared: its data, split and image count."""
 
 
 def protocols(cfg: dict) -> list[str]:
@@ -104,9 +119,23 @@ def protocols(cfg: dict) -> list[str]:
     return names
 
 
+def overlays_section(images: NonNegativeInt = 6, threshold: str | float = "tpr95") -> None:
+    """The ``overlays`` section, declared: how many images get a panel, and at which threshold."""
+
+
 def check_settings(cfg: dict) -> None:
     """Every check that needs only the config, before anything is built or written."""
     protocols(cfg)
+    check_options("overlays", overlays_section, cfg["overlays"])
+    if not isinstance(cfg["save_every"], int) or cfg["save_every"] < 1:
+        raise ConfigError(f"save_every={cfg['save_every']!r}: give a number of images >= 1")
+    names = [m["name"] for m in cfg["methods"]]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"methods: names must be unique, got {names}; give repeated scores their own name")
+    for m in cfg["methods"]:  # fail before any fitting or inference, not after
+        if m.get("head") and not Path(m["head"]).is_file():
+            raise HeadError(f"{m['head']}: head checkpoint of method {m['name']!r} not found; train it with "
+                            f"tools/train_head.py or remove the method")
     if cfg["component_track"] != "auto" and cfg["component_track"] not in TRACKS:
         raise ConfigError(f"component_track {cfg['component_track']!r}: choose auto, {', '.join(TRACKS)}")
     if cfg["export"] not in EXPORTS:
@@ -125,8 +154,14 @@ def consumes(spec: dict) -> str:
 
 
 def check_methods(cfg: dict) -> None:
-    """Refuse a method whose input the inference settings cannot give it (one line, with the fix)."""
+    """Refuse a method with a bad option, or whose input the inference settings cannot give it (one line, with
+    the fix)."""
+    check_options("fit", fit_section, cfg["fit"])
     for spec in cfg["methods"]:
+        name = spec_method_name(spec)
+        check_method_options(name, spec.get("options", {}))
+        if "fit" in spec:
+            check_options(f"method {spec['name']!r}: fit", method_fit_section, spec["fit"])
         problem = check_consumable(consumes(spec), cfg["inference"])
         if problem:
             raise ConfigError(f"method {spec['name']!r}: {problem}")
@@ -172,6 +207,10 @@ def fit(method: Method, spec: dict, model, cfg: dict, out: Path, dist_info, prog
             raise ConfigError(f"method {name!r} is fitted on split {split!r} of dataset {data['name']!r}, which "
                               f"cannot be read ({exc}); give the method (or the fit section) fit: {{data: {{name, "
                               f"root}}, split}} naming the dataset the backbone was trained on") from None
+        if not ds.num_classes:
+            raise ConfigError(f"method {name!r} fits on closed-set labels, but {data['name']}/{split} has none (an "
+                              f"evaluation-only set); give the method (or the fit section) fit: {{data: {{name, root}}}} "
+                              f"naming the dataset the backbone was trained on")
         n = min(len(ds), fingerprint["images"])
         dev, inf = dist_info.device, cfg["inference"]
         loader = sample_loader(ds, range(n), workers=cfg["workers"], device=dev)
@@ -260,21 +299,28 @@ def run_evaluation(cfg: dict, progress: bool = True) -> dict | None:
     check_settings(cfg)
     check_inference(cfg["inference"])
     check_methods(cfg)
+    dataset = _dataset(cfg)  # before any folder is made: a wrong root leaves nothing behind
     info = init_distributed(cfg.get("device"))
     out = Path(cfg["out"])
     with output_lock(out) if info.is_main else contextlib.nullcontext():
-        return _run(cfg, info, out, progress)
+        return _run(cfg, info, out, progress, dataset)
 
 
-def _run(cfg: dict, info, out: Path, progress: bool) -> dict | None:
+def _dataset(cfg: dict):
+    """The evaluated split, checked against what the config asks of it."""
     d = cfg["data"]
     dataset = build_dataset(d["name"], d["root"], d["split"], **d.get("options", {}))
-    evaluated = not dataset.labels_hidden  # a benchmark's test split: scored and exported, never evaluated
-    if not evaluated and cfg["export"] == "none":
+    if dataset.labels_hidden and cfg["export"] == "none":
         hidden = sum(r.label is None for r in dataset.records)
         raise ConfigError(f"{d['name']}/{dataset.split}: {hidden} of {len(dataset)} frames have no public label "
                           f"({dataset.hidden_labels_note}); metrics need a split with labels (e.g. validation), "
                           f"or set export: smiyc to write the score files")
+    return dataset
+
+
+def _run(cfg: dict, info, out: Path, progress: bool, dataset) -> dict | None:
+    d = cfg["data"]
+    evaluated = not dataset.labels_hidden  # a benchmark's test split: scored and exported, never evaluated
     track = cfg["component_track"]
     if track == "auto":  # the dataset's own SegEval sizes (obstacle track: 50 / 10 px)
         track = getattr(dataset, "component_track", None) or "anomaly"
@@ -282,13 +328,7 @@ def _run(cfg: dict, info, out: Path, progress: bool) -> dict | None:
     models = _backbones(cfg, dataset.num_classes or 1, info.device)
     _check_classes(dataset, models, cfg)
     backbone_name = models[_backbone_key(cfg["backbone"])][1]
-    for m in cfg["methods"]:  # fail before any fitting or inference, not after
-        if m.get("head") and not Path(m["head"]).is_file():
-            raise HeadError(f"{m['head']}: head checkpoint of method {m['name']!r} not found; train it with "
-                            f"tools/train_head.py or remove the method")
     names = [m["name"] for m in cfg["methods"]]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"methods: names must be unique, got {names}; give repeated scores their own name")
     if info.is_main and not cfg["resume"]:  # start over: nothing of an earlier run is reused
         for sub in ("state", "fitted", "anomaly_p"):
             shutil.rmtree(out / sub, ignore_errors=True)
@@ -358,7 +398,10 @@ def _run(cfg: dict, info, out: Path, progress: bool) -> dict | None:
                 exporter.write(name, dataset.group(i), dataset.records[i].name, score[0].numpy(), image_size)
             if not evaluated:
                 continue
-            metrics[name].update(score, target, ids=[i])
+            try:
+                metrics[name].update(score, target, ids=[i])
+            except MetricInputError as exc:
+                raise MetricInputError(f"method {name!r}: {exc}") from None
             hists[name].update(score.numpy(), anomaly)
             if per_image_metrics:
                 per_image_metrics[name].update(score, target, ids=[i])
@@ -574,8 +617,16 @@ def render_overlays(eval_dir: str | Path, indices, threshold="tpr95", out_dir: s
     report_path = eval_dir / "report.json"
     if not report_path.is_file():
         raise FileNotFoundError(f"{report_path}: no evaluation report; run tools/eval_caos.py first")
-    report = json.loads(report_path.read_text())
-    cfg = merge(copy.deepcopy(DEFAULTS), report["config"])
+    try:
+        report = json.loads(report_path.read_text())
+        cfg = merge(copy.deepcopy(DEFAULTS), report["config"])
+        report["methods"]
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"{report_path}: unreadable or truncated evaluation report ({type(exc).__name__}); run "
+                          f"tools/eval_caos.py again to rewrite it") from None
+    if report.get("evaluated") is False:
+        raise ConfigError(f"{report_path}: this split was scored and exported, not evaluated (its labels are hidden); "
+                          f"there is nothing to draw")
     d = cfg["data"]
     dataset = build_dataset(d["name"], d["root"], d["split"], **d.get("options", {}))
     models = _backbones(cfg, dataset.num_classes or 1, torch.device("cpu"))

@@ -6,16 +6,20 @@ import contextlib
 import copy
 import time
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from anomseg.bank import extract_bank
-from anomseg.config import ANY, BACKBONE_SCHEMA, OPTIONAL_INT, OPTIONAL_STR, merge, save_config, schema_from_defaults
+from anomseg.config import (ANY, BACKBONE_SCHEMA, OPTIONAL_INT, OPTIONAL_STR, ConfigError, merge, save_config,
+                            schema_from_defaults)
 from anomseg.data import build_dataset
 from anomseg.data.paste import PastedDataset
 from anomseg.distributed import init_distributed
 from anomseg.files import output_lock, write_json_atomic
+from anomseg.heads import check_head_options
 from anomseg.heads.train import train_head
+from anomseg.options import NonNegativeInt, Positive, PositiveInt, check_options
 from anomseg.models.checkpoints import backbone_from_config
 
 DEFAULTS = {
@@ -38,6 +42,30 @@ SCHEMA = schema_from_defaults(DEFAULTS, {
     "bank.open_per_image": OPTIONAL_INT, "bank.val_closed_per_image": OPTIONAL_INT,
     "heads": [{"name": str, "options": ANY}],
 })
+
+
+def bank_section(dir: str | None = None, closed_per_image: PositiveInt | None = 5000,
+                 open_per_image: PositiveInt | None = None, chunk_images: PositiveInt = 16,
+                 val_closed_per_image: PositiveInt | None = None, amp: Literal["none", "bf16", "fp16"] = "none") -> None:
+    """The ``bank`` section, declared (:mod:`anomseg.options`)."""
+
+
+def train_section(steps: PositiveInt = 2000, eval_every: PositiveInt = 100, n_closed: PositiveInt = 5000,
+                  n_open: NonNegativeInt = 2500, n_fake: NonNegativeInt = 2500, lr_d: Positive = 1e-4 / 1.5,
+                  lr_g: Positive = 1e-4, max_samples: PositiveInt = 100000,
+                  closed_source: Literal["bank", "image"] = "bank") -> None:
+    """The ``train`` section, declared (:mod:`anomseg.options`)."""
+
+
+def check_settings(cfg: dict) -> None:
+    """Every check that needs only the config: heads and their options, the bank and train sections."""
+    check_options("bank", bank_section, cfg["bank"])
+    check_options("train", train_section, cfg["train"])
+    names = [h["name"] for h in cfg["heads"]]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"heads: names must be unique, got {names}")
+    for h in cfg["heads"]:
+        check_head_options(h["name"], h.get("options", {}))
 
 
 def build_banks(cfg: dict, progress: bool = True):
@@ -75,6 +103,7 @@ def run_head_training(cfg: dict, progress: bool = True) -> dict:
     heads are trained once, by rank 0; the other ranks return None once the banks are complete.
     """
     cfg = merge(copy.deepcopy(DEFAULTS), copy.deepcopy(cfg))
+    check_settings(cfg)
     out = Path(cfg["out"])
     dist_info = init_distributed(cfg.get("device"))
     with output_lock(out) if dist_info.is_main else contextlib.nullcontext():

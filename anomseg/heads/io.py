@@ -51,8 +51,24 @@ def head_from_payload(obj, device: str | torch.device = "cpu", source: str = "he
     """Rebuild a head from :func:`head_payload`'s dict; returns (head, info)."""
     if not isinstance(obj, dict) or obj.get("format") != HEAD_FORMAT:
         raise HeadError(f"{source}: not an anomseg head checkpoint (written by tools/train_head.py)")
-    head = make_head(obj["name"], obj["feat_dim"], **obj["options"])
-    head.load_state_dict(obj["state_dict"])
+    missing = [k for k in ("name", "feat_dim", "options", "state_dict") if k not in obj]
+    if missing:
+        raise HeadError(f"{source}: head checkpoint lacks {', '.join(missing)}; retrain it with tools/train_head.py")
+    if not isinstance(obj["feat_dim"], int) or not isinstance(obj["options"], dict) or \
+            not isinstance(obj["state_dict"], dict):
+        raise HeadError(f"{source}: head checkpoint fields are malformed (feat_dim {obj['feat_dim']!r}); retrain it")
+    try:
+        head = make_head(obj["name"], obj["feat_dim"], **obj["options"])
+    except (AnomsegError, ValueError, TypeError) as exc:
+        raise HeadError(f"{source}: {exc}") from None
+    try:
+        head.load_state_dict(obj["state_dict"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()
+        detail = next((ln.strip() for ln in first if "size mismatch" in ln or "Missing" in ln or "Unexpected" in ln),
+                      first[0] if first else type(exc).__name__)
+        raise HeadError(f"{source}: the {obj['name']} head's weights do not fit its recorded shape (feat_dim "
+                        f"{obj['feat_dim']}, options {obj['options']}): {detail[:200]}; retrain it") from None
     head.to(device).eval()
     return head, {k: v for k, v in obj.items() if k != "state_dict"}
 

@@ -378,7 +378,17 @@ class KNNHead(_Projected):
 
     def set_extra_state(self, state):
         if isinstance(state, torch.Tensor) and state.numel():
-            self._set_index(_faiss().deserialize_index(state.cpu().numpy()))
+            faiss = _faiss()
+            try:
+                index = faiss.deserialize_index(state.cpu().numpy())
+            except Exception as exc:  # faiss's C++ reader: truncated or corrupted bytes
+                first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+                raise ValueError(f"the kNN head's faiss index cannot be read ({first})") from None
+            dim = self.pca_dim or self.feat_dim
+            if index.d != dim or index.ntotal < self.k:
+                raise ValueError(f"the kNN head's faiss index holds {index.ntotal} rows of {index.d}-d, the head needs "
+                                 f">= k = {self.k} rows of {dim}-d")
+            self._set_index(index)
         else:
             self._index, self._search = None, None
 

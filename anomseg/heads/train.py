@@ -39,7 +39,13 @@ def validation_auroc(head, bank: FeatureBank) -> float:
     if bank.counts["open"] == 0 or bank.counts["closed"] == 0:
         raise BankError(f"{bank.root}: model selection needs open and closed pixels in the validation bank "
                         f"(open {bank.counts['open']}, closed {bank.counts['closed']})")
-    return exact_metrics(score_bank(head, bank, "open"), score_bank(head, bank, "closed"))["auroc"]
+    scores = {kind: score_bank(head, bank, kind) for kind in ("open", "closed")}
+    bad = {kind: int((~np.isfinite(s)).sum()) for kind, s in scores.items()}
+    if any(bad.values()):
+        raise HeadError(f"head {getattr(head, 'name', type(head).__name__)!r} scores {bad['open'] + bad['closed']} of the "
+                        f"{bank.counts['open'] + bank.counts['closed']} validation pixels as NaN or infinite (training "
+                        f"diverged, or the bank holds bad rows); lower the learning rate or rebuild the bank")
+    return exact_metrics(scores["open"], scores["closed"])["auroc"]
 
 
 def opengan_step(head: OpenGANHead, batch: dict, opt_d, opt_g, n_fake: int) -> tuple[float, float]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from anomseg.config import ConfigError
 from anomseg.methods.base import Method, Observation, register_method
 from anomseg.models.inference import autocast
 from anomseg.options import PositiveInt
@@ -30,6 +31,13 @@ class _FittedLogitScore(Method):
 
     def update(self, obs: Observation, semantic):
         self.scorer.update(obs.prediction.logits, semantic)
+
+    def fit(self, batches):
+        super().fit(batches)
+        if float(self.scorer.count.sum()) == 0:
+            raise ConfigError(f"method {self.name!r}: the fit data held no closed-set pixel (every label 255); fit it on "
+                              f"the labelled split of the dataset the backbone was trained on")
+        return self
 
     def score(self, obs: Observation):
         return self.scorer(obs.prediction.logits).float()

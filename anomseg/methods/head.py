@@ -30,7 +30,15 @@ class HeadMethod(Method):
             self.path = Path(head)
             self.head, self.info = load_head(self.path)
 
+    def _check_kind(self) -> None:
+        """A head file says what it is: a method named after a head kind takes only that kind."""
+        kind = getattr(self.head, "name", None)
+        if self.name != "head" and kind is not None and kind != self.name:
+            raise HeadError(f"method {self.name!r}: head {self.path or '(payload)'} holds a {kind!r} head, not a "
+                            f"{self.name!r} one; name the method {kind!r}, or give the {self.name} head's file")
+
     def setup(self, model):
+        self._check_kind()
         if self.head is None:
             raise HeadError(f"method {self.name!r} is a trained head: give 'head: <best.pth>' "
                             f"(tools/train_head.py writes <out>/heads/{self.name}/best.pth)")

@@ -87,5 +87,11 @@ def exact_groups(pos_scores: np.ndarray, neg_scores: np.ndarray) -> tuple[np.nda
 
 
 def exact_metrics(pos_scores: np.ndarray, neg_scores: np.ndarray) -> dict:
-    """Exact metrics (see :func:`group_metrics`) of two 1-D score arrays."""
-    return group_metrics(*exact_groups(np.asarray(pos_scores).ravel(), np.asarray(neg_scores).ravel()))
+    """Exact metrics (see :func:`group_metrics`) of two 1-D score arrays; NaN or infinite scores are an error
+    (NaN would sort above every score and bias every number)."""
+    pos, neg = np.asarray(pos_scores).ravel(), np.asarray(neg_scores).ravel()
+    for what, s in (("anomaly", pos), ("inlier", neg)):
+        if s.dtype.kind == "f" and not np.isfinite(s).all():
+            raise ValueError(f"{int((~np.isfinite(s)).sum())} of {s.size} {what} scores are NaN or infinite; "
+                             f"fix the score before computing metrics")
+    return group_metrics(*exact_groups(pos, neg))

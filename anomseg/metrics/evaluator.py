@@ -344,6 +344,12 @@ class AnomalyMetrics:
             out["anomaly_px"], out["inlier_px"] = m["pos"], m["neg"]
         else:
             recs = self.per_image()
+            if not recs:
+                reasons = sorted(set(self.skipped.values()))
+                hint = ("; if anomalies are marked 255 (void), map them to 1 (0 inlier, 1 anomaly, 255 void)"
+                        if "no anomaly pixel" in reasons else "")
+                raise MetricInputError(f"no image can be evaluated: all {len(self.skipped)} were skipped "
+                                       f"({', '.join(reasons) or 'none given'}){hint}")
             for key in ("auroc", "aupr", "fpr95"):
                 out[key], out[f"{key}_std"] = _fsum_mean_std([r[key] for r in recs])
             out["skipped_reasons"] = {str(i): r for i, r in sorted(self.skipped.items())}

@@ -48,8 +48,11 @@ def _read(path: Path) -> dict:
         raise ModelError(f"{path}: checkpoint not found")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, truncated files, non-tensor objects
-        raise ModelError(f"{path}: cannot be read with torch.load(weights_only=True) ({type(exc).__name__}: {exc}); "
+    except Exception as exc:  # pickle errors, truncated files, non-tensor objects: never executed
+        text = str(exc).strip()
+        hint = "it holds pickled objects, not only tensors (refused, never run)" if "weights_only" in text or \
+            "Unpickl" in text else (text.splitlines()[0][:120] if text else "unreadable")
+        raise ModelError(f"{path}: cannot be read with torch.load(weights_only=True) ({type(exc).__name__}: {hint}); "
                          f"is it a PyTorch checkpoint of plain tensors?") from None
 
 
@@ -193,6 +196,8 @@ def load_checkpoint(model: SegmentationBackbone, path_or_paths, bn: str = "auto"
         ``{"format": ..., "num_classes": ..., "source": ..., "bn": ...}`` (plus ``config`` for our
         format); ``bn`` says which normalisation the file was read as (None for non-HRNet files).
     """
+    if bn not in BN_MODES:
+        raise ModelError(f"bn={bn!r}: choose one of {', '.join(BN_MODES)}")
     if isinstance(path_or_paths, (list, tuple)) or Path(path_or_paths).is_dir():
         enc, dec = _csail_pair(path_or_paths)
         objs = (_read(enc), _read(dec))
@@ -282,6 +287,8 @@ def build_from_checkpoint(path: str | Path) -> tuple[SegmentationBackbone, dict]
 def backbone_from_config(b: dict, num_classes: int):
     """The backbone a config section names: ``{checkpoint}`` alone (an anomseg checkpoint), or
     ``{name, options, checkpoint}`` with a checkpoint in any supported format. Returns (model, name)."""
+    if b.get("bn", "auto") not in BN_MODES:  # checked whatever the file turns out to be
+        raise ModelError(f"backbone.bn={b['bn']!r}: choose one of {', '.join(BN_MODES)} (it applies to HRNet files)")
     if b.get("checkpoint") and not b.get("name"):
         model, info = build_from_checkpoint(b["checkpoint"])
         return model, info["backbone"]["name"]

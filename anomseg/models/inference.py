@@ -15,11 +15,14 @@ antialiases when shrinking); on 720x1280 that gives 304x536 ... 568x1000.
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import numpy as np
 import torch
 from PIL import Image
 
 from anomseg.models.base import resize_logits, to_model_input
+from anomseg.options import NonEmpty, Positive, check_options
 
 # hendrycks/anomaly-seg defaults.py: DATASET.imgSizes, imgMaxSize, padding_constant
 CAOS_SHORT_SIDES = (300, 375, 450, 525, 600)
@@ -52,6 +55,19 @@ class Prediction:
 
 
 AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def inference_settings(preset: Literal["none", "caos"] = "none",
+                       scales: Annotated[list[Positive], NonEmpty()] = (1.0,), flip: bool = False,
+                       amp: Literal["none", "bf16", "fp16"] = "none") -> dict:
+    """The ``inference`` section, declared (:mod:`anomseg.options`): ``preset``, input ``scales`` (each > 0,
+    at least one), ``flip`` and ``amp``."""
+    return {"preset": preset, "scales": list(scales), "flip": flip, "amp": amp}
+
+
+def check_inference_settings(inference: dict, owner: str = "inference") -> dict:
+    """``inference`` checked against :func:`inference_settings` and completed with its defaults."""
+    return inference_settings(**check_options(owner, inference_settings, inference))
 
 
 def autocast(device: torch.device | str, amp: str = "none"):
