@@ -118,11 +118,15 @@ def check_value(value, hint):
                 return value
         raise _Bad(_describe(hint))
     if origin in (typing.Union, types.UnionType):
+        failures = []
         for a in args:
             try:
                 return check_value(value, a)
-            except _Bad:
-                continue
+            except _Bad as bad:
+                failures.append((a, bad))
+        specific = [bad for a, bad in failures if a is not type(None)]
+        if len(specific) == 1 and value is not None:  # X | None given a wrong X: say what is wrong with it
+            raise _Bad(specific[0].expected + (" or null" if len(args) == 2 else ""))
         raise _Bad(_describe(hint))
     if origin in (list, tuple, collections.abc.Sequence):
         if not isinstance(value, (list, tuple)):

@@ -74,7 +74,8 @@ class AnomalySegmenter:
     @classmethod
     def from_files(cls, *, backbone: str | None = None, checkpoint: str | None = None, method: str = "msp",
                    head: str | None = None, options: dict | None = None, num_classes: int | None = None,
-                   inference: dict | None = None, device=None, fit_data=None) -> "AnomalySegmenter":
+                   inference: dict | None = None, device=None, fit_data=None,
+                   max_pixels: int = MAX_PIXELS) -> "AnomalySegmenter":
         """Build from a backbone name and / or checkpoint and a method name (``head`` for a trained head).
 
         ``checkpoint`` alone is an anomseg checkpoint (it names its backbone); with ``backbone`` any
@@ -83,7 +84,7 @@ class AnomalySegmenter:
         spec = {"name": backbone, "options": {}, "checkpoint": checkpoint}
         model, _ = backbone_from_config(spec, num_classes)
         m = build_from_spec({"name": method, "options": options or {}, **({"head": head} if head else {})})
-        seg = cls(model=model, method=m, backbone=spec, inference=inference, device=device)
+        seg = cls(model=model, method=m, backbone=spec, inference=inference, device=device, max_pixels=max_pixels)
         m.setup(seg.model)
         if m.fit_split is not None:
             if fit_data is None:

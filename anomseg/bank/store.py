@@ -103,9 +103,11 @@ class FeatureBank:
             for kind in KINDS:
                 images = self._ds[kind]["image"][p][()]
                 if images.size and (images.min() < lo or images.max() >= hi):
-                    raise BankError(f"{self.root / part_name(p)}: holds {kind} rows of images {int(images.min())}-"
-                                    f"{int(images.max())}, but part {p} of this bank holds images {lo}-{hi - 1} "
-                                    f"(a copied or misplaced part); delete it and run the extraction again")
+                    span = lambda a, b: f"image {a}" if a == b else f"images {a}-{b}"  # noqa: E731
+                    raise BankError(f"{self.root / part_name(p)}: holds {kind} rows of "
+                                    f"{span(int(images.min()), int(images.max()))}, but part {p} of this bank holds "
+                                    f"{span(lo, hi - 1)} (a copied or misplaced part); delete it and run the extraction "
+                                    f"again")
 
     def _open_part(self, i: int):
         """Open part ``i`` and check it belongs to this bank (its attributes are ``meta.json``'s)."""

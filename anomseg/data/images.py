@@ -56,7 +56,10 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageInputError(f"{path}: not a readable image ({type(exc).__name__}); give a PNG / JPEG / WebP file") from None
     _check_pixels(h, w, max_pixels, str(path))
-    return read_rgb(path)
+    try:
+        return read_rgb(path, max_pixels)
+    except AnomsegError as exc:
+        raise ImageInputError(str(exc)) from None
 
 
 def as_image_batch(images, max_pixels: int = MAX_PIXELS) -> torch.Tensor:

@@ -10,9 +10,17 @@ from PIL import Image
 from anomseg.errors import DatasetError
 
 
-def _open(path: Path) -> Image.Image:
+def _open(path: Path, max_pixels: int | None = None) -> Image.Image:
+    from anomseg.data import images
+
+    limit = max_pixels or images.MAX_PIXELS
     try:
         img = Image.open(path)
+        w, h = img.size  # from the header, before anything is decoded
+        if w * h > limit:
+            raise DatasetError(f"{path}: {w}x{h} = {w * h / 1e6:.1f} Mpx is more than the limit of "
+                               f"{limit / 1e6:.0f} Mpx per image; resize it (or raise "
+                               f"anomseg.data.images.MAX_PIXELS for a trusted file)")
         img.load()  # forces decoding: a truncated file raises here, not later
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found; check the dataset root and split") from None
@@ -26,9 +34,10 @@ def _open(path: Path) -> Image.Image:
     return img
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Read an image file as uint8 (H, W, 3) RGB; RGBA, palette and grey images are converted."""
-    img = _open(Path(path))
+def read_rgb(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
+    """Read an image file as uint8 (H, W, 3) RGB; RGBA, palette and grey images are converted. More than
+    ``max_pixels`` (default :data:`anomseg.data.images.MAX_PIXELS`) is refused before decoding."""
+    img = _open(Path(path), max_pixels)
     if img.mode != "RGB":
         img = img.convert("RGB")
     return np.asarray(img, dtype=np.uint8)
