@@ -43,6 +43,24 @@ def _reason(exc: BaseException) -> str:
     return line[:160]
 
 
+def _cut_short(path: Path, written: int) -> str | None:
+    """Why a write that a library reported in its own words stopped: a file-size limit or a full disk."""
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY and written >= limit - (1 << 16):
+            return "file too large (a file-size limit)"
+    except (ImportError, OSError, ValueError):
+        pass
+    try:
+        if os.statvfs(path.parent).f_bavail * os.statvfs(path.parent).f_frsize < (1 << 20):
+            return "disk full"
+    except OSError:
+        pass
+    return None
+
+
 def make_dirs(path: str | Path) -> Path:
     """``mkdir -p`` whose failure (a file in the way, no permission, a full disk) is one OutputError line."""
     path = Path(path)
@@ -63,6 +81,7 @@ def _atomic(path: str | Path, write) -> Path:
         write(tmp)
         os.replace(tmp, path)
     except BaseException as exc:
+        written = tmp.stat().st_size if tmp.is_file() else 0
         try:
             tmp.unlink()
         except OSError:
@@ -71,6 +90,8 @@ def _atomic(path: str | Path, write) -> Path:
             raise
         if isinstance(exc, (OSError, RuntimeError)):  # torch.save reports I/O failures as RuntimeError
             reason = _reason(exc)
+            if isinstance(exc, RuntimeError) and reason not in ("disk full", "file too large (a file-size limit)"):
+                reason = _cut_short(path, written) or reason
             if reason == "disk full":
                 raise OutputError(f"{path}: disk full; the previous version is kept; free space and run again") from None
             raise OutputError(f"{path}: cannot be written ({reason}); the previous version is kept; choose a writable "

@@ -472,8 +472,9 @@ SECOND_WAVE = [
     ("heads-bank-nan-rows", "heads", bank_nan_rows, "10 closed rows (e.g. row 3) hold NaN or infinite features"),
     ("heads-bank-copied-part", "heads", bank_copied_part, "holds closed rows of images 0-1, but part 1 of this bank holds image 2"),
     ("bdd-split-folder-is-a-file", "bdd", bdd_split_dir_is_file, "exists and is not a folder"),
+    ("empty-config", E, lambda e, t: ["--config", _yaml(t, "empty.yaml", "")], "data/synthetic"),
 ]
-NOTHING_MADE.update({"scales-empty", "scales-zero", "scales-negative", "fit-images-0", "fit-data-string",
+NOTHING_MADE.update({"empty-config", "scales-empty", "scales-zero", "scales-negative", "fit-images-0", "fit-data-string",
                      "fit-data-without-name", "protocol-typo-before-fitting", "method-option-type",
                      "method-option-range", "head-method-with-options", "yaml-duplicate-key", "yaml-billion-laughs",
                      "yaml-deep", "overlays-negative", "save-every-0", "heads-dias-temperature-0", "heads-dias-init",
@@ -490,6 +491,8 @@ def _snapshot(root: Path) -> dict:
 def test_bad_input_gives_one_line(case, env, tmp_path, capsys, monkeypatch):
     name, tool, setup, words = case
     argv = setup(env, tmp_path, monkeypatch) if setup is bomb else setup(env, tmp_path)
+    if name == "empty-config":  # the defaults' relative paths (data/synthetic, runs/eval) resolve here
+        monkeypatch.chdir(tmp_path)
     if name in PATCHES:
         PATCHES[name](tmp_path, monkeypatch)
     before = _snapshot(tmp_path)
@@ -511,6 +514,7 @@ def test_bad_input_gives_one_line(case, env, tmp_path, capsys, monkeypatch):
     assert not [p for p in tmp_path.rglob("*.tmp")], name  # no half-written file left behind
     if name in NOTHING_MADE:  # refused from the config alone: before any folder was made
         assert not (tmp_path / "out").exists() and not (tmp_path / "heads" / "bank").exists(), name
+        assert not (tmp_path / "runs").exists(), name
 
 
 def test_the_table_is_large_enough():
@@ -659,3 +663,19 @@ def test_api_bad_input_gives_one_line(case, env, tmp_path, monkeypatch):
         assert "Traceback" not in msg
     assert _snapshot(env) == shared, name
     assert not list(tmp_path.rglob("*.tmp")), name
+
+
+def test_a_real_file_size_limit_during_a_checkpoint_save(env, tmp_path):
+    """RLIMIT_FSIZE hit while torch writes a checkpoint: one line, exit 2, no .tmp (Python ignores SIGXFSZ, so
+    the write fails with EFBIG)."""
+    import subprocess
+
+    argv = seg_cfg(env, tmp_path)
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000)); "
+            f"sys.path.insert(0, {str(ROOT / 'tools')!r}); import train_seg; sys.exit(train_seg.main({argv!r}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    err = [ln for ln in proc.stderr.splitlines() if ln.strip() and "%|" not in ln]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(err) == 1 and err[0].startswith("error: ") and "file too large" in err[0], err
+    assert not list(tmp_path.rglob("*.tmp"))
