@@ -1,29 +1,226 @@
-"""The shared shape of the config-driven tools: ``--config FILE [key.sub=value ...]``."""
+"""The ``anomseg`` command and the shared shape of the config-driven tools (``--config FILE [key.sub=value ...]``).
+
+    anomseg demo --out runs/demo [--full]
+    anomseg eval --config eval_synthetic_tiny [key.sub=value ...]     # a packaged config by name, or a path
+    anomseg train-seg | train-head | tune --config ...
+    anomseg visualize runs/demo/eval [--images 0 5] [--threshold best_f1|tpr95|0.5|top5%]
+    anomseg make-synthetic data/synthetic [--train 300 ...]
+
+Every subcommand takes the arguments of the script of the same name in ``tools/`` (which only calls it);
+``--help`` of a config-driven one lists its config keys with their defaults. Bad input is one line on
+stderr (``error: ...``) and exit code 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import sysconfig
+import time
+from pathlib import Path
 from typing import Callable
 
-from anomseg.config import load_config
+from anomseg.config import ConfigError, load_config
 from anomseg.distributed import cleanup
 from anomseg.errors import AnomsegError
 
+# -- configs by name -------------------------------------------------------------------------------------
+
+
+def config_dirs() -> list[Path]:
+    """Where packaged configs are: the clone's ``configs/`` (editable installs, running from the clone) and
+    ``<prefix>/share/anomseg/configs`` (what ``pip install .`` installs)."""
+    return [Path(__file__).resolve().parents[1] / "configs", Path(sysconfig.get_path("data")) / "share" / "anomseg" / "configs"]
+
+
+def packaged_configs() -> list[str]:
+    names = set()
+    for d in config_dirs():
+        if d.is_dir():
+            names.update(p.stem for p in d.glob("*.yaml"))
+    return sorted(names)
+
+
+def resolve_config(name: str) -> Path:
+    """A config path as given, or a packaged config by name (``demo``, ``eval_synthetic_tiny``, ...)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    if path.suffix in ("", ".yaml") and len(path.parts) == 1:
+        for d in config_dirs():
+            cand = d / f"{path.stem}.yaml"
+            if cand.is_file():
+                return cand
+    raise ConfigError(f"{name}: config not found (neither a file nor a packaged config; packaged: "
+                      f"{', '.join(packaged_configs()) or 'none found'})")
+
+
+def _flat(d: dict, prefix: str = "") -> list[tuple[str, object]]:
+    out = []
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out += _flat(v, key + ".")
+        else:
+            out.append((key, v))
+    return out
+
+
+def keys_help(defaults: dict | None) -> str:
+    """The config keys of a tool with their defaults, one a line (for ``--help``)."""
+    if not defaults:
+        return ""
+    lines = ["config keys (defaults; set in the YAML file or as key.sub=value):"]
+    lines += [f"  {k} = {v!r}" for k, v in _flat(defaults)]
+    return "\n".join(lines)
+
 
 def config_tool(description: str, run: Callable[[dict], object], defaults: dict | None = None,
-                argv=None, errors: tuple = (AnomsegError,), schema: dict | None = None) -> int:
+                argv=None, errors: tuple = (AnomsegError,), schema: dict | None = None, prog: str | None = None) -> int:
     """Parse ``--config`` and overrides, check them against ``schema``, run ``run(cfg)``; bad input -> one
     line on stderr (``error: ...``) and exit code 2."""
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--config", required=True, help="YAML config (see configs/)")
+    p = argparse.ArgumentParser(prog=prog, description=description, epilog=keys_help(defaults),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="YAML config: a path, or a packaged config by name "
+                                                   f"({', '.join(packaged_configs())})")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.epochs=2 out=runs/x")
     a = p.parse_args(argv)
     try:
-        run(load_config(a.config, a.overrides, defaults, schema))
+        run(load_config(resolve_config(a.config), a.overrides, defaults, schema))
     except errors as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
         cleanup()
     return 0
+
+
+# -- the subcommands ---------------------------------------------------------------------------------------
+
+def eval_main(argv=None, prog: str | None = None) -> int:
+    from anomseg.engine.evaluate import DEFAULTS, SCHEMA, markdown_table, run_evaluation
+
+    def evaluate_and_print(cfg: dict) -> None:
+        report = run_evaluation(cfg)
+        if report is not None:  # rank 0
+            print(markdown_table(report))
+    return config_tool("Evaluate anomaly scores and heads on a dataset split.", evaluate_and_print, DEFAULTS, argv,
+                       errors=(AnomsegError, ValueError), schema=SCHEMA, prog=prog)
+
+
+def train_seg_main(argv=None, prog: str | None = None) -> int:
+    from anomseg.engine.train_seg import DEFAULTS, SCHEMA, train_segmentation
+
+    return config_tool("Train a segmentation backbone.", train_segmentation, DEFAULTS, argv, schema=SCHEMA, prog=prog)
+
+
+def train_head_main(argv=None, prog: str | None = None) -> int:
+    from anomseg.engine.train_heads import DEFAULTS, SCHEMA, run_head_training
+
+    return config_tool("Train per-pixel anomaly heads on a feature bank.", run_head_training, DEFAULTS, argv,
+                       schema=SCHEMA, prog=prog)
+
+
+def tune_main(argv=None, prog: str | None = None) -> int:
+    from anomseg.engine.tune import run_tuning
+
+    def tune_and_print(cfg: dict) -> None:
+        r = run_tuning(cfg)
+        print(f"best validation AUROC {r['best_value']:.4f} with {r['best_params']} ({r['trials']} trials)")
+    return config_tool("Tune hyperparameters on validation AUROC (Optuna).", tune_and_print, None, argv,
+                       errors=(AnomsegError, ValueError), prog=prog)
+
+
+def _threshold_arg(text: str):
+    if text in ("tpr95", "best_f1") or (text.startswith("top") and text.endswith("%")):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"threshold {text!r}: give best_f1, tpr95, a number, or topK% (e.g. top5%)") from None
+
+
+def visualize_main(argv=None, prog: str | None = None) -> int:
+    p = argparse.ArgumentParser(prog=prog, description="Write overlay panels for images of an evaluation and rewrite "
+                                                        "its report.html.")
+    p.add_argument("eval_dir", help="an evaluation's output folder (holds report.json)")
+    p.add_argument("--images", type=int, nargs="*", default=None, help="image indices of the evaluated split")
+    p.add_argument("--first", type=int, default=8, help="without --images: the first N images")
+    p.add_argument("--threshold", type=_threshold_arg, default="best_f1")
+    p.add_argument("--out", default=None, help="output folder (default: <eval_dir>/overlays)")
+    a = p.parse_args(argv)
+    from anomseg.engine.evaluate import render_overlays
+
+    try:
+        paths = render_overlays(a.eval_dir, a.images if a.images is not None else range(a.first), a.threshold, a.out)
+    except (AnomsegError, FileNotFoundError, IndexError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(paths)} panels to {paths[0].parent if paths else a.out}")
+    return 0
+
+
+def demo_main(argv=None, prog: str | None = None) -> int:
+    p = argparse.ArgumentParser(prog=prog, description="The anomseg demo on the synthetic street scenes (CPU).")
+    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--full", action="store_true", help="the fuller profile (configs/demo_full.yaml): every head, longer")
+    p.add_argument("--config", default=None, help="demo config, a path or a packaged name (default: demo, or "
+                                                  "demo_full with --full)")
+    p.add_argument("--workers", type=int, default=None, help="data generator processes (default: all cores)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the demo config, e.g. seg.train.epochs=2")
+    a = p.parse_args(argv)
+    from anomseg.engine.demo import SCHEMA, print_report, run_demo
+
+    t0 = time.perf_counter()
+    try:
+        config = resolve_config(a.config or ("demo_full" if a.full else "demo"))
+        report = run_demo(load_config(config, a.overrides, schema=SCHEMA), a.out, seed=a.seed, workers=a.workers)
+    except AnomsegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print()
+    print_report(report)
+    eval_dir = Path(a.out) / "eval"
+    print(f"\nopen {eval_dir / 'report.html'} in a browser (table, curves, histograms, overlays); "
+          f"report.json and per_image.csv beside it; {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def make_synthetic_main(argv=None, prog: str | None = None) -> int:
+    from anomseg.data.synthetic import main
+
+    return main(argv)
+
+
+COMMANDS = {
+    "demo": (demo_main, "run the whole pipeline on the synthetic street scenes"),
+    "eval": (eval_main, "evaluate anomaly methods on a dataset split (tools/eval_caos.py)"),
+    "train-seg": (train_seg_main, "train a segmentation backbone (tools/train_seg.py)"),
+    "train-head": (train_head_main, "build the feature bank and train per-pixel heads (tools/train_head.py)"),
+    "visualize": (visualize_main, "overlay panels and report.html of an evaluation (tools/visualize.py)"),
+    "tune": (tune_main, "tune hyperparameters on validation AUROC (tools/tune.py)"),
+    "make-synthetic": (make_synthetic_main, "generate the synthetic street-scene dataset"),
+}
+
+
+def main(argv=None) -> int:
+    """``anomseg <command> ...``; ``anomseg --help`` lists the commands, ``anomseg <command> --help`` its arguments."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    usage = "anomseg <command> [arguments]\n\ncommands:\n" + "\n".join(f"  {k:<15}{v[1]}" for k, v in COMMANDS.items())
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage + "\n\n`anomseg <command> --help` lists a command's arguments (and config keys).")
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from anomseg import __version__
+
+        print(f"anomseg {__version__}")
+        return 0
+    if argv[0] not in COMMANDS:
+        print(f"error: unknown command {argv[0]!r}; one of {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    return COMMANDS[argv[0]][0](argv[1:], prog=f"anomseg {argv[0]}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -43,16 +43,27 @@ def tpr_threshold(hist: ScoreHistogram, level: float = 0.95) -> float:
     return hist.bin_lower_edge(bins[reach[-1]])
 
 
+# 20 distinct colours (tab20's dark shades, then its light ones) and four line styles: every method of a
+# table up to 20 gets its own colour, and its own (colour, style) pair beyond
+_COLOURS = [plt.get_cmap("tab20")(i) for i in list(range(0, 20, 2)) + list(range(1, 20, 2))]
+_STYLES = ["-", "--", "-.", ":"]
+
+
+def method_style(i: int) -> dict:
+    """Matplotlib colour and line style of the ``i``-th method of a figure."""
+    return {"color": _COLOURS[i % len(_COLOURS)], "ls": _STYLES[i % len(_STYLES)]}
+
+
 def plot_curves(hists: dict[str, ScoreHistogram], out_dir: Path) -> list[Path]:
-    """roc.png and pr.png with one curve per method."""
+    """roc.png and pr.png with one curve per method (each its own colour and line style)."""
     make_dirs(out_dir)
     paths = []
     for kind, (x, y, xl, yl) in {"roc": ("fpr", "tpr", "false positive rate", "true positive rate"),
                                  "pr": ("recall", "precision", "recall", "precision")}.items():
         fig, ax = plt.subplots(figsize=(5, 4.5), dpi=110)
-        for name, h in hists.items():
+        for i, (name, h) in enumerate(hists.items()):
             c = curves(h)
-            ax.plot(c[x], c[y], label=name, lw=1.5)
+            ax.plot(c[x], c[y], label=name, lw=1.5, **method_style(i))
         if kind == "roc":
             ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
         ax.set(xlabel=xl, ylabel=yl, xlim=(0, 1), ylim=(0, 1.01), title=f"{kind.upper()} (pooled pixels)")
@@ -129,14 +140,20 @@ def overlay_panel(image: np.ndarray, anomaly: np.ndarray, maps: dict[str, np.nda
     rows = [np.concatenate([_label(image, "input"), _label(ground_truth_view(image, anomaly),
                                                            "anomaly outlined, void grey")], 1)]
     for name, score in maps.items():
+        flagged = float((score >= thresholds[name]).mean())
         rows.append(np.concatenate([_label(_heat(score), name),
                                     _label(threshold_view(image, anomaly, score, thresholds[name]),
-                                           f"{name} >= {threshold_label}")], 1))
+                                           f"{name} >= {threshold_label}: {100 * flagged:.1f}% of pixels")], 1))
     return np.concatenate(rows, 0)
 
 
 def resolve_threshold(spec, hist: ScoreHistogram | None, score: np.ndarray) -> tuple[float, str]:
-    """``"tpr95"`` (from the split's histogram), a number, or ``"top5%"`` (per image) -> (value, label)."""
+    """``"best_f1"`` (the pixel threshold of the best F1 on the split, the one SMIYC's component metrics use),
+    ``"tpr95"`` (from the split's histogram), a number, or ``"top5%"`` (per image) -> (value, label)."""
+    if spec == "best_f1":
+        if hist is None:
+            raise ValueError("threshold 'best_f1' needs the split's pooled histogram")
+        return hist.best_f1_threshold()[0], "best-F1 threshold"
     if spec == "tpr95":
         if hist is None:
             raise ValueError("threshold 'tpr95' needs the split's pooled histogram")

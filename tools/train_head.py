@@ -1,4 +1,5 @@
-"""Build (or reuse) the feature bank and train / fit per-pixel heads, selecting on validation AUROC.
+"""Build (or reuse) the feature bank and train / fit per-pixel heads, selecting on validation AUROC
+(``anomseg train-head``).
 
     python tools/train_head.py --config configs/heads_synthetic_tiny.yaml [key.sub=value ...]
 
@@ -7,12 +8,11 @@ Writes the resolved config, the banks, and per head its best and last checkpoint
 
 import sys
 
-from anomseg.cli import config_tool
-from anomseg.engine.train_heads import DEFAULTS, SCHEMA, run_head_training
+from anomseg.cli import train_head_main
 
 
 def main(argv=None) -> int:
-    return config_tool("Train per-pixel anomaly heads on a feature bank.", run_head_training, DEFAULTS, argv, schema=SCHEMA)
+    return train_head_main(argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Train a segmenter: ``python tools/train_seg.py --config configs/seg_synthetic_tiny.yaml [key.sub=value ...]``.
+"""Train a segmenter (``anomseg train-seg``): ``python tools/train_seg.py --config configs/seg_synthetic_tiny.yaml [key.sub=value ...]``.
 
 Runs unchanged under ``torchrun --nproc_per_node=N tools/train_seg.py --config ...`` (gloo on CPU,
 NCCL on GPU). Resumes from ``<out>/checkpoints/last.pth`` when it exists.
@@ -6,12 +6,11 @@ NCCL on GPU). Resumes from ``<out>/checkpoints/last.pth`` when it exists.
 
 import sys
 
-from anomseg.cli import config_tool
-from anomseg.engine.train_seg import DEFAULTS as SEG_DEFAULTS, SCHEMA as SEG_SCHEMA, train_segmentation
+from anomseg.cli import train_seg_main
 
 
 def main(argv=None) -> int:
-    return config_tool("Train a segmentation backbone.", train_segmentation, SEG_DEFAULTS, argv, schema=SEG_SCHEMA)
+    return train_seg_main(argv)
 
 
 if __name__ == "__main__":

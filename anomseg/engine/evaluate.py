@@ -45,6 +45,7 @@ from anomseg.files import (check_fingerprint, file_digest, load_state, output_lo
 from anomseg.distributed import all_reduce_sum, barrier, init_distributed
 from anomseg.engine.export import EXPORTS, SmiycExporter
 from anomseg.heads.io import HeadError
+from anomseg.html_report import write_html_report
 from anomseg.metrics import PROTOCOLS, AnomalyMetrics, MetricInputError, reduce_distributed
 from anomseg.metrics.components import TRACKS
 from anomseg.metrics.histogram import ScoreHistogram
@@ -74,7 +75,7 @@ DEFAULTS = {
     "fit": {"data": None, "train_split": "train", "val_split": "val", "max_images": 200},
     "save_every": 25,
     "resume": True,
-    "overlays": {"images": 6, "threshold": "tpr95"},
+    "overlays": {"images": 6, "threshold": "best_f1"},  # or tpr95, a number, topK%
 }
 
 
@@ -119,7 +120,7 @@ def protocols(cfg: dict) -> list[str]:
     return names
 
 
-def overlays_section(images: NonNegativeInt = 6, threshold: str | float = "tpr95") -> None:
+def overlays_section(images: NonNegativeInt = 6, threshold: str | float = "best_f1") -> None:
     """The ``overlays`` section, declared: how many images get a panel, and at which threshold."""
 
 
@@ -132,10 +133,7 @@ def check_settings(cfg: dict) -> None:
     names = [m["name"] for m in cfg["methods"]]
     if len(set(names)) != len(names):
         raise ConfigError(f"methods: names must be unique, got {names}; give repeated scores their own name")
-    for m in cfg["methods"]:  # fail before any fitting or inference, not after
-        if m.get("head") and not Path(m["head"]).is_file():
-            raise HeadError(f"{m['head']}: head checkpoint of method {m['name']!r} not found; train it with "
-                            f"tools/train_head.py or remove the method")
+
     if cfg["component_track"] != "auto" and cfg["component_track"] not in TRACKS:
         raise ConfigError(f"component_track {cfg['component_track']!r}: choose auto, {', '.join(TRACKS)}")
     if cfg["export"] not in EXPORTS:
@@ -165,6 +163,10 @@ def check_methods(cfg: dict) -> None:
         problem = check_consumable(consumes(spec), cfg["inference"])
         if problem:
             raise ConfigError(f"method {spec['name']!r}: {problem}")
+    for m in cfg["methods"]:  # fail before any fitting or inference, not after
+        if m.get("head") and not Path(m["head"]).is_file():
+            raise HeadError(f"{m['head']}: head checkpoint of method {m['name']!r} not found; train it with "
+                            f"tools/train_head.py or remove the method")
 
 
 SCHEMA = schema_from_defaults(DEFAULTS, {
@@ -475,7 +477,40 @@ def _run(cfg: dict, info, out: Path, progress: bool, dataset) -> dict | None:
     report = _write_report(cfg, out, dataset, backbone_name, methods, metrics, extra, per_image_metrics, hists, conf, k,
                            exporter)
     _write_overlays(cfg, out, dataset, names, hists)
+    source = per_image_metrics or metrics
+    worst = {n: [r["id"] for r in sorted(source[n].per_image(), key=lambda r: (r["auroc"], r["id"]))[:WORST]]
+             for n in names}
+    _write_worst(cfg, out, dataset, models, methods, hists, worst)
+    write_html_report(out, worst)
     return report
+
+
+WORST = 3  # images per method in report.html's "where each method does worst"
+
+
+def _score_images(dataset, indices, models: dict, methods: list, inf: dict):
+    """Yield (index, sample, {method: float32 (H, W) score map}) for chosen images of a split."""
+    for i in indices:
+        s = dataset[i]
+        model0 = next(iter(models.values()))[0]
+        images = torch.from_numpy(np.array(s["image"]))[None].to(next(model0.parameters()).device)
+        size = s["anomaly"].shape
+        outputs = {key: predict_with(mdl, images, size, inf) for key, (mdl, _) in models.items()}
+        maps = {m.name: m.method.score(Observation(outputs[m.backbone_key], images, models[m.backbone_key][0], size,
+                                                   inf["amp"]))[0].float().cpu().numpy() for m in methods}
+        yield i, s, maps
+
+
+def _write_worst(cfg, out, dataset, models, methods, hists, worst: dict[str, list[int]]) -> None:
+    """``worst/<method>_<i>.png``: each method's panel on the images where it does worst."""
+    shutil.rmtree(out / "worst", ignore_errors=True)  # only this run's panels
+    wanted = sorted({i for ids in worst.values() for i in ids})
+    for i, s, maps in _score_images(dataset, wanted, models, methods, cfg["inference"]):
+        for name, ids in worst.items():
+            if i in ids:
+                t, label = viz.resolve_threshold(cfg["overlays"]["threshold"], hists[name], maps[name])
+                panel = viz.overlay_panel(np.array(s["image"]), s["anomaly"], {name: maps[name]}, {name: t}, label)
+                viz.save_png(out / "worst" / f"{viz.safe_name(name)}_{i}.png", panel)
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
@@ -525,8 +560,11 @@ def _write_report(cfg, out, dataset, backbone_name, methods, metrics, extra, per
         r = metrics[m.name].compute()
         r.pop("skipped_reasons", None)
         r["tpr95_threshold"] = viz.tpr_threshold(hists[m.name])
+        # the overlays' thresholds on this split (pooled pixels, `score >= t`)
+        r["overlay_thresholds"] = {"best_f1": hists[m.name].best_f1_threshold()[0], "tpr95": r["tpr95_threshold"]}
         if extra:  # every protocol asked for, the headline first, each with its arithmetic
-            r["protocols"] = {r["protocol"]: {k_: v for k_, v in r.items() if k_ != "tpr95_threshold"}}
+            r["protocols"] = {r["protocol"]: {k_: v for k_, v in r.items() if k_ not in ("tpr95_threshold",
+                                                                                         "overlay_thresholds")}}
             for p, e in extra.items():
                 other = e[m.name].compute()
                 other.pop("skipped_reasons", None)
@@ -601,13 +639,14 @@ def _write_overlays(cfg, out, dataset, names, hists) -> None:
             viz.save_png(out / "overlays" / f"{i:04d}_{dataset.records[i].name.replace('/', '_')}.png", panel)
 
 
-def render_overlays(eval_dir: str | Path, indices, threshold="tpr95", out_dir: str | Path | None = None,
+def render_overlays(eval_dir: str | Path, indices, threshold="best_f1", out_dir: str | Path | None = None,
                     progress: bool = True) -> list[Path]:
     """Overlay panels for chosen images of a finished evaluation (``report.json`` in ``eval_dir``).
 
     Args:
         indices: image indices of the evaluated split.
-        threshold: ``"tpr95"`` (each method's TPR-95 threshold on that split, from the report), a
+        threshold: ``"best_f1"`` (each method's best-F1 pixel threshold on that split, from the report),
+            ``"tpr95"`` (each method's TPR-95 threshold on that split), a
             number, or ``"topK%"`` (the K% highest-scoring pixels of each image).
         out_dir: where the PNGs go (default ``<eval_dir>/overlays``).
     Returns:
@@ -635,21 +674,27 @@ def render_overlays(eval_dir: str | Path, indices, threshold="tpr95", out_dir: s
     out_dir = Path(out_dir or eval_dir / "overlays")
     paths = []
     inf = cfg["inference"]
-    for i in tqdm(list(indices), desc="overlays", disable=not progress):
+    indices = list(indices)
+    for i in indices:
         if not 0 <= i < len(dataset):
             raise IndexError(f"image index {i} is outside the {len(dataset)} images of {d['split']}")
-        s = dataset[i]
-        images = torch.from_numpy(np.array(s["image"]))[None]
-        size = s["anomaly"].shape
-        outputs = {key: predict_with(mdl, images, size, inf) for key, (mdl, _) in models.items()}
-        maps, thresholds, label = {}, {}, ""
+    for i, s, maps in tqdm(_score_images(dataset, indices, models, methods, inf), total=len(indices), desc="overlays",
+                           disable=not progress):
+        thresholds, label = {}, ""
         for m in methods:
-            obs = Observation(outputs[m.backbone_key], images, models[m.backbone_key][0], size, inf["amp"])
-            maps[m.name] = m.method.score(obs)[0].numpy()
-            if threshold == "tpr95":
-                thresholds[m.name], label = report["methods"][m.name]["tpr95_threshold"], "TPR95"
+            if threshold in ("tpr95", "best_f1"):
+                saved = report["methods"][m.name].get("overlay_thresholds", {})
+                if threshold not in saved and threshold == "tpr95":
+                    saved = {"tpr95": report["methods"][m.name]["tpr95_threshold"]}
+                if threshold not in saved:
+                    raise ConfigError(f"{report_path}: records no {threshold} threshold of {m.name!r} (an older report); "
+                                      f"evaluate again, or give --threshold tpr95 or a number")
+                thresholds[m.name] = saved[threshold]
+                label = "TPR95" if threshold == "tpr95" else "best-F1 threshold"
             else:
                 thresholds[m.name], label = viz.resolve_threshold(threshold, None, maps[m.name])
         panel = viz.overlay_panel(np.array(s["image"]), s["anomaly"], maps, thresholds, label)
         paths.append(viz.save_png(out_dir / f"{i:04d}_{dataset.records[i].name.replace('/', '_')}.png", panel))
+    if out_dir == eval_dir / "overlays":  # the gallery changed: the page shows it
+        write_html_report(eval_dir)
     return paths
