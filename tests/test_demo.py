@@ -10,8 +10,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import demo  # noqa: E402
 
-METHODS = ["msp", "max_logit", "entropy", "energy", "sml", "kl_matching", "cores", "opengan_fea", "cls_fea", "opengan0_fea",
-           "dias_fea"]
+METHODS = ["msp", "max_logit", "entropy", "energy", "sml", "kl_matching", "cores", "opengan_fea", "cls_fea"]
+FULL_METHODS = METHODS + ["opengan0_fea", "dias_fea"]  # `anomseg demo --full` (configs/demo_full.yaml)
+
+
+def test_the_full_profile_has_every_head_and_the_default_every_family():
+    full = yaml.safe_load((ROOT / "configs" / "demo_full.yaml").read_text())
+    assert [m["name"] for m in full["eval"]["methods"]] == FULL_METHODS
+    assert [h["name"] for h in full["heads"]["heads"]] == ["opengan_fea", "cls_fea", "opengan0_fea", "dias_fea"]
+    default = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    # post-hoc, fitted, CORES and trained heads, each evaluated
+    assert {"msp", "sml", "kl_matching", "cores", "opengan_fea"} <= {m["name"] for m in default["eval"]["methods"]}
 
 
 def tiny_config(tmp_path):
@@ -40,7 +49,7 @@ def test_demo_runs_every_stage_and_reuses_outputs(tmp_path, capsys):
         assert 0 <= r["auroc"] <= 1 and 0 <= r["aupr"] <= 1 and 0 <= r["fpr95"] <= 1, name
         assert r["images"] >= 1
     assert 0 <= report["miou"] <= 1
-    for f in ("eval/report.md", "eval/per_image.csv", "eval/roc.png", "eval/pr.png", "eval/hist_opengan_fea.png",
+    for f in ("eval/report.md", "eval/report.html", "eval/per_image.csv", "eval/roc.png", "eval/pr.png", "eval/hist_opengan_fea.png",
               "config.yaml", "seg/checkpoints/best.pth", "heads/heads/opengan_fea/best.pth", "heads/bank/train/meta.json"):
         assert (out / f).is_file(), f
     assert len(list((out / "eval" / "overlays").glob("*.png"))) == 2
