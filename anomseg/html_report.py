@@ -154,7 +154,7 @@ def write_html_report(eval_dir: str | Path, worst: dict[str, list[int]] | None =
     for m in names:
         f = f"hist_{safe_name(m)}.png"
         if (eval_dir / f).is_file():
-            parts.append(f'<figure><img src="{f}" alt="{html.escape(m)}" width="420"><figcaption>{html.escape(m)}</figcaption></figure>')
+            parts.append(f'<figure><img src="{f}" alt="{html.escape(m)}" width="360"><figcaption>{html.escape(m)}</figcaption></figure>')
     parts.append("</div></section>")
     threshold = report.get("config", {}).get("overlays", {}).get("threshold", "best_f1")
     parts.append(f'<section id="gallery"><h2>Overlays</h2><p class="note">Per method its heat map and the pixels at or '
@@ -175,7 +175,7 @@ def write_html_report(eval_dir: str | Path, worst: dict[str, list[int]] | None =
             if rec is None:
                 continue
             png = f"worst/{safe_name(m)}_{i}.png"
-            img = f'<img src="{html.escape(png)}" alt="{html.escape(png)}" width="420">' if (eval_dir / png).is_file() else ""
+            img = f'<img src="{html.escape(png)}" alt="{html.escape(png)}" width="360">' if (eval_dir / png).is_file() else ""
             vals = "".join(_cell(float(rec[k])) for k, _ in COLUMNS)
             items.append(f'<figure data-method="{html.escape(m)}" data-image="{i}">{img}<figcaption>image {i} '
                          f'({html.escape(rec["name"])})</figcaption><table class="image-metrics"><tr>'
