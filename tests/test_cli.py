@@ -92,3 +92,41 @@ def test_a_non_editable_install_works_from_another_folder(tmp_path):
     assert ev.returncode == 0, ev.stderr[-3000:]
     report = json.loads((work / "out" / "report.json").read_text())
     assert set(report["methods"]) == {"msp", "energy"} and (work / "out" / "report.html").is_file()
+
+
+def test_every_packaged_config_passes_its_tools_checks():
+    """The shipped configs satisfy the declared option types and ranges of the tool they are for."""
+    import anomseg.engine.evaluate as ev
+    import anomseg.engine.train_heads as th
+    import anomseg.engine.train_seg as ts
+    from anomseg.config import load_config
+    from anomseg.engine.demo import SCHEMA as DEMO_SCHEMA, stage_configs
+    from anomseg.methods import spec_method_name
+    from anomseg.methods.base import check_method_options
+    from anomseg.options import check_options
+
+    def check_eval(c):
+        ev.check_settings(c)
+        ev.check_inference(c["inference"])
+        for m in c["methods"]:
+            check_method_options(spec_method_name(m), m.get("options", {}))
+
+    seen = 0
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        if path.stem.startswith("seg_"):
+            c = load_config(path, [], ts.DEFAULTS, ts.SCHEMA)
+            check_options("train", ts.train_section, c["train"])
+            check_options("data", ts.data_section, c["data"])
+        elif path.stem.startswith("heads_"):
+            th.check_settings(load_config(path, [], th.DEFAULTS, th.SCHEMA))
+        elif path.stem.startswith("eval_"):
+            check_eval(load_config(path, [], ev.DEFAULTS, ev.SCHEMA))
+        elif path.stem.startswith("demo"):
+            stages = stage_configs(load_config(path, [], schema=DEMO_SCHEMA), Path("/nonexistent"), 0)
+            check_options("train", ts.train_section, stages["seg"]["train"])
+            th.check_settings(stages["heads"])
+            check_eval(stages["eval"])
+        else:
+            continue
+        seen += 1
+    assert seen >= 10

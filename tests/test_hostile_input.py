@@ -281,7 +281,8 @@ CASES = [
     ("dataset-root-missing", E, lambda e, t: ["--config", _eval_cfg(e, t, data={"root": str(t / "nowhere")})], "nowhere"),
     ("decompression-bomb", E, bomb, "image too large"),
     ("seg-typo", "seg", lambda e, t: seg_cfg(e, t, "train.epoch=99"), "did you mean 'train.epochs'"),
-    ("seg-batch-size-0", "seg", lambda e, t: seg_cfg(e, t, "train.batch_size=0"), "train.batch_size=0 must be at least 1"),
+    ("seg-batch-size-0", "seg", lambda e, t: seg_cfg(e, t, "train.batch_size=0"),
+     "train: option batch_size = 0 must be an integer >= 1"),
     ("seg-batch-above-images", "seg", lambda e, t: seg_cfg(e, t, "train.batch_size=64"), "fewer than train.batch_size=64"),
     ("seg-unknown-loss", "seg", lambda e, t: seg_cfg(e, t, "train.loss.name=focal"), "train.loss.name='focal' is unknown"),
     ("seg-bad-finetune", "seg", lambda e, t: seg_cfg(e, t, "train.finetune=some"), "train.finetune='some'"),
@@ -473,8 +474,12 @@ SECOND_WAVE = [
     ("heads-bank-copied-part", "heads", bank_copied_part, "holds closed rows of images 0-1, but part 1 of this bank holds image 2"),
     ("bdd-split-folder-is-a-file", "bdd", bdd_split_dir_is_file, "exists and is not a folder"),
     ("empty-config", E, lambda e, t: ["--config", _yaml(t, "empty.yaml", "")], "data/synthetic"),
+    ("seg-epochs-0", "seg", lambda e, t: seg_cfg(e, t, "train.epochs=0"), "option epochs = 0 must be an integer >= 1"),
+    ("seg-momentum-1.5", "seg", lambda e, t: seg_cfg(e, t, "train.momentum=1.5"), "option momentum = 1.5 must be a number in [0, 1)"),
+    ("seg-crop-one-value", "seg", lambda e, t: seg_cfg(e, t, "data.crop=[64]"), "data.crop=[64]: give 2 values"),
 ]
-NOTHING_MADE.update({"empty-config", "scales-empty", "scales-zero", "scales-negative", "fit-images-0", "fit-data-string",
+NOTHING_MADE.update({"empty-config", "seg-batch-size-0", "seg-epochs-0", "seg-momentum-1.5", "seg-crop-one-value",
+                     "scales-empty", "scales-zero", "scales-negative", "fit-images-0", "fit-data-string",
                      "fit-data-without-name", "protocol-typo-before-fitting", "method-option-type",
                      "method-option-range", "head-method-with-options", "yaml-duplicate-key", "yaml-billion-laughs",
                      "yaml-deep", "overlays-negative", "save-every-0", "heads-dias-temperature-0", "heads-dias-init",
@@ -514,7 +519,7 @@ def test_bad_input_gives_one_line(case, env, tmp_path, capsys, monkeypatch):
     assert not [p for p in tmp_path.rglob("*.tmp")], name  # no half-written file left behind
     if name in NOTHING_MADE:  # refused from the config alone: before any folder was made
         assert not (tmp_path / "out").exists() and not (tmp_path / "heads" / "bank").exists(), name
-        assert not (tmp_path / "runs").exists(), name
+        assert not (tmp_path / "runs").exists() and not (tmp_path / "seg").exists(), name
 
 
 def test_the_table_is_large_enough():

@@ -16,6 +16,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from anomseg.models.base import resize_logits
 from anomseg.data.paste import PastedDataset
 from anomseg.train.augment import SegAugment, sample_seed
 from anomseg.train.losses import LOSSES, pixel_loss
+from anomseg.options import NonEmpty, NonNegative, NonNegativeInt, Positive, PositiveInt, Range, check_options
 
 DEFAULTS = {
     "seed": 0,
@@ -139,12 +141,35 @@ def resume_fingerprint(cfg: dict) -> dict:
     return fp
 
 
+def train_section(epochs: PositiveInt = 10, batch_size: Annotated[int, Range(1)] = 8, lr: Positive = 0.01,
+                  momentum: Annotated[float, Range(0, 1, hi_open=True)] = 0.9, weight_decay: NonNegative = 5e-4,
+                  poly_power: NonNegative = 0.9, aux_weight: NonNegative = 0.4, amp: bool = True, sync_bn: bool = True,
+                  freeze_bn: bool = False, max_steps_per_epoch: PositiveInt | None = None, val_batch_size: PositiveInt = 4,
+                  resume: bool = True, stop_after_epochs: PositiveInt | None = None, loss: dict | None = None,
+                  finetune: str = "all") -> None:
+    """The ``train`` section, declared (:mod:`anomseg.options`); ``loss`` and ``finetune`` are checked by name
+    where they are used."""
+
+
+def data_section(name: str = "streethazards", root: str = "data/synthetic", options: dict | None = None,
+                 train_split: str = "train", val_split: str | None = "val",
+                 crop: Annotated[list[PositiveInt], NonEmpty()] = (256, 256),
+                 scale: Annotated[list[Positive], NonEmpty()] = (0.5, 2.0), flip: bool = True,
+                 workers: NonNegativeInt = 0, paste: dict | None = None) -> None:
+    """The ``data`` section, declared (:mod:`anomseg.options`)."""
+
+
 def train_segmentation(cfg: dict, progress: bool = True) -> dict:
     """Train (or resume) a segmenter as ``cfg`` says; returns the last epoch's log entry.
 
     Writes to ``cfg["out"]``: ``config.yaml`` (resolved), ``checkpoints/last.pth`` and
     ``checkpoints/best.pth`` (anomseg format, with optimiser state), ``log.jsonl``.
     """
+    check_options("train", train_section, cfg["train"])  # before any folder is made
+    check_options("data", data_section, cfg["data"])
+    for key, n in (("crop", 2), ("scale", 2)):
+        if len(cfg["data"][key]) != n:
+            raise ConfigError(f"data.{key}={cfg['data'][key]!r}: give {n} values")
     info = init_distributed(cfg.get("device"))
     out = Path(cfg["out"])
     with output_lock(out) if info.is_main else contextlib.nullcontext():  # one run per output folder
