@@ -1,0 +1,79 @@
+"""Exact per-image metrics in torch (anomseg.metrics.device) against the numpy reference and scikit-learn,
+on 3000 random maps with ties, constant maps, single anomalous pixels, all-void maps and float16 scores."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from anomseg.metrics import exact_metrics
+from anomseg.metrics.device import per_image_metrics
+
+
+def random_batch(rng, b=50, h=24, w=32):
+    a = (rng.random((b, h, w)) < rng.uniform(0.01, 0.3, (b, 1, 1))).astype(np.uint8)
+    a[rng.random((b, h, w)) < 0.1] = 255
+    s = rng.normal(size=(b, h, w)) + 1.5 * (a == 1)
+    kind = rng.integers(0, 5, b)
+    s[kind == 1] = np.round(s[kind == 1] * 3) / 3  # heavy ties
+    s[kind == 2] = 0.25  # constant maps
+    one = np.flatnonzero(kind == 3)
+    a[one] = np.where(a[one] == 1, 0, a[one])
+    a[one, 0, 0] = 1  # a single anomalous pixel
+    a[kind == 4] = np.where(rng.random((int((kind == 4).sum()), h, w)) < 0.5, 255, a[kind == 4])
+    a[0] = 255  # an all-void map
+    a[1] = np.where(a[1] == 1, 0, a[1])  # a map without anomaly
+    return s.astype(np.float16 if rng.random() < 0.3 else np.float32), a
+
+
+@pytest.mark.parametrize("protocol", ["per_image", "caos"])
+def test_torch_equals_numpy_on_3000_maps(protocol):
+    rng = np.random.default_rng(0 if protocol == "per_image" else 1)
+    compared = 0
+    for _ in range(60):  # 3000 maps
+        s, a = random_batch(rng)
+        got = per_image_metrics(torch.from_numpy(s), torch.from_numpy(a), protocol, memory_budget=1 << 20)
+        for i in range(len(s)):
+            pos = s[i][a[i] == 1].astype(np.float32)
+            neg = s[i][(a[i] != 1) if protocol == "caos" else (a[i] == 0)].astype(np.float32)
+            assert int(got["anomaly_px"][i]) == pos.size and int(got["inlier_px"][i]) == neg.size
+            if pos.size == 0 or neg.size == 0:
+                assert np.isnan(float(got["auroc"][i]))
+                continue
+            ref = exact_metrics(pos, neg)
+            assert abs(float(got["auroc"][i]) - ref["auroc"]) <= 1e-12
+            assert abs(float(got["aupr"][i]) - ref["aupr"]) <= 1e-12
+            want = ref["fpr95_nearest"] if protocol == "caos" else ref["fpr95"]
+            assert abs(float(got["fpr95"][i]) - want) <= 1e-12
+            compared += 1
+    assert compared > 2500
+
+
+def test_torch_equals_scikit_learn():
+    rng = np.random.default_rng(2)
+    s, a = random_batch(rng, b=20)
+    got = per_image_metrics(torch.from_numpy(s), torch.from_numpy(a))
+    for i in range(len(s)):
+        keep = a[i] != 255
+        y, x = a[i][keep] == 1, s[i][keep].astype(np.float64)
+        if y.all() or not y.any():
+            continue
+        assert abs(float(got["auroc"][i]) - roc_auc_score(y, x)) <= 1e-12
+        assert abs(float(got["aupr"][i]) - average_precision_score(y, x)) <= 1e-12
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="finite"):
+        per_image_metrics(torch.full((1, 2, 2), float("nan")), torch.zeros(1, 2, 2, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="protocol='pooled'"):
+        per_image_metrics(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2, dtype=torch.uint8), "pooled")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_equals_cpu():
+    rng = np.random.default_rng(3)
+    s, a = random_batch(rng, b=40, h=64, w=64)
+    cpu = per_image_metrics(torch.from_numpy(s), torch.from_numpy(a))
+    gpu = per_image_metrics(torch.from_numpy(s).cuda(), torch.from_numpy(a).cuda())
+    for k in ("auroc", "aupr", "fpr95"):
+        torch.testing.assert_close(gpu[k].cpu(), cpu[k], rtol=0, atol=1e-12, equal_nan=True)
