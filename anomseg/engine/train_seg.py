@@ -141,7 +141,7 @@ def resume_fingerprint(cfg: dict) -> dict:
     return fp
 
 
-def train_section(epochs: PositiveInt = 10, batch_size: Annotated[int, Range(1)] = 8, lr: Positive = 0.01,
+def train_section(epochs: PositiveInt = 10, batch_size: Annotated[int, Range(1)] = 8, lr: NonNegative = 0.01,
                   momentum: Annotated[float, Range(0, 1, hi_open=True)] = 0.9, weight_decay: NonNegative = 5e-4,
                   poly_power: NonNegative = 0.9, aux_weight: NonNegative = 0.4, amp: bool = True, sync_bn: bool = True,
                   freeze_bn: bool = False, max_steps_per_epoch: PositiveInt | None = None, val_batch_size: PositiveInt = 4,
