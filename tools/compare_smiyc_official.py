@@ -23,7 +23,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import h5py
 import numpy as np
 from PIL import Image
 

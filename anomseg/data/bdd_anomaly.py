@@ -19,7 +19,6 @@ Facts from ../shared/docs/FORMATS.md (sources: BDD100K documentation; github.com
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
