@@ -74,7 +74,7 @@ def _cell(v, text: str | None = None) -> str:
     return f'<td data-value="{value}">{html.escape(text if text is not None else _pct(v))}</td>'
 
 
-def _per_image(path: Path) -> dict[str, dict[int, dict]]:
+def read_per_image(path: Path) -> dict[str, dict[int, dict]]:
     """method -> image index -> its row of ``per_image.csv``."""
     out: dict[str, dict[int, dict]] = {}
     if path.is_file():
@@ -132,7 +132,7 @@ def write_html_report(eval_dir: str | Path, worst: dict[str, list[int]] | None =
     """
     eval_dir = Path(eval_dir)
     report = json.loads((eval_dir / "report.json").read_text())
-    per_image = _per_image(eval_dir / "per_image.csv")
+    per_image = read_per_image(eval_dir / "per_image.csv")
     names = list(report["methods"])
     if worst is None:
         worst = worst_images(per_image, names)

@@ -45,7 +45,7 @@ from anomseg.files import (check_fingerprint, file_digest, load_state, output_lo
 from anomseg.distributed import all_reduce_sum, barrier, init_distributed
 from anomseg.engine.export import EXPORTS, SmiycExporter
 from anomseg.heads.io import HeadError
-from anomseg.html_report import write_html_report
+from anomseg.html_report import read_per_image, worst_images, write_html_report
 from anomseg.metrics import PROTOCOLS, AnomalyMetrics, MetricInputError, reduce_distributed
 from anomseg.metrics.components import TRACKS
 from anomseg.metrics.histogram import ScoreHistogram
@@ -133,7 +133,6 @@ def check_settings(cfg: dict) -> None:
     names = [m["name"] for m in cfg["methods"]]
     if len(set(names)) != len(names):
         raise ConfigError(f"methods: names must be unique, got {names}; give repeated scores their own name")
-
     if cfg["component_track"] != "auto" and cfg["component_track"] not in TRACKS:
         raise ConfigError(f"component_track {cfg['component_track']!r}: choose auto, {', '.join(TRACKS)}")
     if cfg["export"] not in EXPORTS:
@@ -477,15 +476,10 @@ def _run(cfg: dict, info, out: Path, progress: bool, dataset) -> dict | None:
     report = _write_report(cfg, out, dataset, backbone_name, methods, metrics, extra, per_image_metrics, hists, conf, k,
                            exporter)
     _write_overlays(cfg, out, dataset, names, hists)
-    source = per_image_metrics or metrics
-    worst = {n: [r["id"] for r in sorted(source[n].per_image(), key=lambda r: (r["auroc"], r["id"]))[:WORST]]
-             for n in names}
+    worst = worst_images(read_per_image(out / "per_image.csv"), names)  # the page's rule, from the CSV just written
     _write_worst(cfg, out, dataset, models, methods, hists, worst)
     write_html_report(out, worst)
     return report
-
-
-WORST = 3  # images per method in report.html's "where each method does worst"
 
 
 def _score_images(dataset, indices, models: dict, methods: list, inf: dict):
