@@ -2,7 +2,8 @@
 
 A :class:`Method` declares what it ``consumes`` from the backbone (``"logits"``: the mean logits at
 the label size; ``"probs"``: the mean softmax probabilities; ``"features"``: the unresized pass's
-features at the backbone's stride; ``"images"``: it runs its own passes), may be fitted
+features at the backbone's stride; ``"images"``: it runs its own passes; ``"queries"``: a
+mask-classification backbone's per-query class and mask logits of every pass), may be fitted
 (``fit_split`` names the split role it is fitted on: ``"train"``, ``"val"``, or None for methods that
 need no fitting or arrive fitted, as trained heads do), and maps an :class:`Observation` to a float32
 (N, H, W) score map at the label size, higher = more anomalous.
@@ -24,7 +25,7 @@ import torch
 from anomseg.config import ConfigError
 from anomseg.options import check_options
 
-CONSUMES = ("logits", "probs", "features", "images")
+CONSUMES = ("logits", "probs", "features", "images", "queries")
 
 
 @dataclass

@@ -14,18 +14,48 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+class MaskQueries(NamedTuple):
+    """What a mask-classification network (Mask2Former) predicts per query, before any aggregation.
+
+    Attributes:
+        class_logits: float (N, Q, C) over C = K + 1 classes (the last is "no object"; a head with a
+            negative class has C = K + 2, the class K being the negative class).
+        mask_logits: float (N, Q, h, w) at 1/4 of the padded input.
+        input_size: (H, W) of the image inside the padded input (its top-left corner).
+        padded_size: (Hp, Wp) of the padded input the network ran on.
+        known: K, the number of known classes.
+    """
+
+    class_logits: torch.Tensor
+    mask_logits: torch.Tensor
+    input_size: tuple[int, int]
+    padded_size: tuple[int, int]
+    known: int
+
+    def mask_logits_at(self, size: tuple[int, int]) -> torch.Tensor:
+        """float32 (N, Q, *size): the mask logits bilinearly upsampled (align_corners=False) to the padded
+        input, cropped to the image, resized to ``size`` (detectron2 ``sem_seg_postprocess``)."""
+        m = F.interpolate(self.mask_logits.float(), size=tuple(self.padded_size), mode="bilinear", align_corners=False)
+        m = m[..., :self.input_size[0], :self.input_size[1]]
+        return resize_logits(m, tuple(size))
+
+
 class SegOutput(NamedTuple):
     """A backbone's forward result.
 
     Attributes:
-        logits: float (N, K, h, w) class scores at the backbone's output stride.
-        features: float (N, D, h', w') penultimate per-pixel features (the classifier's input).
+        logits: float (N, K, h, w) class scores at the backbone's output stride (a mask-classification
+            network: the semantic aggregate at the input size, stride 1).
+        features: float (N, D, h', w') penultimate per-pixel features (the classifier's input; a
+            Mask2Former: the pixel decoder's mask features).
         aux: float (N, K, h'', w'') deep-supervision logits in training mode (PSPNet), else None.
+        queries: :class:`MaskQueries` of a mask-classification network, else None.
     """
 
     logits: torch.Tensor
     features: torch.Tensor
     aux: torch.Tensor | None = None
+    queries: MaskQueries | None = None
 
 
 def to_model_input(images: torch.Tensor) -> torch.Tensor:

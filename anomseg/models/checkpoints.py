@@ -10,7 +10,12 @@ Formats (../shared/docs/FORMATS.md):
   ``(|gamma| + eps) * x_hat + beta`` (eps 1e-5): :func:`load_checkpoint` converts their BN weights to
   ``|gamma| + eps`` (``bn="auto"`` detects them; ``"inplace_abn"`` / ``"batchnorm"`` force a choice);
 * CSAIL semantic-segmentation-pytorch (CAOS): ``encoder_epoch_N.pth`` + ``decoder_epoch_N.pth``,
-  flat keys; SyncBN files carry ``_tmp_running_mean`` / ``_tmp_running_var`` / ``_running_iter``.
+  flat keys; SyncBN files carry ``_tmp_running_mean`` / ``_tmp_running_var`` / ``_running_iter``;
+* Mask2Former (the ``mask2former`` backbone): a ``facebook/mask2former-swin-*-cityscapes-semantic``
+  release folder (``from_pretrained`` on the local path) or its weights file (transformers keys
+  ``model.pixel_level_module.*`` ...), or a detectron2-layout file (official model zoo, RbA's
+  ``model_final.pth``: ``{"model": state_dict}``, keys ``backbone.*`` / ``sem_seg_head.*``), converted
+  by :mod:`anomseg.models.mask2former_keys`.
 
 ImageNet initialisation for training (:func:`load_pretrained`): HRNet-Image-Classification's
 ``hrnetv2_w48_imagenet_pretrained.pth`` (the backbone keys plus a classification head that is
@@ -29,8 +34,10 @@ from pathlib import Path
 
 import torch
 
+from anomseg.errors import AnomsegError
 from anomseg.files import save_torch_atomic
 from anomseg.models.base import SegmentationBackbone
+from anomseg.models.mask2former_keys import convert_detectron2, is_detectron2_layout, is_transformers_layout
 from anomseg.models.registry import ModelError, build_backbone
 
 log = logging.getLogger(__name__)
@@ -40,12 +47,19 @@ BN_MODES = ("auto", "inplace_abn", "batchnorm")
 INPLACE_ABN_EPS = 1e-5  # InPlaceABNSync's default eps (HRNet-Semantic-Segmentation master, FORMATS.md)
 SYNCBN_EXTRA = ("_tmp_running_mean", "_tmp_running_var", "_running_iter")
 # The weight whose first dimension is the class count, per format.
-HEAD_KEYS = {"hrnet": "last_layer.3.weight", "csail": "decoder.conv_last.4.weight"}
+HEAD_KEYS = {"hrnet": "last_layer.3.weight", "csail": "decoder.conv_last.4.weight",
+             "mask2former_transformers": "net.class_predictor.weight", "mask2former_detectron2": "net.class_predictor.weight"}
 
 
 def _read(path: Path) -> dict:
     if not path.is_file():
         raise ModelError(f"{path}: checkpoint not found")
+    if path.suffix == ".safetensors":  # a transformers release's weights file
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise ModelError(f"{path}: cannot be read as safetensors ({type(exc).__name__}: {str(exc)[:120]})") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated files, non-tensor objects: never executed
@@ -67,14 +81,28 @@ def save_checkpoint(path: str | Path, model: SegmentationBackbone, config: dict 
     return save_torch_atomic(path, obj)  # a killed save never leaves a half-written checkpoint
 
 
+def _state_of(obj):
+    """The state dict inside a loaded file: ``state_dict``, detectron2's ``model``, or the file itself."""
+    if not isinstance(obj, dict):
+        return None
+    if isinstance(obj.get("model"), dict):  # detectron2 Checkpointer: {"model": state_dict, "iteration", ...}
+        return obj["model"]
+    return obj.get("state_dict", obj)
+
+
 def detect_format(obj) -> str:
-    """'anomseg', 'hrnet' or 'csail_encoder' / 'csail_decoder' for a loaded checkpoint object."""
+    """'anomseg', 'hrnet', 'csail_encoder' / 'csail_decoder', 'mask2former_detectron2' or
+    'mask2former_transformers' for a loaded checkpoint object."""
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         return "anomseg"
-    sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    sd = _state_of(obj)
     if not isinstance(sd, dict):
         raise ModelError("checkpoint holds no state dict")
     keys = list(sd)
+    if is_detectron2_layout(sd):
+        return "mask2former_detectron2"
+    if is_transformers_layout(sd):
+        return "mask2former_transformers"
     if any(k.startswith("model.") for k in keys) or "loss.criterion.weight" in keys or any(k.startswith("last_layer.") for k in keys):
         return "hrnet"
     bare = [k.removeprefix("module.") for k in keys]
@@ -83,7 +111,7 @@ def detect_format(obj) -> str:
     if any(k.startswith("layer4.") for k in bare) and "conv3.weight" in bare:
         return "csail_encoder"
     raise ModelError(f"unrecognised checkpoint layout (first keys: {keys[:4]}); expected an anomseg, "
-                     f"HRNet-Semantic-Segmentation or CSAIL encoder/decoder file")
+                     f"HRNet-Semantic-Segmentation, CSAIL encoder/decoder or Mask2Former (detectron2 / transformers) file")
 
 
 def _hrnet_state(obj: dict) -> dict:
@@ -198,6 +226,8 @@ def load_checkpoint(model: SegmentationBackbone, path_or_paths, bn: str = "auto"
     """
     if bn not in BN_MODES:
         raise ModelError(f"bn={bn!r}: choose one of {', '.join(BN_MODES)}")
+    if not isinstance(path_or_paths, (list, tuple)) and (Path(path_or_paths) / "config.json").is_file():
+        return _load_transformers_folder(model, Path(path_or_paths))
     if isinstance(path_or_paths, (list, tuple)) or Path(path_or_paths).is_dir():
         enc, dec = _csail_pair(path_or_paths)
         objs = (_read(enc), _read(dec))
@@ -223,6 +253,8 @@ def load_checkpoint(model: SegmentationBackbone, path_or_paths, bn: str = "auto"
                         "no num_batches_tracked keys" if bn == "auto" else "bn=inplace_abn", n, INPLACE_ABN_EPS)
         else:
             log.info("%s: read as a BatchNorm file (%s)", source, "has num_batches_tracked" if bn == "auto" else "bn=batchnorm")
+    elif fmt.startswith("mask2former"):
+        sd = _mask2former_state(model, _state_of(obj), fmt, source)
     else:
         sd = dict(obj["state_dict"])
     _load_strict(model, sd, source, HEAD_KEYS.get(fmt))
@@ -231,6 +263,71 @@ def load_checkpoint(model: SegmentationBackbone, path_or_paths, bn: str = "auto"
         info["config"] = obj.get("config", {})
         info["backbone"] = obj.get("backbone")
     return info
+
+
+def _mask2former_net(model, source: str):
+    net = getattr(model, "net", None)
+    if not hasattr(model, "num_queries") or net is None:
+        raise ModelError(f"{source}: a Mask2Former checkpoint; build the backbone as name 'mask2former' (with the preset "
+                         f"it was trained with) to load it, not {type(model).__name__}")
+    return net
+
+
+def _mask2former_state(model, sd: dict, fmt: str, source: str) -> dict:
+    """A detectron2 or transformers Mask2Former state dict under our model's names (``net.`` + transformers')."""
+    net = _mask2former_net(model, source)
+    if fmt == "mask2former_detectron2":
+        try:
+            sd = convert_detectron2(sd, net, source)
+        except AnomsegError as exc:
+            raise ModelError(str(exc)) from None
+        log.info("%s: detectron2 Mask2Former layout, %d tensors mapped to transformers' names", source, len(sd))
+    elif set(sd) != set(net.state_dict()):  # the release files' names (transformers renames them on load)
+        sd = _through_from_pretrained(net, sd, source)
+    return {"net." + k: v for k, v in sd.items()}
+
+
+def _through_from_pretrained(net, sd: dict, source: str) -> dict:
+    """A transformers weights file whose names are another transformers release's (the hub files keep the 4.x
+    names: ``encoder.embeddings``, ``attention.self.query`` ...): read by ``from_pretrained`` from a temporary
+    folder holding our config and these tensors, so transformers applies its own renaming."""
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        net.config.save_pretrained(tmp)
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(Path(tmp) / "model.safetensors"))
+        return _from_pretrained_strict(type(net), tmp, source).state_dict()
+
+
+def _from_pretrained_strict(cls, folder, source: str):
+    """``cls.from_pretrained(folder)`` offline, refusing any key it had to leave at its initialisation or drop."""
+    try:
+        net, info = cls.from_pretrained(str(folder), local_files_only=True, output_loading_info=True)
+    except Exception as exc:
+        raise ModelError(f"{source}: transformers cannot read it as a Mask2Former ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:160]})") from None
+    problems = [f"{len(info[k])} {what} ({', '.join(sorted(map(str, info[k]))[:4])})"
+                for k, what in (("missing_keys", "missing keys"), ("unexpected_keys", "unexpected keys"),
+                                ("mismatched_keys", "shape mismatches")) if info.get(k)]
+    if problems:
+        raise ModelError(f"{source}: does not fit this Mask2Former: {'; '.join(problems)}")
+    return net
+
+
+def _load_transformers_folder(model, folder: Path) -> dict:
+    """A ``facebook/mask2former-swin-*`` release folder (config.json + weights), read with ``from_pretrained``
+    on the local path (``local_files_only``: never the hub), then loaded strictly into ``model``."""
+    net = _mask2former_net(model, str(folder))
+    from anomseg.models.mask2former import _transformers
+
+    t = _transformers()
+    released = _from_pretrained_strict(t.Mask2FormerForUniversalSegmentation, folder, str(folder))
+    del net
+    sd = {"net." + k: v for k, v in released.state_dict().items()}
+    _load_strict(model, sd, str(folder), HEAD_KEYS["mask2former_transformers"])
+    return {"format": "mask2former_transformers", "num_classes": model.num_classes, "source": str(folder), "bn": None}
 
 
 # ImageNet files for training initialisation: what to drop, and where the rest goes in our model.

@@ -40,12 +40,16 @@ class Prediction:
             softmax of ``logits``, computed when first asked for).
         features: float (N, D, h, w) of the scale-1, unflipped pass at the backbone's stride, or None
             when the passes do not include the unresized image.
+        queries: a mask-classification backbone's :class:`~anomseg.models.base.MaskQueries` of every pass,
+            as (queries, flipped) pairs (a flipped pass's score maps must be flipped back); [] otherwise.
     """
 
-    __slots__ = ("logits", "features", "_probs")
+    __slots__ = ("logits", "features", "_probs", "queries")
 
-    def __init__(self, logits: torch.Tensor, probs: torch.Tensor | None, features: torch.Tensor | None):
+    def __init__(self, logits: torch.Tensor, probs: torch.Tensor | None, features: torch.Tensor | None,
+                 queries: list | None = None):
         self.logits, self._probs, self.features = logits, probs, features
+        self.queries = queries or []
 
     @property
     def probs(self) -> torch.Tensor:
@@ -137,7 +141,7 @@ def predict(model, images: torch.Tensor, size: tuple[int, int] | None = None, sc
         if size is None:
             size = tuple(images.shape[1:3] if images.shape[1] != 3 and images.shape[-1] == 3 else images.shape[-2:])
         logit_sum = prob_sum = features = None
-        n = 0
+        n, queries = 0, []
         for x, unresized in _passes(images, scales, preset):
             for flipped in ((False, True) if flip else (False,)):
                 with autocast(device, amp):
@@ -152,7 +156,9 @@ def predict(model, images: torch.Tensor, size: tuple[int, int] | None = None, sc
                     logit_sum, prob_sum = logit_sum + logits, prob_sum + torch.softmax(logits, 1)
                 if unresized and not flipped:
                     features = out.features
-        return Prediction(logit_sum / n if n > 1 else logit_sum, prob_sum / n if n > 1 else None, features)
+                if getattr(out, "queries", None) is not None:
+                    queries.append((out.queries, flipped))
+        return Prediction(logit_sum / n if n > 1 else logit_sum, prob_sum / n if n > 1 else None, features, queries)
     finally:
         model.train(was)
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from anomseg.errors import AnomsegError
 from anomseg.models.base import SegmentationBackbone
 from anomseg.models.hrnet import HRNetW48
+from anomseg.models.mask2former import Mask2Former
 from anomseg.models.pspnet import PSPNetR101
 from anomseg.models.smp_backbone import SMPBackbone
 
-BACKBONES = {"hrnet_w48": HRNetW48, "pspnet_r101": PSPNetR101}
+BACKBONES = {"hrnet_w48": HRNetW48, "pspnet_r101": PSPNetR101, "mask2former": Mask2Former}
 
 
 class ModelError(AnomsegError, ValueError):
@@ -18,7 +19,8 @@ class ModelError(AnomsegError, ValueError):
 def build_backbone(name: str, num_classes: int, **options) -> SegmentationBackbone:
     """Build a backbone by name.
 
-    Names: ``hrnet_w48``, ``pspnet_r101``, or ``smp:<Arch>:<encoder>`` for any
+    Names: ``hrnet_w48``, ``pspnet_r101``, ``mask2former`` (options ``preset``, ``num_queries``,
+    ``decoder_layers``, ``negative_class``; needs ``transformers``), or ``smp:<Arch>:<encoder>`` for any
     segmentation-models-pytorch model (e.g. ``smp:Unet:resnet18``, ``smp:FPN:tu-mobilenetv3_small_100``).
     The model returns :class:`~anomseg.models.base.SegOutput` (logits, features) on RGB uint8 or
     [0, 1] float batches.

@@ -1,0 +1,150 @@
+"""Mask2Former (Cheng et al., CVPR 2022) on Hugging Face ``transformers``: pure PyTorch, no compiled operators.
+
+The network is ``transformers.Mask2FormerForUniversalSegmentation`` built from a config, never from the
+hub. Its output is a :class:`~anomseg.models.base.SegOutput` whose
+
+* ``queries`` are the per-query class logits (N, Q, K + 1) and mask logits (N, Q, Hp/4, Wp/4) of the
+  last decoder layer (:class:`~anomseg.models.base.MaskQueries`);
+* ``logits`` are the semantic aggregate S_c = sum_q softmax(z_q)(c) sigmoid(m_q) over the K known
+  classes, in detectron2's order (``MaskFormer.forward`` + ``semantic_inference``, what RbA, EAM, UNO
+  and Mask2Anomaly evaluate; ../shared/docs/FORMATS.md): mask logits upsampled bilinearly to the padded
+  input, sigmoid, einsum, then cropped to the image: float32 (N, K, H, W), stride 1. So every pixel
+  score and the evaluator work on it unchanged;
+* ``features`` are the pixel decoder's per-pixel mask features (N, D, ceil(H/4), ceil(W/4)), stride 4:
+  the bank and every head work on a Mask2Former too.
+
+Inputs are normalised with the ImageNet mean / std (detectron2's PIXEL_MEAN 123.675, 116.28, 103.53 and
+PIXEL_STD 58.395, 57.12, 57.375 on 0..255 RGB) and zero-padded at the bottom / right to a multiple of 32
+(detectron2 ``ImageList.from_tensors(images, size_divisibility=32)``).
+
+Presets (``preset=``): ``swin_t`` / ``swin_s`` / ``swin_b`` / ``swin_l`` are the released Cityscapes
+semantic models (facebookresearch/Mask2Former ``configs/cityscapes/semantic-segmentation/swin/*.yaml``:
+Swin embed 96 / 96 / 128 / 192, depths 2-2-6-2 / 2-2-18-2 / 2-2-18-2 / 2-2-18-2, heads 3 / 3 / 4 / 6
+doubling per stage, window 7 / 7 / 12 / 12; 100 queries, hidden 256, 6 pixel-decoder layers,
+DEC_LAYERS 10, feed-forward 2048; these are also ``transformers``' Mask2FormerConfig defaults).
+``tiny`` is ours: a small Swin and decoder for tests and the demo. ``decoder_layers`` follows
+detectron2's DEC_LAYERS (RbA's "1dl" models: 2, i.e. one transformer decoder layer).
+``negative_class=True`` gives the K + 2-class head UNO trains (class K = negatives).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anomseg.errors import AnomsegError
+from anomseg.models.base import MaskQueries, SegmentationBackbone, SegOutput
+
+SIZE_DIVISIBILITY = 32  # detectron2 MASK_FORMER.SIZE_DIVISIBILITY for the Cityscapes configs
+
+_RELEASED = dict(num_queries=100, hidden_dim=256, feature_size=256, mask_feature_size=256, encoder_layers=6,
+                 decoder_layers=10, dim_feedforward=2048, encoder_feedforward_dim=1024, num_attention_heads=8)
+PRESETS = {
+    "swin_t": ({"embed_dim": 96, "depths": [2, 2, 6, 2], "num_heads": [3, 6, 12, 24], "window_size": 7}, _RELEASED),
+    "swin_s": ({"embed_dim": 96, "depths": [2, 2, 18, 2], "num_heads": [3, 6, 12, 24], "window_size": 7}, _RELEASED),
+    "swin_b": ({"embed_dim": 128, "depths": [2, 2, 18, 2], "num_heads": [4, 8, 16, 32], "window_size": 12}, _RELEASED),
+    "swin_l": ({"embed_dim": 192, "depths": [2, 2, 18, 2], "num_heads": [6, 12, 24, 48], "window_size": 12}, _RELEASED),
+    "tiny": ({"embed_dim": 32, "depths": [1, 1, 2, 1], "num_heads": [1, 2, 4, 8], "window_size": 7},
+             dict(num_queries=20, hidden_dim=64, feature_size=64, mask_feature_size=64, encoder_layers=2,
+                  decoder_layers=3, dim_feedforward=256, encoder_feedforward_dim=256, num_attention_heads=4)),
+}
+INSTALL_HINT = "pip install 'anomseg[mask2former]' (or: pip install 'transformers>=4.46')"
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise AnomsegError(f"the mask2former backbone needs Hugging Face transformers, which is not installed: "
+                           f"{INSTALL_HINT}") from None
+    return transformers
+
+
+def mask2former_config(num_labels: int, preset: str = "swin_t", num_queries: int | None = None,
+                       decoder_layers: int | None = None, drop_path_rate: float = 0.3):
+    """The ``transformers.Mask2FormerConfig`` of a preset for ``num_labels`` classes (no download)."""
+    t = _transformers()
+    if preset not in PRESETS:
+        raise AnomsegError(f"mask2former preset {preset!r} is unknown; valid: {', '.join(PRESETS)}")
+    swin, head = PRESETS[preset]
+    head = dict(head)
+    if num_queries is not None:
+        head["num_queries"] = int(num_queries)
+    if decoder_layers is not None:
+        if decoder_layers < 2:
+            raise AnomsegError(f"mask2former decoder_layers={decoder_layers}: at least 2 (DEC_LAYERS, one transformer "
+                               f"decoder layer per step after the first)")
+        head["decoder_layers"] = int(decoder_layers)
+    backbone = t.SwinConfig(**swin, drop_path_rate=drop_path_rate,
+                            out_features=["stage1", "stage2", "stage3", "stage4"])
+    return t.Mask2FormerConfig(backbone_config=backbone, num_labels=num_labels, use_pretrained_backbone=False, **head)
+
+
+class Mask2Former(SegmentationBackbone):
+    """A Mask2Former whose forward gives (semantic aggregate, mask features, queries); see the module docstring.
+
+    Args:
+        num_classes: K known classes.
+        preset: ``tiny``, ``swin_t``, ``swin_s``, ``swin_b`` or ``swin_l``.
+        num_queries: Q (default: the preset's).
+        decoder_layers: detectron2's DEC_LAYERS (default: the preset's).
+        negative_class: a K + 2-class head (UNO); class K is the negative class, never a known one.
+        drop_path_rate: Swin's stochastic depth in training (detectron2 configs: 0.3).
+    """
+
+    stride = 4  # of the masks and features (the logits come at the input size)
+
+    def __init__(self, num_classes: int, preset: str = "swin_t", num_queries: int | None = None,
+                 decoder_layers: int | None = None, negative_class: bool = False, drop_path_rate: float = 0.3):
+        super().__init__()
+        t = _transformers()
+        self.num_classes = num_classes
+        self.preset = preset
+        self.negative_class = bool(negative_class)
+        self.config = mask2former_config(num_classes + self.negative_class, preset, num_queries, decoder_layers,
+                                         drop_path_rate)
+        self.net = t.Mask2FormerForUniversalSegmentation(self.config)
+        self.num_queries = self.config.num_queries
+        self.feature_dim = self.config.mask_feature_size
+
+    def classifier(self) -> nn.Module:
+        """The class head (``class_predictor``: hidden -> K + 1 or K + 2), what RbA's outlier fine-tuning trains."""
+        return self.net.class_predictor
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """Zero-pad (N, 3, H, W) at the bottom / right to multiples of 32."""
+        h, w = x.shape[-2:]
+        hp, wp = (math.ceil(h / SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY, math.ceil(w / SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY)
+        return F.pad(x, (0, wp - w, 0, hp - h)) if (hp, wp) != (h, w) else x
+
+    def run(self, x: torch.Tensor, **kwargs):
+        """The transformers forward on normalised (N, 3, H, W), padded here; ``kwargs`` go to it
+        (``mask_labels`` / ``class_labels`` for the set loss, ``output_auxiliary_logits``)."""
+        return self.net(pixel_values=self.pad(x), **kwargs)
+
+    def queries_of(self, out, input_size: tuple[int, int]) -> MaskQueries:
+        padded = tuple(4 * s for s in out.masks_queries_logits.shape[-2:])
+        return MaskQueries(out.class_queries_logits, out.masks_queries_logits, tuple(input_size), padded, self.num_classes)
+
+    def forward_normalized(self, x: torch.Tensor) -> SegOutput:
+        h, w = x.shape[-2:]
+        out = self.run(x)
+        q = self.queries_of(out, (h, w))
+        return SegOutput(semantic_at_input(q), crop_features(out.pixel_decoder_last_hidden_state, (h, w)), queries=q)
+
+
+def semantic_at_input(q: MaskQueries) -> torch.Tensor:
+    """The semantic aggregate at the input size, detectron2's semantic path: mask logits upsampled to the padded
+    input, sigmoid, einsum over queries, crop: float32 (N, K, H, W)."""
+    m = F.interpolate(q.mask_logits.float(), size=tuple(q.padded_size), mode="bilinear", align_corners=False)
+    p = torch.softmax(q.class_logits.float(), -1)[..., :q.known]
+    s = torch.einsum("nqc,nqhw->nchw", p, torch.sigmoid(m))
+    return s[..., :q.input_size[0], :q.input_size[1]]
+
+
+def crop_features(features: torch.Tensor, input_size: tuple[int, int], stride: int = 4) -> torch.Tensor:
+    """Stride-``stride`` features of a padded input cropped to the cells covering the image."""
+    return features[..., :math.ceil(input_size[0] / stride), :math.ceil(input_size[1] / stride)]

@@ -1,0 +1,221 @@
+"""The mask2former backbone: detectron2 key map, checkpoint formats, outputs, training and RbA fine-tuning.
+
+The detectron2 file is written here key by key from the layout in ../shared/docs/FORMATS.md ("Checkpoint
+layouts"), from a transformers model with random weights; the converted model must compute exactly what
+that transformers model computes with the same tensors under its own names.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from anomseg.errors import AnomsegError  # noqa: E402
+from anomseg.models import build_backbone, detect_format, load_checkpoint, save_checkpoint  # noqa: E402
+from anomseg.models.mask2former import mask2former_config  # noqa: E402
+
+K = 6
+
+
+def randomised(module, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return module
+
+
+def detectron2_layout(hf: dict, depths, enc_layers, dec_steps) -> dict:
+    """A detectron2 state dict written from the FORMATS.md layout: (detectron2 name) <- (transformers tensors)."""
+    E, P, T = "model.pixel_level_module.encoder.", "model.pixel_level_module.decoder.", "model.transformer_module."
+    q5 = f"{E}swin.encoder.layers.0.blocks.0.attention.q_proj.weight" in hf  # transformers 5.x Swin names
+    d2 = {}
+
+    def both(d2_stem, hf_stem):
+        for s in ("weight", "bias"):
+            if f"{hf_stem}.{s}" in hf:
+                d2[f"{d2_stem}.{s}"] = hf[f"{hf_stem}.{s}"]
+
+    both("backbone.patch_embed.proj", f"{E}swin.embeddings.patch_embeddings.projection")
+    both("backbone.patch_embed.norm", f"{E}swin.embeddings.norm")
+    for i, depth in enumerate(depths):
+        for j in range(depth):
+            b, h = f"backbone.layers.{i}.blocks.{j}", f"{E}swin.encoder.layers.{i}.blocks.{j}"
+            both(f"{b}.norm1", f"{h}.layernorm_before")
+            qkv = ("attention.q_proj", "attention.k_proj", "attention.v_proj") if q5 else \
+                ("attention.self.query", "attention.self.key", "attention.self.value")
+            for s in ("weight", "bias"):  # q, k, v fused in that order
+                d2[f"{b}.attn.qkv.{s}"] = torch.cat([hf[f"{h}.{n}.{s}"] for n in qkv])
+            both(f"{b}.attn.proj", f"{h}.attention.o_proj" if q5 else f"{h}.attention.output.dense")
+            d2[f"{b}.attn.relative_position_bias_table"] = hf[
+                f"{h}.attention.relative_position_bias.relative_position_bias_table" if q5
+                else f"{h}.attention.self.relative_position_bias_table"]
+            both(f"{b}.norm2", f"{h}.layernorm_after")
+            both(f"{b}.mlp.fc1", f"{h}.mlp.fc1" if q5 else f"{h}.intermediate.dense")
+            both(f"{b}.mlp.fc2", f"{h}.mlp.fc2" if q5 else f"{h}.output.dense")
+        if i < len(depths) - 1:
+            both(f"backbone.layers.{i}.downsample.reduction", f"{E}swin.encoder.layers.{i}.downsample.reduction")
+            both(f"backbone.layers.{i}.downsample.norm", f"{E}swin.encoder.layers.{i}.downsample.norm")
+        both(f"backbone.norm{i}", f"{E}hidden_states_norms.stage{i + 1}")
+    pd = "sem_seg_head.pixel_decoder"
+    for i in range(3):
+        for j in range(2):
+            both(f"{pd}.input_proj.{i}.{j}", f"{P}input_projections.{i}.{j}")
+    d2[f"{pd}.transformer.level_embed"] = hf[f"{P}level_embed"]
+    for l in range(enc_layers):
+        for part in ("sampling_offsets", "attention_weights", "value_proj", "output_proj"):
+            both(f"{pd}.transformer.encoder.layers.{l}.self_attn.{part}", f"{P}encoder.layers.{l}.self_attn.{part}")
+        for d2n, hfn in (("norm1", "self_attn_layer_norm"), ("linear1", "fc1"), ("linear2", "fc2"), ("norm2", "final_layer_norm")):
+            both(f"{pd}.transformer.encoder.layers.{l}.{d2n}", f"{P}encoder.layers.{l}.{hfn}")
+    both(f"{pd}.mask_features", f"{P}mask_projection")
+    for name in ("adapter_1", "layer_1"):  # detectron2 Conv2d(norm=GN): the conv weight, then .norm
+        d2[f"{pd}.{name}.weight"] = hf[f"{P}{name}.0.weight"]
+        both(f"{pd}.{name}.norm", f"{P}{name}.1")
+    pr = "sem_seg_head.predictor"
+    d2[f"{pr}.query_embed.weight"] = hf[f"{T}queries_embedder.weight"]
+    d2[f"{pr}.query_feat.weight"] = hf[f"{T}queries_features.weight"]
+    d2[f"{pr}.level_embed.weight"] = hf[f"{T}level_embed.weight"]
+    for i in range(dec_steps):
+        L = f"{T}decoder.layers.{i}"
+        for s in ("weight", "bias"):
+            d2[f"{pr}.transformer_self_attention_layers.{i}.self_attn.in_proj_{s}"] = torch.cat(
+                [hf[f"{L}.self_attn.{n}_proj.{s}"] for n in "qkv"])
+        both(f"{pr}.transformer_self_attention_layers.{i}.self_attn.out_proj", f"{L}.self_attn.out_proj")
+        both(f"{pr}.transformer_self_attention_layers.{i}.norm", f"{L}.self_attn_layer_norm")
+        d2[f"{pr}.transformer_cross_attention_layers.{i}.multihead_attn.in_proj_weight"] = hf[f"{L}.cross_attn.in_proj_weight"]
+        d2[f"{pr}.transformer_cross_attention_layers.{i}.multihead_attn.in_proj_bias"] = hf[f"{L}.cross_attn.in_proj_bias"]
+        both(f"{pr}.transformer_cross_attention_layers.{i}.multihead_attn.out_proj", f"{L}.cross_attn.out_proj")
+        both(f"{pr}.transformer_cross_attention_layers.{i}.norm", f"{L}.cross_attn_layer_norm")
+        both(f"{pr}.transformer_ffn_layers.{i}.linear1", f"{L}.fc1")
+        both(f"{pr}.transformer_ffn_layers.{i}.linear2", f"{L}.fc2")
+        both(f"{pr}.transformer_ffn_layers.{i}.norm", f"{L}.final_layer_norm")
+    both(f"{pr}.decoder_norm", f"{T}decoder.layernorm")
+    for k in range(3):
+        both(f"{pr}.mask_embed.layers.{k}", f"{T}decoder.mask_predictor.mask_embedder.{k}.0")
+    both(f"{pr}.class_embed", "class_predictor")
+    d2["criterion.empty_weight"] = hf["criterion.empty_weight"]
+    return d2
+
+
+@pytest.fixture(scope="module")
+def released():
+    """A transformers Mask2Former (tiny preset) with random weights, and its detectron2 file's dict."""
+    cfg = mask2former_config(K, "tiny")
+    hf = randomised(transformers.Mask2FormerForUniversalSegmentation(cfg).eval())
+    sd = hf.state_dict()
+    d2 = detectron2_layout(sd, cfg.backbone_config.depths, cfg.encoder_layers, cfg.decoder_layers - 1)
+    for name, buf in hf.named_buffers():  # detectron2's Swin stores its relative position indices
+        if name.endswith("relative_position_index"):
+            i, j = name.split("encoder.layers.")[1].split(".blocks.")[0], name.split(".blocks.")[1].split(".")[0]
+            d2[f"backbone.layers.{i}.blocks.{j}.attn.relative_position_index"] = buf.clone()
+    d2["pixel_mean"] = torch.tensor([123.675, 116.28, 103.53]).view(-1, 1, 1)
+    d2["pixel_std"] = torch.tensor([58.395, 57.12, 57.375]).view(-1, 1, 1)
+    return hf, d2
+
+
+def normalised(x):
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def test_the_layout_written_here_covers_every_transformers_tensor(released):
+    hf, d2 = released
+    own = [k for k in hf.state_dict() if "swin.layernorm" not in k]
+    weights = [k for k in d2 if not k.endswith("relative_position_index") and k not in ("pixel_mean", "pixel_std")]
+    fused = sum(1 for k in weights if k.endswith(("qkv.weight", "qkv.bias", "in_proj_weight", "in_proj_bias"))
+                and "multihead_attn" not in k)
+    assert len(weights) + 2 * fused == len(own)
+
+
+def test_detectron2_file_computes_what_transformers_computes(released, tmp_path):
+    hf, d2 = released
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": d2, "iteration": 90000}, path)
+    assert detect_format(torch.load(path, weights_only=True)) == "mask2former_detectron2"
+    model = build_backbone("mask2former", K, preset="tiny").eval()
+    load_checkpoint(model, path)
+    x = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        want = hf(pixel_values=normalised(x))
+        got = model(x)
+    assert torch.equal(got.queries.class_logits, want.class_queries_logits)
+    assert torch.equal(got.queries.mask_logits, want.masks_queries_logits)
+
+
+def test_the_unused_swin_layernorm_changes_nothing(released):
+    hf, _ = released
+    x = normalised(torch.rand(1, 3, 64, 64))
+    with torch.no_grad():
+        before = hf(pixel_values=x).class_queries_logits.clone()
+        sd = hf.state_dict()
+        key = "model.pixel_level_module.encoder.swin.layernorm.weight"
+        saved = sd[key].clone()
+        sd[key].add_(5.0)
+        after = hf(pixel_values=x).class_queries_logits
+        sd[key].copy_(saved)
+    assert torch.equal(before, after)
+
+
+def test_detectron2_file_strictness_names_the_key(released, tmp_path):
+    _, d2 = released
+    model = build_backbone("mask2former", K, preset="tiny")
+    short = {k: v for k, v in d2.items() if k != "sem_seg_head.predictor.query_feat.weight"}
+    torch.save({"model": short}, tmp_path / "short.pth")
+    with pytest.raises(AnomsegError, match="1 model keys not in the file .*queries_features"):
+        load_checkpoint(model, tmp_path / "short.pth")
+    extra = dict(d2, **{"sem_seg_head.predictor.ood_head.weight": torch.zeros(3)})
+    torch.save({"model": extra}, tmp_path / "extra.pth")
+    with pytest.raises(AnomsegError, match="1 file keys left over .*ood_head"):
+        load_checkpoint(model, tmp_path / "extra.pth")
+    wrong = build_backbone("mask2former", K + 3, preset="tiny")
+    torch.save({"model": d2}, tmp_path / "ok.pth")
+    with pytest.raises(AnomsegError, match="shape mismatches .*class_predictor"):
+        load_checkpoint(wrong, tmp_path / "ok.pth")
+
+
+def test_a_mask2former_file_refuses_another_backbone(released, tmp_path):
+    _, d2 = released
+    torch.save({"model": d2}, tmp_path / "m.pth")
+    with pytest.raises(AnomsegError, match="build the backbone as name 'mask2former'"):
+        load_checkpoint(build_backbone("smp:Unet:resnet18", K), tmp_path / "m.pth")
+
+
+def test_transformers_release_folder_and_file_load(released, tmp_path):
+    hf, _ = released
+    hf.save_pretrained(tmp_path / "release")  # what facebook/mask2former-swin-*-cityscapes-semantic holds
+    model = build_backbone("mask2former", K, preset="tiny").eval()
+    info = load_checkpoint(model, tmp_path / "release")
+    assert info["format"] == "mask2former_transformers"
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x).queries.class_logits, hf(pixel_values=normalised(x)).class_queries_logits)
+    other = build_backbone("mask2former", K, preset="tiny")
+    load_checkpoint(other, tmp_path / "release" / "model.safetensors")
+    for (k, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_anomseg_checkpoint_round_trip(tmp_path):
+    from anomseg.models import build_from_checkpoint
+
+    model = randomised(build_backbone("mask2former", K, preset="tiny", num_queries=7, negative_class=True))
+    save_checkpoint(tmp_path / "m.pth", model)
+    again, info = build_from_checkpoint(tmp_path / "m.pth")
+    assert info["format"] == "anomseg" and again.num_queries == 7 and again.negative_class
+    for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_a_release_file_missing_a_tensor_is_refused_not_initialised(released, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    hf, _ = released
+    hf.save_pretrained(tmp_path / "release")
+    weights = tmp_path / "release" / "model.safetensors"
+    sd = load_file(str(weights))
+    dropped = next(k for k in sd if k.endswith("class_predictor.weight"))
+    save_file({k: v for k, v in sd.items() if k != dropped}, str(weights))
+    with pytest.raises(AnomsegError, match="missing keys .*class_predictor"):
+        load_checkpoint(build_backbone("mask2former", K, preset="tiny"), tmp_path / "release")
