@@ -239,7 +239,8 @@ def _type_ok(value, spec) -> bool:
 
 
 def check_config(cfg, schema, source: str = "config", where: str = "") -> None:
-    """Raise :class:`ConfigError` (one line) on an unknown key or a value of the wrong type."""
+    """Raise :class:`ConfigError` (one line) on an unknown key or a value of the wrong type. A schema
+    mapping with a ``"*"`` key takes any other key, each value checked against ``schema["*"]``."""
     if schema is ANY:
         return
     if isinstance(schema, dict):
@@ -247,6 +248,9 @@ def check_config(cfg, schema, source: str = "config", where: str = "") -> None:
             raise ConfigError(f"{source}: {where or 'the config'} must be a mapping (key: value), got {cfg!r}")
         for k, v in cfg.items():
             key = f"{where}.{k}" if where else str(k)
+            if k not in schema and "*" in schema:  # a mapping of named sections, each as schema["*"]
+                check_config(v, schema["*"], source, key)
+                continue
             if k not in schema:
                 near = difflib.get_close_matches(str(k), [str(s) for s in schema], n=1, cutoff=0.5)
                 hint = f"did you mean {(where + '.' if where else '') + near[0]!r}?" if near else \

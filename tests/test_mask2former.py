@@ -219,3 +219,218 @@ def test_a_release_file_missing_a_tensor_is_refused_not_initialised(released, tm
     save_file({k: v for k, v in sd.items() if k != dropped}, str(weights))
     with pytest.raises(AnomsegError, match="missing keys .*class_predictor"):
         load_checkpoint(build_backbone("mask2former", K, preset="tiny"), tmp_path / "release")
+
+
+# -- training ------------------------------------------------------------------------------------
+
+def batch(seed=0, n=2, h=64, w=96):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, h, w, 3), dtype=torch.uint8, generator=g)
+    semantic = torch.randint(0, K, (n, h // 16, w // 16), generator=g).repeat_interleave(16, 1).repeat_interleave(16, 2)
+    semantic[:, :4] = 255
+    outlier = torch.zeros(n, h, w, dtype=torch.bool)
+    outlier[0, 20:40, 30:60] = True
+    return images, semantic, outlier
+
+
+def test_class_masks_as_detectron2s_semantic_mapper_builds_them():
+    from anomseg.train.mask_losses import class_masks
+
+    sem = torch.tensor([[[0, 0, 3, 255], [3, 3, 1, 1]]])
+    out = torch.tensor([[[False, True, False, False], [False, False, False, True]]])
+    masks, classes = class_masks(sem, out, (4, 8), known=4, negative=True)
+    assert classes[0].tolist() == [0, 1, 3, 4]  # classes present, then the negative class
+    want = np.zeros((4, 4, 8))
+    want[0, 0, 0] = 1                            # class 0 without its outlier pixel
+    want[1, 1, 2] = 1                            # class 1 without its outlier pixel
+    want[2, 0, 2] = want[2, 1, 0] = want[2, 1, 1] = 1
+    want[3, 0, 1] = want[3, 1, 3] = 1            # the outliers; void and padding in no mask
+    np.testing.assert_array_equal(masks[0].numpy(), want)
+
+
+def test_a_training_step_lowers_the_set_loss():
+    from anomseg.train.mask_losses import mask_loss
+
+    torch.manual_seed(0)
+    model = build_backbone("mask2former", K, preset="tiny").train()
+    images, semantic, outlier = batch()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def loss():
+        torch.manual_seed(1)  # the same sampled points every time
+        return mask_loss("mask2former", model, images, semantic, outlier, known=K)
+
+    first = loss()
+    for _ in range(8):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    with torch.no_grad():
+        assert loss().item() < 0.9 * first.item()
+
+
+def upsample_corners(x, H, W):
+    """Bilinear with align_corners=True: source coordinate y * (h - 1) / (H - 1)."""
+    h, w = x.shape[-2:]
+    def axis(n_out, n_in):
+        src = np.arange(n_out) * (n_in - 1) / max(n_out - 1, 1)
+        lo = np.minimum(np.floor(src).astype(int), n_in - 1)
+        return lo, np.minimum(lo + 1, n_in - 1), src - lo
+    y0, y1, fy = axis(H, h)
+    x0, x1, fx = axis(W, w)
+    top = x[..., y0, :][..., x0] * (1 - fx) + x[..., y0, :][..., x1] * fx
+    bot = x[..., y1, :][..., x0] * (1 - fx) + x[..., y1, :][..., x1] * fx
+    return top * (1 - fy)[:, None] + bot * fy[:, None]
+
+
+def test_rba_outlier_loss_against_the_published_hinge():
+    from anomseg.train.mask_losses import rba_outlier_loss
+
+    rng = np.random.default_rng(3)
+    z, m = rng.normal(size=(2, 5, K + 1)) * 2, rng.normal(size=(2, 5, 8, 12)) * 2
+    _, semantic, outlier = batch(h=32, w=48)
+    p = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+    s = -np.tanh(np.einsum("nqc,nqhw->nchw", p[..., :K], 1 / (1 + np.exp(-m)))).sum(1)  # at mask resolution
+    s = upsample_corners(s, 32, 48)
+    inl = ((semantic != 255) & ~outlier).numpy()
+    o = outlier.numpy()
+    want = 0.5 * (np.mean(np.maximum(s[inl] - 0.0, 0) ** 2) + np.mean(np.maximum(5.0 - s[o], 0) ** 2))
+    got = rba_outlier_loss(torch.tensor(z), torch.tensor(m), semantic, outlier, K)
+    assert got.item() == pytest.approx(want, rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    from anomseg.data import generate_synthetic
+
+    tmp = tmp_path_factory.mktemp("m2f")
+    data = tmp / "data"
+    generate_synthetic(data, num_train=4, num_val=2, num_test=4, num_outliers=3, height=64, width=128, workers=1,
+                       progress=False)
+    torch.manual_seed(0)
+    base = randomised(build_backbone("mask2former", 13, preset="tiny"), seed=4)
+    save_checkpoint(tmp / "m2f.pth", base)
+    return tmp, data
+
+
+def seg_cfg(tmp, data, name, **train):
+    from anomseg.config import merge
+    from anomseg.engine.train_seg import DEFAULTS
+
+    import copy
+    cfg = merge(copy.deepcopy(DEFAULTS), {
+        "out": str(tmp / name), "data": {"root": str(data), "crop": [64, 128], "val_split": None,
+                                         "paste": {"pool": str(data / "outliers"), "count": [1, 1]}},
+        "model": {"backbone": "mask2former", "options": {"preset": "tiny"}, "init": str(tmp / "m2f.pth")},
+        "train": {"epochs": 1, "batch_size": 2, "optimizer": "adamw", "lr": 1e-3, "amp": False, **train}})
+    return cfg
+
+
+def test_rba_finetuning_changes_the_class_head_only(synthetic):
+    from anomseg.engine.train_seg import train_segmentation
+
+    tmp, data = synthetic
+    train_segmentation(seg_cfg(tmp, data, "rba", finetune="head", loss={"name": "rba", "options": {}}), progress=False)
+    before = torch.load(tmp / "m2f.pth", weights_only=True)["state_dict"]
+    after = torch.load(tmp / "rba" / "checkpoints" / "last.pth", weights_only=True)["state_dict"]
+    assert before.keys() == after.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"net.class_predictor.weight", "net.class_predictor.bias"}
+
+
+def test_uno_grows_the_head_and_trains_the_negative_class(synthetic):
+    from anomseg.engine.train_seg import train_segmentation
+
+    tmp, data = synthetic
+    grown = build_backbone("mask2former", 13, preset="tiny", negative_class=True)
+    load_checkpoint(grown, tmp / "m2f.pth")
+    w0 = torch.load(tmp / "m2f.pth", weights_only=True)["state_dict"]["net.class_predictor.weight"]
+    w = grown.net.class_predictor.weight.detach()
+    assert w.shape[0] == 15 and torch.equal(w[:13], w0[:13]) and torch.equal(w[14], w0[13]) and not w[13].any()
+    train_segmentation(seg_cfg(tmp, data, "uno", loss={"name": "uno", "options": {}}) | {
+        "model": {"backbone": "mask2former", "options": {"preset": "tiny", "negative_class": True},
+                  "init": str(tmp / "m2f.pth"), "pretrained": None}}, progress=False)
+    after = torch.load(tmp / "uno" / "checkpoints" / "last.pth", weights_only=True)["state_dict"]
+    assert after["net.class_predictor.weight"][13].abs().sum() > 0  # the negative class learned from the pasted objects
+
+
+@pytest.mark.parametrize("loss,backbone,options,match", [
+    ("ce", "mask2former", {"preset": "tiny"}, "is a pixel loss on logits"),
+    ("rba", "smp:Unet:resnet18", {"encoder_depth": 3, "decoder_channels": [16, 8, 4]}, "trains mask queries"),
+    ("uno", "mask2former", {"preset": "tiny"}, "needs negative_class: true"),
+])
+def test_losses_that_do_not_fit_the_backbone_are_refused(synthetic, loss, backbone, options, match):
+    from anomseg.config import ConfigError
+    from anomseg.engine.train_seg import train_segmentation
+
+    tmp, data = synthetic
+    cfg = seg_cfg(tmp, data, f"bad_{loss}", loss={"name": loss, "options": {}})
+    cfg["model"] = {"backbone": backbone, "options": options, "init": None, "pretrained": None}
+    with pytest.raises(ConfigError, match=match):
+        train_segmentation(cfg, progress=False)
+
+
+# -- the methods, through the evaluation, the segmenter and the visualizer --------------------------
+
+def test_query_methods_average_passes_with_flips_undone():
+    from anomseg.methods import Observation, build_method
+    from anomseg.models.inference import predict
+    from anomseg.scores.masks import eam
+
+    model = randomised(build_backbone("mask2former", K, preset="tiny"), seed=2).eval()
+    x = torch.randint(0, 256, (1, 64, 96, 3), dtype=torch.uint8)
+    pred = predict(model, x, size=(32, 48), flip=True)
+    method = build_method("eam")
+    method.setup(model)
+    with torch.no_grad():
+        plain = eam(model(x).queries, (32, 48))
+        mirrored = eam(model(x.flip(2)).queries, (32, 48)).flip(-1)
+    torch.testing.assert_close(method.score(Observation(pred, x, model, (32, 48))), (plain + mirrored) / 2)
+
+
+def test_query_methods_refuse_a_backbone_without_queries():
+    from anomseg.config import ConfigError
+    from anomseg.methods import build_method
+
+    with pytest.raises(ConfigError, match="has none: use backbone name 'mask2former'"):
+        build_method("rba").setup(build_backbone("smp:Unet:resnet18", K, encoder_depth=3, decoder_channels=[16, 8, 4]))
+    with pytest.raises(ConfigError, match="needs a K \\+ 2-class head"):
+        build_method("uno").setup(build_backbone("mask2former", K, preset="tiny"))
+    with pytest.raises(ConfigError, match="refine_classes \\[9\\]"):
+        build_method("m2a", refine_classes=[2, 9]).setup(build_backbone("mask2former", K, preset="tiny"))
+
+
+def test_eval_tool_segmenter_and_visualizer_run_the_mask_methods(synthetic):
+    import json
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from anomseg.segmenter import AnomalySegmenter
+
+    tmp, data = synthetic
+    uno = randomised(build_backbone("mask2former", 13, preset="tiny", negative_class=True), seed=5)
+    save_checkpoint(tmp / "uno.pth", uno)
+    cfg = {"out": str(tmp / "eval"), "data": {"name": "streethazards", "root": str(data), "split": "test"},
+           "backbone": {"checkpoint": str(tmp / "m2f.pth")}, "inference": {"flip": True},
+           "methods": [{"name": "rba"}, {"name": "eam"}, {"name": "m2a", "options": {"refine_classes": [1, 2, 9]}},
+                       {"name": "msp"}, {"name": "uno", "backbone": {"checkpoint": str(tmp / "uno.pth")}}],
+           "overlays": {"images": 1}}
+    (tmp / "eval.yaml").write_text(yaml.safe_dump(cfg))
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "tools"))
+    import eval_caos
+    import visualize
+
+    assert eval_caos.main(["--config", str(tmp / "eval.yaml")]) == 0
+    report = json.loads((tmp / "eval" / "report.json").read_text())
+    assert set(report["methods"]) == {"rba", "eam", "m2a", "msp", "uno"}
+    for r in report["methods"].values():
+        assert 0 <= r["auroc"] <= 1
+    assert visualize.main([str(tmp / "eval"), "--first", "1", "--out", str(tmp / "viz")]) == 0
+    assert len(list((tmp / "viz").glob("*.png"))) == 1
+    seg = AnomalySegmenter.from_files(checkpoint=str(tmp / "m2f.pth"), method="rba", inference={"flip": True})
+    image = np.zeros((64, 128, 3), np.uint8)
+    scores = seg(image)
+    assert scores.shape == (64, 128) and scores.dtype == np.float32

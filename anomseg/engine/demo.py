@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 
-from anomseg.config import NONE, merge, save_config, read_yaml
+from anomseg.config import NONE, ConfigError, merge, save_config, read_yaml
 from anomseg.data import generate_synthetic
 from anomseg.engine.evaluate import DEFAULTS as EVAL_DEFAULTS
 from anomseg.engine.evaluate import SCHEMA as EVAL_SCHEMA
@@ -27,8 +27,12 @@ from anomseg.engine.train_seg import DEFAULTS as SEG_DEFAULTS, SCHEMA as SEG_SCH
 
 _EVAL = copy.deepcopy(EVAL_SCHEMA)
 _EVAL["methods"][0]["head"] = (str, bool, NONE)  # head: true = the head the heads stage trained
+_EVAL["methods"][0]["backbone"] = (str, dict)  # backbone: <name> = the checkpoint of segmenter stage <name>
+_SEGMENTER = copy.deepcopy(SEG_SCHEMA)
+_SEGMENTER["init"] = str  # init: <name> = start from the checkpoint of segmenter stage <name>
+_SEGMENTER["data"]["paste"] = (bool, dict, NONE)  # paste: true = the synthetic outlier pool
 SCHEMA = {"data": {"train": int, "val": int, "test": int, "outliers": int, "height": int, "width": int},
-          "seg": SEG_SCHEMA, "heads": HEAD_SCHEMA, "eval": _EVAL}
+          "seg": SEG_SCHEMA, "segmenters": {"*": _SEGMENTER}, "heads": HEAD_SCHEMA, "eval": _EVAL}
 
 
 def stage_configs(demo: dict, out: Path, seed: int) -> dict[str, dict]:
@@ -50,10 +54,32 @@ def stage_configs(demo: dict, out: Path, seed: int) -> dict[str, dict]:
     # a method with ``head: true`` is the head the heads stage trained under the method's name
     ev["methods"] = [dict(m, head=str(out / "heads" / "heads" / m["name"] / "best.pth")) if m.get("head") is True
                      else dict(m) for m in demo["eval"]["methods"]]
+    segmenters = demo.get("segmenters") or {}
+    for m in ev["methods"]:  # backbone: <segmenter stage> = that stage's best checkpoint
+        if isinstance(m.get("backbone"), str):
+            if m["backbone"] not in segmenters:
+                raise ConfigError(f"eval method {m['name']!r}: backbone {m['backbone']!r} is not a segmenter stage "
+                                  f"(segmenters: {', '.join(segmenters) or 'none'})")
+            m["backbone"] = {"checkpoint": str(out / m["backbone"] / "checkpoints" / "best.pth")}
+    stages = {}
+    for name, spec in segmenters.items():  # more segmenters (the Mask2Former family), trained after the first
+        spec = copy.deepcopy(spec)
+        init = spec.pop("init", None)
+        if init is not None and init not in segmenters:
+            raise ConfigError(f"segmenters.{name}.init={init!r} is not a segmenter stage listed before it")
+        paste = spec.get("data", {}).get("paste")
+        cfg = merge(copy.deepcopy(SEG_DEFAULTS), spec)
+        cfg.update(seed=seed, out=str(out / name))
+        cfg["data"].update(name="streethazards", root=data_root)
+        if paste is True:
+            cfg["data"]["paste"] = {"pool": str(out / "data" / "outliers"), "count": [0, 1]}
+        if init is not None:
+            cfg["model"]["init"] = str(out / init / "checkpoints" / "best.pth")
+        stages[name] = cfg
     # resolved as each stage's tool resolves (and saves) it: missing keys take the tool's defaults
     heads = merge(copy.deepcopy(HEAD_DEFAULTS), heads)
     ev = merge(copy.deepcopy(EVAL_DEFAULTS), ev)
-    return {"seg": seg, "heads": heads, "eval": ev}
+    return {"seg": seg, **stages, "heads": heads, "eval": ev}
 
 
 def run_demo(demo: dict, out: str | Path, seed: int = 0, workers: int | None = None, progress: bool = True) -> dict:
@@ -94,6 +120,10 @@ def run_demo(demo: dict, out: str | Path, seed: int = 0, workers: int | None = N
     epochs = cfgs["seg"]["train"]["epochs"]
     stage("segmenter", log.is_file() and len(log.read_text().splitlines()) >= epochs,
           lambda: train_segmentation(cfgs["seg"], progress=progress), same_config("seg"))
+    for name in demo.get("segmenters") or {}:
+        n_epochs = cfgs[name]["train"]["epochs"]
+        done = (out / name / "log.jsonl").is_file() and len((out / name / "log.jsonl").read_text().splitlines()) >= n_epochs
+        stage(name, done, lambda name=name: train_segmentation(cfgs[name], progress=progress), same_config(name))
     stage("heads", (out / "heads" / "summary.json").is_file(), lambda: run_head_training(cfgs["heads"], progress=progress),
           same_config("heads"))
     stage("evaluation", (out / "eval" / "report.json").is_file(), lambda: run_evaluation(cfgs["eval"], progress=progress),

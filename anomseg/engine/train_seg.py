@@ -16,7 +16,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from anomseg.models.base import resize_logits
 from anomseg.data.paste import PastedDataset
 from anomseg.train.augment import SegAugment, sample_seed
 from anomseg.train.losses import LOSSES, pixel_loss
+from anomseg.train.mask_losses import MASK_LOSSES, mask_loss
 from anomseg.options import NonEmpty, NonNegative, NonNegativeInt, Positive, PositiveInt, Range, check_options
 
 DEFAULTS = {
@@ -47,13 +48,13 @@ DEFAULTS = {
     "train": {"epochs": 10, "batch_size": 8, "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "poly_power": 0.9,
               "aux_weight": 0.4, "amp": True, "sync_bn": True, "freeze_bn": False, "max_steps_per_epoch": None,
               "val_batch_size": 4, "resume": True, "stop_after_epochs": None,
-              "loss": {"name": "ce", "options": {}}, "finetune": "all"},
+              "loss": {"name": "ce", "options": {}}, "finetune": "all", "optimizer": "sgd", "clip_grad_norm": None},
 }
 
 SCHEMA = schema_from_defaults(DEFAULTS, {
     "device": OPTIONAL_STR, "data.options": ANY, "data.paste": ANY, "data.val_split": OPTIONAL_STR,
     "model.options": ANY, "model.init": OPTIONAL_STR, "model.pretrained": OPTIONAL_STR,
-    "train.max_steps_per_epoch": OPTIONAL_INT, "train.stop_after_epochs": OPTIONAL_INT,
+    "train.max_steps_per_epoch": OPTIONAL_INT, "train.stop_after_epochs": OPTIONAL_INT, "train.clip_grad_norm": ANY,
     "train.loss": {"name": str, "options": ANY},
 })
 
@@ -146,9 +147,11 @@ def train_section(epochs: PositiveInt = 10, batch_size: Annotated[int, Range(1)]
                   poly_power: NonNegative = 0.9, aux_weight: NonNegative = 0.4, amp: bool = True, sync_bn: bool = True,
                   freeze_bn: bool = False, max_steps_per_epoch: PositiveInt | None = None, val_batch_size: PositiveInt = 4,
                   resume: bool = True, stop_after_epochs: PositiveInt | None = None, loss: dict | None = None,
-                  finetune: str = "all") -> None:
+                  finetune: str = "all", optimizer: Literal["sgd", "adamw"] = "sgd",
+                  clip_grad_norm: Positive | None = None) -> None:
     """The ``train`` section, declared (:mod:`anomseg.options`); ``loss`` and ``finetune`` are checked by name
-    where they are used."""
+    where they are used. ``optimizer``: SGD with ``momentum``, or AdamW (the Mask2Former recipe: lr 1e-4,
+    weight decay 0.05, ``clip_grad_norm`` 0.01 over the whole model)."""
 
 
 def data_section(name: str = "streethazards", root: str = "data/synthetic", options: dict | None = None,
@@ -157,6 +160,35 @@ def data_section(name: str = "streethazards", root: str = "data/synthetic", opti
                  scale: Annotated[list[Positive], NonEmpty()] = (0.5, 2.0), flip: bool = True,
                  workers: NonNegativeInt = 0, paste: dict | None = None) -> None:
     """The ``data`` section, declared (:mod:`anomseg.options`)."""
+
+
+def _pixel_batch_loss(net, images, target, outlier, loss_name: str, loss_opts: dict, aux_weight: float, info) -> torch.Tensor:
+    """A pixel loss summed over the rank's counted pixels, divided by the global batch's (see the module docstring)."""
+    out = net(images)
+    size = tuple(target.shape[-2:])
+    loss_map, counted = pixel_loss(loss_name, resize_logits(out.logits.float(), size), target, outlier,
+                                   features=out.features, **loss_opts)
+    valid = all_reduce_sum(counted.sum().double().reshape(1)).item()  # on the device: NCCL-ready
+    loss = (loss_map * counted).sum()
+    if out.aux is not None and aux_weight:
+        loss = loss + aux_weight * F.cross_entropy(resize_logits(out.aux.float(), size), target, ignore_index=255,
+                                                   reduction="sum")
+    return loss * info.world / max(valid, 1.0)
+
+
+def _check_loss_fits(loss_name: str, model, backbone: str) -> None:
+    """Mask losses train mask-classification backbones and only them; ``uno`` needs the negative class."""
+    masked = hasattr(model, "num_queries")
+    if masked and loss_name not in MASK_LOSSES:
+        raise ConfigError(f"train.loss.name={loss_name!r} is a pixel loss on logits; backbone {backbone!r} outputs a "
+                          f"semantic aggregate of mask queries: use one of {', '.join(MASK_LOSSES)}")
+    if not masked and loss_name in MASK_LOSSES:
+        raise ConfigError(f"train.loss.name={loss_name!r} trains mask queries; backbone {backbone!r} has none "
+                          f"(use mask2former, or a pixel loss: {', '.join(LOSSES)})")
+    if masked and (loss_name == "uno") != bool(getattr(model, "negative_class", False)):
+        raise ConfigError(f"train.loss.name={loss_name!r} with model option negative_class="
+                          f"{bool(getattr(model, 'negative_class', False))}: uno trains the negative class and needs "
+                          f"negative_class: true; the other losses need negative_class: false")
 
 
 def train_segmentation(cfg: dict, progress: bool = True) -> dict:
@@ -182,8 +214,9 @@ def _train(cfg: dict, info: DistInfo, out: Path, progress: bool) -> dict:
     train_set = build_dataset(dc["name"], dc["root"], dc["train_split"], **dc.get("options", {}))
     val_set = build_dataset(dc["name"], dc["root"], dc["val_split"], **dc.get("options", {})) if dc.get("val_split") else None
     loss_name, loss_opts = tc["loss"]["name"], tc["loss"].get("options", {})
-    if loss_name not in LOSSES:
-        raise ConfigError(f"train.loss.name={loss_name!r} is unknown; valid: {', '.join(LOSSES)}")
+    if loss_name not in LOSSES and loss_name not in MASK_LOSSES:
+        raise ConfigError(f"train.loss.name={loss_name!r} is unknown; valid: {', '.join(LOSSES)} (pixel backbones), "
+                          f"{', '.join(MASK_LOSSES)} (mask2former)")
     if dc.get("paste"):  # outlier pixels from pasted objects (outlier exposure)
         p = dc["paste"]
         train_set = PastedDataset(train_set, p["pool"], count=p.get("count", (1, 3)),
@@ -194,6 +227,7 @@ def _train(cfg: dict, info: DistInfo, out: Path, progress: bool) -> dict:
         load_pretrained(model, mc["backbone"], mc["pretrained"])
     if mc.get("init"):
         load_checkpoint(model, mc["init"])
+    _check_loss_fits(loss_name, model, mc["backbone"])
     model.to(info.device)
     if tc["finetune"] not in ("all", "head"):
         raise ConfigError(f"train.finetune={tc['finetune']!r}: choose 'all' or 'head' (the classifier only)")
@@ -207,8 +241,11 @@ def _train(cfg: dict, info: DistInfo, out: Path, progress: bool) -> dict:
         raise ConfigError(f"train.batch_size={tc['batch_size']} must be at least 1")
     if tc["batch_size"] % info.world:
         raise ConfigError(f"train.batch_size={tc['batch_size']} must be divisible by the {info.world} processes")
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=tc["lr"], momentum=tc["momentum"],
-                          weight_decay=tc["weight_decay"])
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if tc.get("optimizer", "sgd") == "adamw":
+        opt = torch.optim.AdamW(trainable, lr=tc["lr"], weight_decay=tc["weight_decay"])
+    else:
+        opt = torch.optim.SGD(trainable, lr=tc["lr"], momentum=tc["momentum"], weight_decay=tc["weight_decay"])
     use_amp = bool(tc["amp"]) and info.device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
@@ -264,18 +301,15 @@ def _train(cfg: dict, info: DistInfo, out: Path, progress: bool) -> dict:
             images, target, anomaly = images.to(info.device), target.to(info.device), anomaly.to(info.device)
             outlier = anomaly == 1
             with torch.autocast(info.device.type, dtype=amp_dtype, enabled=use_amp):
-                out_ = net(images)
-                size = tuple(target.shape[-2:])
-                loss_map, counted = pixel_loss(loss_name, resize_logits(out_.logits.float(), size), target, outlier,
-                                               features=out_.features, **loss_opts)
-                valid = all_reduce_sum(counted.sum().double().reshape(1)).item()  # on the device: NCCL-ready
-                loss = (loss_map * counted).sum()
-                if out_.aux is not None and tc["aux_weight"]:
-                    loss = loss + tc["aux_weight"] * F.cross_entropy(resize_logits(out_.aux.float(), size), target,
-                                                                     ignore_index=255, reduction="sum")
-                loss = loss * info.world / max(valid, 1.0)
+                if loss_name in MASK_LOSSES:  # a mean over the rank's batch: DDP averages the ranks' means
+                    loss = mask_loss(loss_name, net, images, target, outlier, known=k, **loss_opts)
+                else:
+                    loss = _pixel_batch_loss(net, images, target, outlier, loss_name, loss_opts, tc["aux_weight"], info)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            if tc.get("clip_grad_norm"):
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(trainable, tc["clip_grad_norm"])
             scaler.step(opt)
             scaler.update()
             loss_sum += loss.item() / info.world

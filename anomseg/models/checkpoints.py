@@ -257,6 +257,8 @@ def load_checkpoint(model: SegmentationBackbone, path_or_paths, bn: str = "auto"
         sd = _mask2former_state(model, _state_of(obj), fmt, source)
     else:
         sd = dict(obj["state_dict"])
+    if getattr(model, "negative_class", False):
+        sd = grow_negative_class(sd, model, source)
     _load_strict(model, sd, source, HEAD_KEYS.get(fmt))
     info = {"format": fmt, "num_classes": getattr(model, "num_classes", None), "source": source, "bn": bn_mode}
     if fmt == "anomseg":
@@ -314,6 +316,24 @@ def _from_pretrained_strict(cls, folder, source: str):
     if problems:
         raise ModelError(f"{source}: does not fit this Mask2Former: {'; '.join(problems)}")
     return net
+
+
+def grow_negative_class(sd: dict, model, source: str) -> dict:
+    """A K + 1-class Mask2Former file for a model with UNO's K + 2-class head: the negative class's row is
+    inserted before "no object", zero weight and bias, and its no-object loss weight 1
+    (matejgrcic/Open-set-M2F ``finetune_UNO.py``); a K + 2-class file is returned as it is."""
+    key = "net.class_predictor.weight"
+    if key not in sd or sd[key].shape[0] != model.num_classes + 1:
+        return sd
+    sd = dict(sd)
+    for name in (key, "net.class_predictor.bias"):
+        w = sd[name]
+        sd[name] = torch.cat([w[:-1], torch.zeros_like(w[:1]), w[-1:]])
+    e = sd.get("net.criterion.empty_weight")
+    if e is not None:
+        sd["net.criterion.empty_weight"] = torch.cat([e[:-1], torch.ones_like(e[:1]), e[-1:]])
+    log.info("%s: K + 1-class head grown to UNO's K + 2 (a zero row for the negative class)", source)
+    return sd
 
 
 def _load_transformers_folder(model, folder: Path) -> dict:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anomseg.errors import AnomsegError
-from anomseg.models.base import MaskQueries, SegmentationBackbone, SegOutput
+from anomseg.models.base import MaskQueries, SegmentationBackbone, SegOutput, to_model_input
 
 SIZE_DIVISIBILITY = 32  # detectron2 MASK_FORMER.SIZE_DIVISIBILITY for the Cityscapes configs
 
@@ -128,6 +128,21 @@ class Mask2Former(SegmentationBackbone):
     def queries_of(self, out, input_size: tuple[int, int]) -> MaskQueries:
         padded = tuple(4 * s for s in out.masks_queries_logits.shape[-2:])
         return MaskQueries(out.class_queries_logits, out.masks_queries_logits, tuple(input_size), padded, self.num_classes)
+
+    def forward(self, images: torch.Tensor, semantic: torch.Tensor | None = None, outlier: torch.Tensor | None = None):
+        """RGB batch -> :class:`SegOutput`; with ``semantic`` (int64 (N, H, W) at the image size, 255 = void) and
+        ``outlier`` (bool (N, H, W)): the transformers output of the training pass, its ``loss`` the set loss on
+        the class masks of :func:`anomseg.train.mask_losses.class_masks` (the outliers the negative class when
+        the head has one), ``auxiliary_logits`` every decoder layer's queries."""
+        if semantic is None:
+            return super().forward(images)
+        from anomseg.train.mask_losses import class_masks
+
+        x = to_model_input(images).to(self.pixel_mean)
+        x = self.pad((x - self.pixel_mean) / self.pixel_std)
+        outlier = torch.zeros_like(semantic, dtype=torch.bool) if outlier is None else outlier
+        masks, classes = class_masks(semantic, outlier, tuple(x.shape[-2:]), self.num_classes, self.negative_class)
+        return self.net(pixel_values=x, mask_labels=masks, class_labels=classes, output_auxiliary_logits=True)
 
     def forward_normalized(self, x: torch.Tensor) -> SegOutput:
         h, w = x.shape[-2:]
