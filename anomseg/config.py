@@ -26,6 +26,12 @@ class _Any:
     def __repr__(self):
         return "ANY"
 
+    def __copy__(self):  # one ANY: a deep-copied schema still says "anything" (checked with ``is``)
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
 
 ANY = _Any()
 
