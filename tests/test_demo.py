@@ -10,8 +10,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import demo  # noqa: E402
 
-METHODS = ["msp", "max_logit", "entropy", "energy", "sml", "kl_matching", "cores", "opengan_fea", "cls_fea"]
-FULL_METHODS = METHODS + ["opengan0_fea", "dias_fea"]  # `anomseg demo --full` (configs/demo_full.yaml)
+PIXEL = ["msp", "max_logit", "entropy", "energy", "sml", "kl_matching", "cores", "opengan_fea", "cls_fea"]
+MASKS = ["rba", "eam", "m2a", "rba_finetuned"]  # on the demo's Mask2Former and its RbA fine-tuning
+METHODS = PIXEL + MASKS
+FULL_METHODS = PIXEL + ["opengan0_fea", "dias_fea"] + MASKS + ["uno"]  # `anomseg demo --full` (configs/demo_full.yaml)
 
 
 def test_the_full_profile_has_every_head_and_the_default_every_family():
@@ -29,6 +31,9 @@ def tiny_config(tmp_path):
     cfg["seg"]["model"]["options"] = {"encoder_depth": 3, "decoder_segmentation_channels": 32, "decoder_pyramid_channels": 32}
     cfg["seg"]["data"] = {"crop": [64, 128], "scale": [0.9, 1.1]}
     cfg["seg"]["train"] = {"epochs": 1, "batch_size": 2, "max_steps_per_epoch": 2}
+    for seg in cfg["segmenters"].values():
+        seg["data"].update(crop=[64, 128], scale=[0.9, 1.1])
+        seg["train"].update(epochs=1, batch_size=2, max_steps_per_epoch=2)
     cfg["heads"]["bank"] = {"closed_per_image": 100, "chunk_images": 4}
     cfg["heads"]["train"] = {"steps": 4, "eval_every": 2, "n_closed": 200, "n_open": 100, "n_fake": 100}
     cfg["eval"]["overlays"] = {"images": 2, "threshold": "tpr95"}
@@ -42,7 +47,7 @@ def test_demo_runs_every_stage_and_reuses_outputs(tmp_path, capsys):
     out = tmp_path / "demo"
     assert demo.main(["--out", str(out), "--config", str(cfg), "--workers", "1"]) == 0
     first = capsys.readouterr().out
-    assert first.count("running") == 4
+    assert first.count("running") == 6  # data, segmenter, m2f, m2f_rba, heads, evaluation
     report = json.loads((out / "eval" / "report.json").read_text())
     assert list(report["methods"]) == METHODS
     for name, r in report["methods"].items():
@@ -50,7 +55,8 @@ def test_demo_runs_every_stage_and_reuses_outputs(tmp_path, capsys):
         assert r["images"] >= 1
     assert 0 <= report["miou"] <= 1
     for f in ("eval/report.md", "eval/report.html", "eval/per_image.csv", "eval/roc.png", "eval/pr.png", "eval/hist_opengan_fea.png",
-              "config.yaml", "seg/checkpoints/best.pth", "heads/heads/opengan_fea/best.pth", "heads/bank/train/meta.json"):
+              "config.yaml", "seg/checkpoints/best.pth", "m2f/checkpoints/best.pth", "m2f_rba/checkpoints/best.pth",
+              "heads/heads/opengan_fea/best.pth", "heads/bank/train/meta.json"):
         assert (out / f).is_file(), f
     assert len(list((out / "eval" / "overlays").glob("*.png"))) == 2
     assert "| opengan_fea |" in first
@@ -59,7 +65,7 @@ def test_demo_runs_every_stage_and_reuses_outputs(tmp_path, capsys):
               and p.name != "config.yaml"}
     assert demo.main(["--out", str(out), "--config", str(cfg), "--workers", "1"]) == 0
     second = capsys.readouterr().out
-    assert second.count("skipped") == 4 and "running" not in second
+    assert second.count("skipped") == 6 and "running" not in second
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     assert json.loads((out / "eval" / "report.json").read_text()) == report
     # a changed setting is never answered with the old output

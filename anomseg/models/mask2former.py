@@ -31,12 +31,14 @@ detectron2's DEC_LAYERS (RbA's "1dl" models: 2, i.e. one transformer decoder lay
 from __future__ import annotations
 
 import math
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from anomseg.errors import AnomsegError
+from anomseg.options import PositiveInt, Range
 from anomseg.models.base import MaskQueries, SegmentationBackbone, SegOutput, to_model_input
 
 SIZE_DIVISIBILITY = 32  # detectron2 MASK_FORMER.SIZE_DIVISIBILITY for the Cityscapes configs
@@ -99,8 +101,9 @@ class Mask2Former(SegmentationBackbone):
 
     stride = 4  # of the masks and features (the logits come at the input size)
 
-    def __init__(self, num_classes: int, preset: str = "swin_t", num_queries: int | None = None,
-                 decoder_layers: int | None = None, negative_class: bool = False, drop_path_rate: float = 0.3):
+    def __init__(self, num_classes: int, preset: Literal["tiny", "swin_t", "swin_s", "swin_b", "swin_l"] = "swin_t",
+                 num_queries: PositiveInt | None = None, decoder_layers: Annotated[int, Range(2)] | None = None,
+                 negative_class: bool = False, drop_path_rate: Annotated[float, Range(0, 1)] = 0.3):
         super().__init__()
         t = _transformers()
         self.num_classes = num_classes

@@ -7,6 +7,7 @@ from anomseg.models.base import SegmentationBackbone
 from anomseg.models.hrnet import HRNetW48
 from anomseg.models.mask2former import Mask2Former
 from anomseg.models.pspnet import PSPNetR101
+from anomseg.options import OptionError, check_options
 from anomseg.models.smp_backbone import SMPBackbone
 
 BACKBONES = {"hrnet_w48": HRNetW48, "pspnet_r101": PSPNetR101, "mask2former": Mask2Former}
@@ -43,6 +44,10 @@ def _build(name: str, num_classes: int, **options) -> SegmentationBackbone:
             raise ModelError(f"backbone {name!r}: {exc}") from None
     if name not in BACKBONES:
         raise ModelError(f"unknown backbone {name!r}; valid: {', '.join(sorted(BACKBONES))}, smp:<Arch>:<encoder>")
+    try:  # options checked against the constructor's declared types and ranges (one line each)
+        options = check_options(f"backbone {name!r}", BACKBONES[name], options, skip=("num_classes",))
+    except OptionError as exc:
+        raise ModelError(str(exc)) from None
     try:
         return BACKBONES[name](num_classes, **options)
     except TypeError as exc:
