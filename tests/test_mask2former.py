@@ -434,3 +434,57 @@ def test_eval_tool_segmenter_and_visualizer_run_the_mask_methods(synthetic):
     image = np.zeros((64, 128, 3), np.uint8)
     scores = seg(image)
     assert scores.shape == (64, 128) and scores.dtype == np.float32
+
+
+def test_without_transformers_the_backbone_says_what_to_install(monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_transformers(name, *args, **kwargs):
+        if name == "transformers" or name.startswith("transformers."):
+            raise ImportError("No module named 'transformers'")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_transformers)
+    with pytest.raises(AnomsegError, match=r"pip install 'anomseg\[mask2former\]'"):
+        build_backbone("mask2former", K, preset="tiny")
+
+
+def test_backbone_options_are_checked_in_one_line():
+    with pytest.raises(AnomsegError, match="option preset = 'swin_xl' must be one of"):
+        build_backbone("mask2former", K, preset="swin_xl")
+    with pytest.raises(AnomsegError, match="option decoder_layers = 1 must be"):
+        build_backbone("mask2former", K, preset="tiny", decoder_layers=1)
+
+
+def test_torchrun_two_processes_train_a_mask2former(synthetic):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tmp, data = synthetic
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(root / "tools" / "train_seg.py"), "--config", str(root / "configs" / "seg_synthetic_m2f.yaml"),
+           f"data.root={data}", f"out={tmp / 'ddp'}", "train.epochs=1", "train.batch_size=2", "data.crop=[64,128]",
+           "train.max_steps_per_epoch=2", "data.val_split=null"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sd = torch.load(tmp / "ddp" / "checkpoints" / "last.pth", weights_only=True)["state_dict"]
+    assert sd["net.class_predictor.weight"].shape == (14, 64)
+
+
+def test_mask_loss_options_are_checked_before_training(synthetic):
+    from anomseg.config import ConfigError
+    from anomseg.engine.train_seg import train_segmentation
+
+    tmp, data = synthetic
+    for loss, match in (({"name": "rba", "options": {"outlier_lower": "high"}}, "option outlier_lower = 'high' must be"),
+                        ({"name": "rba", "options": {"outlier_low": 5}}, "did you mean 'outlier_lower'"),
+                        ({"name": "mask2former", "options": {"lam": 1}}, "takes no options")):
+        with pytest.raises(ConfigError, match=match):
+            train_segmentation(seg_cfg(tmp, data, "bad_opts", loss=loss, finetune="head"), progress=False)
+    assert not (tmp / "bad_opts" / "checkpoints").exists()

@@ -34,7 +34,7 @@ from anomseg.models.base import resize_logits
 from anomseg.data.paste import PastedDataset
 from anomseg.train.augment import SegAugment, sample_seed
 from anomseg.train.losses import LOSSES, pixel_loss
-from anomseg.train.mask_losses import MASK_LOSSES, mask_loss
+from anomseg.train.mask_losses import MASK_LOSSES, check_mask_loss_options, mask_loss
 from anomseg.options import NonEmpty, NonNegative, NonNegativeInt, Positive, PositiveInt, Range, check_options
 
 DEFAULTS = {
@@ -228,6 +228,8 @@ def _train(cfg: dict, info: DistInfo, out: Path, progress: bool) -> dict:
     if mc.get("init"):
         load_checkpoint(model, mc["init"])
     _check_loss_fits(loss_name, model, mc["backbone"])
+    if loss_name in MASK_LOSSES:
+        loss_opts = check_mask_loss_options(loss_name, loss_opts)
     model.to(info.device)
     if tc["finetune"] not in ("all", "head"):
         raise ConfigError(f"train.finetune={tc['finetune']!r}: choose 'all' or 'head' (the classifier only)")

@@ -25,6 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from anomseg.options import NonNegative, OptionError, check_options
+
 MASK_LOSSES = ("mask2former", "rba", "uno")
 
 
@@ -68,6 +70,20 @@ def rba_outlier_loss(class_logits, mask_logits, semantic, outlier, known: int, i
     if outlier.any():
         loss = 0.5 * (loss + F.relu(outlier_lower - score[outlier]).pow(2).mean())
     return loss
+
+
+def rba_options(outlier_weight: NonNegative = 1.0, inlier_upper: float = 0.0, outlier_lower: float = 5.0) -> dict:
+    """The options of the ``rba`` loss, declared (:mod:`anomseg.options`); the other mask losses take none."""
+    return {"outlier_weight": outlier_weight, "inlier_upper": inlier_upper, "outlier_lower": outlier_lower}
+
+
+def check_mask_loss_options(name: str, options: dict) -> dict:
+    """``train.loss.options`` of a mask loss, checked in one line (unknown keys, types, ranges)."""
+    if name != "rba":
+        if options:
+            raise OptionError(f"train.loss {name!r}: takes no options; got {', '.join(map(str, options))}")
+        return {}
+    return check_options("train.loss 'rba'", rba_options, options)
 
 
 def mask_loss(name: str, model, images: torch.Tensor, semantic: torch.Tensor, outlier: torch.Tensor, known: int,
