@@ -1,7 +1,7 @@
 """The CUDA paths: run wherever CUDA exists, skip cleanly elsewhere (tests/test_device.py checks the
 same code paths honour the device argument on the CPU).
 
-Covered: a segmentation training step, an OpenGAN head step, an evaluation of 2 images (against the
+Covered: a segmentation training step, a Mask2Former training step and its query scores, an OpenGAN head step, an evaluation of 2 images (against the
 same evaluation on the CPU), a bank extraction, statistical heads, and all-reduces under a
 1-process ``cpu:gloo,cuda:nccl`` group (the group the tools create under torchrun with CUDA).
 """
@@ -135,3 +135,31 @@ def test_all_reduce_under_a_one_process_nccl_group(tmp_path):
         assert reduce_distributed(m).compute()["auroc"] == m.compute()["auroc"]
     finally:
         dist.destroy_process_group()
+
+
+def test_mask2former_training_and_query_scores_on_cuda(data, tmp_path):
+    """The mask2former set loss trains under bf16 autocast on CUDA, and its query scores on CUDA equal the CPU's."""
+    from anomseg.config import load_config
+    from anomseg.engine.train_seg import DEFAULTS as SEG_DEFAULTS, SCHEMA as SEG_SCHEMA, train_segmentation
+    from anomseg.methods import Observation, build_method
+    from anomseg.models import build_from_checkpoint
+    from anomseg.models.inference import predict
+
+    pytest.importorskip("transformers")
+    cfg = load_config(ROOT / "configs" / "seg_synthetic_m2f.yaml", [
+        f"data.root={data}", f"out={tmp_path}", "device=cuda", "train.epochs=1", "train.batch_size=2",
+        "train.max_steps_per_epoch=2", "data.crop=[64,128]"], SEG_DEFAULTS, SEG_SCHEMA)
+    train_segmentation(cfg, progress=False)
+    model, _ = build_from_checkpoint(tmp_path / "checkpoints" / "last.pth")
+    x = torch.randint(0, 256, (1, 64, 128, 3), dtype=torch.uint8)
+    scores = {}
+    for device in ("cpu", "cuda"):
+        m = model.to(device).eval()
+        pred = predict(m, x.to(device), size=(64, 128), flip=True)
+        for name in ("rba", "eam", "m2a"):
+            method = build_method(name)
+            method.setup(m)
+            scores[device, name] = method.score(Observation(pred, x.to(device), m, (64, 128))).cpu()
+    for name in ("rba", "eam"):  # m2a thresholds (> 0.95, >= 0.5) may flip on float differences: shapes only
+        torch.testing.assert_close(scores["cuda", name], scores["cpu", name], atol=1e-3, rtol=1e-3)
+    assert scores["cuda", "m2a"].shape == scores["cpu", "m2a"].shape == (1, 64, 128)
