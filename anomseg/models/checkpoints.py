@@ -200,7 +200,11 @@ def _load_strict(model: torch.nn.Module, sd: dict, source: str, head_key: str | 
     if missing or unexpected or shapes:
         trained = ""
         if head_key and head_key in sd:
-            trained = f"; the file was trained for {sd[head_key].shape[0]} classes, the model has {getattr(model, 'num_classes', '?')}"
+            rows = sd[head_key].shape[0]
+            trained = f"; the file was trained for {rows} classes, the model has {getattr(model, 'num_classes', '?')}"
+            if head_key == "net.class_predictor.weight":  # K + 1 rows: the known classes and "no object"
+                trained = (f"; the file's class head has {rows} rows (K + 1 with 'no object'), the model's "
+                           f"{model.state_dict()[head_key].shape[0]}: check num_classes, negative_class, preset")
         parts = []
         if missing:
             parts.append(f"{len(missing)} missing keys ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})")
