@@ -447,7 +447,7 @@ def test_without_transformers_the_backbone_says_what_to_install(monkeypatch):
         return real(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_transformers)
-    with pytest.raises(AnomsegError, match=r"pip install 'anomseg\[mask2former\]'"):
+    with pytest.raises(AnomsegError, match=r"not installed: pip install 'transformers>=4.46'"):
         build_backbone("mask2former", K, preset="tiny")
 
 

@@ -55,7 +55,7 @@ PRESETS = {
                   decoder_layers=3, dim_feedforward=256, encoder_feedforward_dim=256, num_attention_heads=4,
                   train_num_points=4096)),
 }
-INSTALL_HINT = "pip install 'anomseg[mask2former]' (or: pip install 'transformers>=4.46')"
+INSTALL_HINT = "pip install 'transformers>=4.46' (a dependency of anomseg; reinstall anomseg to get it)"
 
 
 def _transformers():
