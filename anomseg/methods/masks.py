@@ -11,6 +11,7 @@ smp) is refused in one line when the method is set up.
 
 from __future__ import annotations
 
+import abc
 from typing import Annotated
 
 import torch
@@ -37,8 +38,9 @@ class QueryMethod(Method):
                 if self.needs_negative_class else "a K + 1-class head (negative_class: false); score that model with uno"
             raise ConfigError(f"method {self.name!r} needs {want}")
 
+    @abc.abstractmethod
     def score_pass(self, queries, size) -> torch.Tensor:
-        raise NotImplementedError
+        """float32 (N, H, W) of one pass's :class:`~anomseg.models.base.MaskQueries` at ``size``."""
 
     def score(self, obs: Observation) -> torch.Tensor:
         passes = obs.prediction.queries
