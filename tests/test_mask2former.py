@@ -488,3 +488,36 @@ def test_mask_loss_options_are_checked_before_training(synthetic):
         with pytest.raises(ConfigError, match=match):
             train_segmentation(seg_cfg(tmp, data, "bad_opts", loss=loss, finetune="head"), progress=False)
     assert not (tmp / "bad_opts" / "checkpoints").exists()
+
+
+def test_official_model_zoo_pickle_of_numpy_arrays_loads(released, tmp_path):
+    """detectron2's model zoo ships model_final_*.pkl: a plain pickle of {"model": {name: numpy array}}."""
+    import pickle
+
+    hf, d2 = released
+    zoo = {"model": {k: v.numpy() for k, v in d2.items()}, "__author__": "Detectron2 Model Zoo",
+           "matching_heuristics": True}
+    path = tmp_path / "model_final_5c90d4.pkl"
+    path.write_bytes(pickle.dumps(zoo, protocol=2))
+    model = build_backbone("mask2former", K, preset="tiny").eval()
+    assert load_checkpoint(model, path)["format"] == "mask2former_detectron2"
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        assert torch.equal(model(x).queries.mask_logits, hf(pixel_values=normalised(x)).masks_queries_logits)
+
+
+def test_a_pickle_naming_anything_but_arrays_is_refused_unrun(tmp_path):
+    import os
+    import pickle
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "model_final.pkl"
+    path.write_bytes(pickle.dumps({"model": {"x": Evil()}}))
+    with pytest.raises(AnomsegError, match="names posix.system|names nt.system|not a numpy array"):
+        load_checkpoint(build_backbone("mask2former", K, preset="tiny"), path)
+    assert not marker.exists()

@@ -13,9 +13,10 @@ Formats (../shared/docs/FORMATS.md):
   flat keys; SyncBN files carry ``_tmp_running_mean`` / ``_tmp_running_var`` / ``_running_iter``;
 * Mask2Former (the ``mask2former`` backbone): a ``facebook/mask2former-swin-*-cityscapes-semantic``
   release folder (``from_pretrained`` on the local path) or its weights file (transformers keys
-  ``model.pixel_level_module.*`` ...), or a detectron2-layout file (official model zoo, RbA's
-  ``model_final.pth``: ``{"model": state_dict}``, keys ``backbone.*`` / ``sem_seg_head.*``), converted
-  by :mod:`anomseg.models.mask2former_keys`.
+  ``model.pixel_level_module.*`` ...), or a detectron2-layout file (RbA's ``model_final.pth``:
+  ``{"model": state_dict}``, or the official model zoo's ``model_final_*.pkl`` of numpy arrays, unpickled
+  allowing arrays only; keys ``backbone.*`` / ``sem_seg_head.*``), converted by
+  :mod:`anomseg.models.mask2former_keys`.
 
 ImageNet initialisation for training (:func:`load_pretrained`): HRNet-Image-Classification's
 ``hrnetv2_w48_imagenet_pretrained.pth`` (the backbone keys plus a classification head that is
@@ -29,9 +30,11 @@ file was trained for.
 from __future__ import annotations
 
 import logging
+import pickle
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from anomseg.errors import AnomsegError
@@ -54,6 +57,8 @@ HEAD_KEYS = {"hrnet": "last_layer.3.weight", "csail": "decoder.conv_last.4.weigh
 def _read(path: Path) -> dict:
     if not path.is_file():
         raise ModelError(f"{path}: checkpoint not found")
+    if path.suffix == ".pkl":  # detectron2's model zoo: a plain pickle of numpy arrays
+        return read_detectron2_pickle(path)
     if path.suffix == ".safetensors":  # a transformers release's weights file
         from safetensors.torch import load_file
         try:
@@ -68,6 +73,37 @@ def _read(path: Path) -> dict:
             "Unpickl" in text else (text.splitlines()[0][:120] if text else "unreadable")
         raise ModelError(f"{path}: cannot be read with torch.load(weights_only=True) ({type(exc).__name__}: {hint}); "
                          f"is it a PyTorch checkpoint of plain tensors?") from None
+
+
+# What a detectron2 model-zoo pickle may name: numpy arrays, dtypes and scalars, an OrderedDict, and
+# _codecs.encode (protocol-2 pickles write bytes through it); no other callable is ever imported (a pickle
+# naming one is refused before anything runs).
+_PICKLE_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                   ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+                   ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"), ("_codecs", "encode")}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it names {module}.{name}, which is not a numpy array")
+
+
+def read_detectron2_pickle(path: Path) -> dict:
+    """A detectron2 ``.pkl`` checkpoint (the official Mask2Former model zoo's ``model_final_*.pkl``:
+    ``{"model": {name: numpy array}, "__author__": ...}``, read by detectron2's Checkpointer with
+    ``pickle.load(f, encoding="latin1")``), unpickled allowing numpy arrays only, as tensors."""
+    try:
+        with open(path, "rb") as f:
+            obj = _ArrayUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as exc:
+        raise ModelError(f"{path}: not a detectron2 checkpoint of numpy arrays ({type(exc).__name__}: "
+                         f"{str(exc)[:120]}); refused, never run") from None
+    sd = obj.get("model", obj) if isinstance(obj, dict) else None
+    if not isinstance(sd, dict) or not all(isinstance(v, np.ndarray) for v in sd.values()):
+        raise ModelError(f"{path}: a pickle without a {{name: numpy array}} model; expected a detectron2 model-zoo file")
+    return {"model": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}}
 
 
 def _strip(sd: dict, prefix: str) -> dict:
