@@ -62,10 +62,10 @@ def stage_configs(demo: dict, out: Path, seed: int) -> dict[str, dict]:
                                   f"(segmenters: {', '.join(segmenters) or 'none'})")
             m["backbone"] = {"checkpoint": str(out / m["backbone"] / "checkpoints" / "best.pth")}
     stages = {}
-    for name, spec in segmenters.items():  # more segmenters (the Mask2Former family), trained after the first
+    for i, (name, spec) in enumerate(segmenters.items()):  # more segmenters (the Mask2Former family), in order
         spec = copy.deepcopy(spec)
         init = spec.pop("init", None)
-        if init is not None and init not in segmenters:
+        if init is not None and init not in list(segmenters)[:i]:
             raise ConfigError(f"segmenters.{name}.init={init!r} is not a segmenter stage listed before it")
         paste = spec.get("data", {}).get("paste")
         cfg = merge(copy.deepcopy(SEG_DEFAULTS), spec)
@@ -102,7 +102,7 @@ def run_demo(demo: dict, out: str | Path, seed: int = 0, workers: int | None = N
 
     def same_config(key: str):
         def check():  # reuse only what the same resolved config made
-            path = out / ("seg" if key == "seg" else key) / "config.yaml"
+            path = Path(cfgs[key]["out"]) / "config.yaml"
             saved = read_yaml(path.read_text(), str(path)) if path.is_file() else {}
             check_fingerprint(path.parent, saved, json.loads(json.dumps(cfgs[key])),
                               f"delete {path.parent} (or use a new --out) to rebuild it with this config")
@@ -116,14 +116,12 @@ def run_demo(demo: dict, out: str | Path, seed: int = 0, workers: int | None = N
                            workers=workers, progress=progress)
     marker = out / "data" / "synthetic.json"
     stage("data", marker.is_file() and json.loads(marker.read_text()).get("complete"), make_data, make_data)
-    log = out / "seg" / "log.jsonl"
-    epochs = cfgs["seg"]["train"]["epochs"]
-    stage("segmenter", log.is_file() and len(log.read_text().splitlines()) >= epochs,
-          lambda: train_segmentation(cfgs["seg"], progress=progress), same_config("seg"))
-    for name in demo.get("segmenters") or {}:
-        n_epochs = cfgs[name]["train"]["epochs"]
-        done = (out / name / "log.jsonl").is_file() and len((out / name / "log.jsonl").read_text().splitlines()) >= n_epochs
-        stage(name, done, lambda name=name: train_segmentation(cfgs[name], progress=progress), same_config(name))
+    def trained(key: str) -> bool:  # a segmenter stage is done when its log holds every epoch
+        log = Path(cfgs[key]["out"]) / "log.jsonl"
+        return log.is_file() and len(log.read_text().splitlines()) >= cfgs[key]["train"]["epochs"]
+
+    for key, name in [("seg", "segmenter")] + [(n, n) for n in demo.get("segmenters") or {}]:
+        stage(name, trained(key), lambda key=key: train_segmentation(cfgs[key], progress=progress), same_config(key))
     stage("heads", (out / "heads" / "summary.json").is_file(), lambda: run_head_training(cfgs["heads"], progress=progress),
           same_config("heads"))
     stage("evaluation", (out / "eval" / "report.json").is_file(), lambda: run_evaluation(cfgs["eval"], progress=progress),

@@ -178,7 +178,7 @@ def _pixel_batch_loss(net, images, target, outlier, loss_name: str, loss_opts: d
 
 def _check_loss_fits(loss_name: str, model, backbone: str) -> None:
     """Mask losses train mask-classification backbones and only them; ``uno`` needs the negative class."""
-    masked = hasattr(model, "num_queries")
+    masked = getattr(model, "mask_classification", False)
     if masked and loss_name not in MASK_LOSSES:
         raise ConfigError(f"train.loss.name={loss_name!r} is a pixel loss on logits; backbone {backbone!r} outputs a "
                           f"semantic aggregate of mask queries: use one of {', '.join(MASK_LOSSES)}")

@@ -29,7 +29,7 @@ class QueryMethod(Method):
     needs_negative_class = False
 
     def setup(self, model):
-        if not hasattr(model, "num_queries"):
+        if not getattr(model, "mask_classification", False):
             raise ConfigError(f"method {self.name!r} scores a mask-classification network's queries; backbone "
                               f"{type(model).__name__} has none: use backbone name 'mask2former'")
         negative = bool(getattr(model, "negative_class", False))

@@ -39,6 +39,12 @@ class MaskQueries(NamedTuple):
         m = m[..., :self.input_size[0], :self.input_size[1]]
         return resize_logits(m, tuple(size))
 
+    def semantic(self, size: tuple[int, int]) -> torch.Tensor:
+        """The semantic aggregate S_c = sum_q softmax(z_q)(c) sigmoid(m_q) over the K known classes at ``size``
+        (mask logits as :meth:`mask_logits_at` brings them): float32 (N, K, *size)."""
+        p = torch.softmax(self.class_logits.float(), -1)[..., :self.known]
+        return torch.einsum("nqc,nqhw->nchw", p, torch.sigmoid(self.mask_logits_at(size)))
+
 
 class SegOutput(NamedTuple):
     """A backbone's forward result.
@@ -77,22 +83,29 @@ def to_model_input(images: torch.Tensor) -> torch.Tensor:
 class SegmentationBackbone(nn.Module, abc.ABC):
     """Base class: normalises RGB input, then ``forward_normalized`` gives a :class:`SegOutput`.
 
-    Subclasses set ``num_classes``, ``feature_dim`` and ``stride`` and implement
+    Subclasses set ``num_classes``, ``feature_dim`` and ``stride`` (``mask_classification`` when their output
+    carries :class:`MaskQueries`) and implement
     ``forward_normalized(x)`` on ImageNet-normalised float (N, 3, H, W).
     """
 
     num_classes: int
     feature_dim: int
     stride: int
+    mask_classification = False  # True: the output carries MaskQueries (Mask2Former)
 
     def __init__(self):
         super().__init__()
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """RGB batch (see :func:`to_model_input`) -> ImageNet-normalised float (N, 3, H, W) on the backbone's
+        device and dtype."""
+        x = to_model_input(images).to(self.pixel_mean)
+        return (x - self.pixel_mean) / self.pixel_std
+
     def forward(self, images: torch.Tensor) -> SegOutput:
-        x = to_model_input(images).to(self.pixel_mean)  # the backbone's device and dtype
-        return self.forward_normalized((x - self.pixel_mean) / self.pixel_std)
+        return self.forward_normalized(self.normalize(images))
 
     @abc.abstractmethod
     def forward_normalized(self, x: torch.Tensor) -> SegOutput:

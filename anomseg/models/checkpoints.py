@@ -310,7 +310,7 @@ def load_checkpoint(model: SegmentationBackbone, path_or_paths, bn: str = "auto"
 
 def _mask2former_net(model, source: str):
     net = getattr(model, "net", None)
-    if not hasattr(model, "num_queries") or net is None:
+    if not getattr(model, "mask_classification", False) or net is None:
         raise ModelError(f"{source}: a Mask2Former checkpoint; build the backbone as name 'mask2former' (with the preset "
                          f"it was trained with) to load it, not {type(model).__name__}")
     return net
@@ -381,11 +381,7 @@ def _load_transformers_folder(model, folder: Path) -> dict:
     """A ``facebook/mask2former-swin-*`` release folder (config.json + weights), read with ``from_pretrained``
     on the local path (``local_files_only``: never the hub), then loaded strictly into ``model``."""
     net = _mask2former_net(model, str(folder))
-    from anomseg.models.mask2former import _transformers
-
-    t = _transformers()
-    released = _from_pretrained_strict(t.Mask2FormerForUniversalSegmentation, folder, str(folder))
-    del net
+    released = _from_pretrained_strict(type(net), folder, str(folder))
     sd = {"net." + k: v for k, v in released.state_dict().items()}
     _load_strict(model, sd, str(folder), HEAD_KEYS["mask2former_transformers"])
     return {"format": "mask2former_transformers", "num_classes": model.num_classes, "source": str(folder), "bn": None}

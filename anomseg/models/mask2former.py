@@ -39,7 +39,7 @@ from torch import nn
 
 from anomseg.errors import AnomsegError
 from anomseg.options import PositiveInt, Range
-from anomseg.models.base import MaskQueries, SegmentationBackbone, SegOutput, to_model_input
+from anomseg.models.base import MaskQueries, SegmentationBackbone, SegOutput
 
 SIZE_DIVISIBILITY = 32  # detectron2 MASK_FORMER.SIZE_DIVISIBILITY for the Cityscapes configs
 
@@ -100,6 +100,7 @@ class Mask2Former(SegmentationBackbone):
     """
 
     stride = 4  # of the masks and features (the logits come at the input size)
+    mask_classification = True
 
     def __init__(self, num_classes: int, preset: Literal["tiny", "swin_t", "swin_s", "swin_b", "swin_l"] = "swin_t",
                  num_queries: PositiveInt | None = None, decoder_layers: Annotated[int, Range(2)] | None = None,
@@ -107,7 +108,6 @@ class Mask2Former(SegmentationBackbone):
         super().__init__()
         t = _transformers()
         self.num_classes = num_classes
-        self.preset = preset
         self.negative_class = bool(negative_class)
         self.config = mask2former_config(num_classes + self.negative_class, preset, num_queries, decoder_layers,
                                          drop_path_rate)
@@ -125,15 +125,6 @@ class Mask2Former(SegmentationBackbone):
         hp, wp = (math.ceil(h / SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY, math.ceil(w / SIZE_DIVISIBILITY) * SIZE_DIVISIBILITY)
         return F.pad(x, (0, wp - w, 0, hp - h)) if (hp, wp) != (h, w) else x
 
-    def run(self, x: torch.Tensor, **kwargs):
-        """The transformers forward on normalised (N, 3, H, W), padded here; ``kwargs`` go to it
-        (``mask_labels`` / ``class_labels`` for the set loss, ``output_auxiliary_logits``)."""
-        return self.net(pixel_values=self.pad(x), **kwargs)
-
-    def queries_of(self, out, input_size: tuple[int, int]) -> MaskQueries:
-        padded = tuple(4 * s for s in out.masks_queries_logits.shape[-2:])
-        return MaskQueries(out.class_queries_logits, out.masks_queries_logits, tuple(input_size), padded, self.num_classes)
-
     def forward(self, images: torch.Tensor, semantic: torch.Tensor | None = None, outlier: torch.Tensor | None = None):
         """RGB batch -> :class:`SegOutput`; with ``semantic`` (int64 (N, H, W) at the image size, 255 = void) and
         ``outlier`` (bool (N, H, W)): the transformers output of the training pass, its ``loss`` the set loss on
@@ -143,26 +134,20 @@ class Mask2Former(SegmentationBackbone):
             return super().forward(images)
         from anomseg.train.mask_losses import class_masks
 
-        x = to_model_input(images).to(self.pixel_mean)
-        x = self.pad((x - self.pixel_mean) / self.pixel_std)
+        x = self.pad(self.normalize(images))
         outlier = torch.zeros_like(semantic, dtype=torch.bool) if outlier is None else outlier
         masks, classes = class_masks(semantic, outlier, tuple(x.shape[-2:]), self.num_classes, self.negative_class)
         return self.net(pixel_values=x, mask_labels=masks, class_labels=classes, output_auxiliary_logits=True)
 
     def forward_normalized(self, x: torch.Tensor) -> SegOutput:
         h, w = x.shape[-2:]
-        out = self.run(x)
-        q = self.queries_of(out, (h, w))
-        return SegOutput(semantic_at_input(q), crop_features(out.pixel_decoder_last_hidden_state, (h, w)), queries=q)
-
-
-def semantic_at_input(q: MaskQueries) -> torch.Tensor:
-    """The semantic aggregate at the input size, detectron2's semantic path: mask logits upsampled to the padded
-    input, sigmoid, einsum over queries, crop: float32 (N, K, H, W)."""
-    m = F.interpolate(q.mask_logits.float(), size=tuple(q.padded_size), mode="bilinear", align_corners=False)
-    p = torch.softmax(q.class_logits.float(), -1)[..., :q.known]
-    s = torch.einsum("nqc,nqhw->nchw", p, torch.sigmoid(m))
-    return s[..., :q.input_size[0], :q.input_size[1]]
+        out = self.net(pixel_values=self.pad(x))
+        padded = tuple(4 * s for s in out.masks_queries_logits.shape[-2:])
+        q = MaskQueries(out.class_queries_logits, out.masks_queries_logits, (h, w), padded, self.num_classes)
+        # detectron2's semantic path (mask logits upsampled to the padded input, sigmoid, einsum, crop): cropping
+        # commutes with the pointwise steps, so this is the aggregate at the input size
+        return SegOutput(q.semantic((h, w)), crop_features(out.pixel_decoder_last_hidden_state, (h, w)),
+                         queries=q)
 
 
 def crop_features(features: torch.Tensor, input_size: tuple[int, int], stride: int = 4) -> torch.Tensor:

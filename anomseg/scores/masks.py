@@ -49,11 +49,9 @@ def mask_probabilities(q: MaskQueries, size: tuple[int, int]) -> torch.Tensor:
 
 def semantic_aggregate(q: MaskQueries, size: tuple[int, int]) -> torch.Tensor:
     """S_c = sum_q softmax(z_q)(c) sigmoid(m_q) over the K known classes: float32 (N, K, H, W)."""
-    k = q.known
-    if q.class_logits.shape[-1] not in (k + 1, k + 2):
+    if q.class_logits.shape[-1] not in (q.known + 1, q.known + 2):
         _known(q)
-    p = torch.softmax(q.class_logits.float(), -1)[..., :k]
-    return torch.einsum("nqc,nqhw->nchw", p, mask_probabilities(q, size))
+    return q.semantic(size)
 
 
 def rba(q: MaskQueries, size: tuple[int, int]) -> torch.Tensor:

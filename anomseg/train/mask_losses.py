@@ -87,17 +87,19 @@ def check_mask_loss_options(name: str, options: dict) -> dict:
 
 
 def mask_loss(name: str, model, images: torch.Tensor, semantic: torch.Tensor, outlier: torch.Tensor, known: int,
-              outlier_weight: float = 1.0, inlier_upper: float = 0.0, outlier_lower: float = 5.0) -> torch.Tensor:
+              **options) -> torch.Tensor:
     """The scalar training loss ``name`` (:data:`MASK_LOSSES`) of a mask2former ``model`` (or its DDP wrapper)
     with ``known`` classes on a batch: uint8 images, int64 ``semantic`` (N, H, W) at the image size, bool
-    ``outlier``. ``outlier_weight`` / ``inlier_upper`` / ``outlier_lower``: ``rba`` only."""
+    ``outlier``. ``options``: those of :func:`rba_options` (``rba`` only; defaults filled in)."""
     if name not in MASK_LOSSES:
         raise ValueError(f"unknown mask loss {name!r}; valid: {', '.join(MASK_LOSSES)}")
     out = model(images, semantic=semantic, outlier=outlier)
     loss = out.loss
     if name == "rba":
+        o = rba_options(**options)
         layers = [(out.class_queries_logits, out.masks_queries_logits)]
         layers += [(a["class_queries_logits"], a["masks_queries_logits"]) for a in (out.auxiliary_logits or [])]
         for z, m in layers:
-            loss = loss + outlier_weight * rba_outlier_loss(z, m, semantic, outlier, known, inlier_upper, outlier_lower)
+            loss = loss + o["outlier_weight"] * rba_outlier_loss(z, m, semantic, outlier, known, o["inlier_upper"],
+                                                                 o["outlier_lower"])
     return loss
