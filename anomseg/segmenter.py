@@ -104,7 +104,7 @@ class AnomalySegmenter:
         return self.method.score(self._observe(images, size)).float().cpu()
 
     def _observe(self, images: torch.Tensor, size: tuple[int, int]) -> Observation:
-        out = predict_with(self.model, images, size, self.inference)
+        out = predict_with(self.model, images, size, self.inference, self.method.taps(self.model))
         return Observation(out, images, self.model, size, self.inference["amp"])
 
     def __call__(self, image) -> np.ndarray:

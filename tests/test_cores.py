@@ -91,3 +91,31 @@ def test_cores_runs_one_pass_on_every_backbone_here_and_leaves_no_hook():
         assert s.shape == (1, 64, 64) and s.dtype == torch.float32 and torch.isfinite(s).all(), name
         assert calls == [1], name
         assert all(not m._forward_pre_hooks for m in model.modules()), name
+
+
+def test_cores_reads_the_inference_pass_when_tapped():
+    """Through predict(taps=...) CORES needs no pass of its own, and scores what its own pass scores, bit for bit;
+    the by-hand layer-2 case through the inference pass too."""
+    from anomseg.models import build_backbone
+    from anomseg.models.inference import predict
+
+    torch.manual_seed(0)
+    model = build_backbone("smp:FPN:resnet18", 5, encoder_depth=3, decoder_segmentation_channels=32,
+                           decoder_pyramid_channels=32).eval()
+    images = torch.randint(0, 255, (2, 64, 96, 3), dtype=torch.uint8)
+    for method in (build_method("cores"), build_method("cores", layers=[], kernels=8, tau=0.05)):
+        own = method.score(Observation(prediction=None, images=images, model=model, size=(64, 96)))
+        calls = []
+        handle = model.register_forward_hook(lambda *a: calls.append(1))
+        pred = predict(model, images, (64, 96), taps=method.taps(model))
+        tapped = method.score(Observation(prediction=pred, images=images, model=model, size=(64, 96)))
+        handle.remove()
+        assert calls == [1]  # the inference pass only
+        assert torch.equal(own, tapped)
+        assert all(not m._forward_pre_hooks for m in model.modules())
+    hand = HandNet().eval()
+    method = build_method("cores", kernels=2, layers=["body"], tau=[0.1, 0.55])
+    pred = predict(hand, IMAGES, (1, 2), taps=method.taps(hand))
+    assert set(pred.inputs) == {hand.head, hand.body}
+    got = method.score(Observation(prediction=pred, images=None, model=hand, size=(1, 2)))  # no images: no own pass
+    np.testing.assert_allclose(got[0, 0].tolist(), [-0.01625, -0.048125], rtol=1e-6)

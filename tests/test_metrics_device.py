@@ -77,3 +77,85 @@ def test_cuda_equals_cpu():
     gpu = per_image_metrics(torch.from_numpy(s).cuda(), torch.from_numpy(a).cuda())
     for k in ("auroc", "aupr", "fpr95"):
         torch.testing.assert_close(gpu[k].cpu(), cpu[k], rtol=0, atol=1e-12, equal_nan=True)
+
+
+def test_bfloat16_and_signed_zero_maps():
+    """bfloat16 maps (heavy ties) and maps mixing -0.0 and +0.0 (equal scores, as numpy compares them)."""
+    rng = np.random.default_rng(4)
+    s, a = random_batch(rng, b=30)
+    s = torch.from_numpy(s.astype(np.float32)).to(torch.bfloat16)
+    z = torch.zeros(4, 24, 32)
+    z[:, ::2] = -0.0
+    z[:, :, :5] = 1.0
+    s = torch.cat([s, z.to(torch.bfloat16)])
+    a = np.concatenate([a, (rng.random((4, 24, 32)) < 0.3).astype(np.uint8)])
+    got = per_image_metrics(s, torch.from_numpy(a))
+    ref_s = s.float().numpy()
+    for i in range(len(a)):
+        pos, neg = ref_s[i][a[i] == 1], ref_s[i][a[i] == 0]
+        if pos.size and neg.size:
+            ref = exact_metrics(pos, neg)
+            for k in ("auroc", "aupr", "fpr95"):
+                assert abs(float(got[k][i]) - ref[k]) <= 1e-12, (i, k)
+
+
+@pytest.mark.parametrize("protocol", ["per_image", "caos"])
+def test_evaluator_records_equal_the_numpy_reference_bit_for_bit(protocol):
+    """AnomalyMetrics on torch batches: every per-image value == the numpy reference's (what makes report.json
+    identical to the numpy evaluator's), several evaluators measured in one batched call."""
+    from anomseg.metrics import AnomalyMetrics, measure_batch
+
+    rng = np.random.default_rng(5)
+    s, a = random_batch(rng, b=40)
+    s2 = s.astype(np.float32) * 2 + 1  # a second "method"
+    e1, e2 = AnomalyMetrics(protocol), AnomalyMetrics(protocol)
+    ids = list(range(100, 140))
+    for ev, m in zip((e1, e2), measure_batch([(e1, torch.from_numpy(s)), (e2, torch.from_numpy(s2))], a, ids=ids)):
+        ev.commit(m)
+    for ev, scores in ((e1, s), (e2, s2)):
+        recs = {r["id"]: r for r in ev.per_image()}
+        for b, i in enumerate(ids):
+            inl = (a[b] != 1) if protocol == "caos" else (a[b] == 0)
+            pos, neg = scores[b][a[b] == 1].astype(np.float32), scores[b][inl].astype(np.float32)
+            if pos.size == 0 or neg.size == 0:
+                assert i in ev.skipped
+                continue
+            ref = exact_metrics(pos, neg)
+            want = {"auroc": ref["auroc"], "aupr": ref["aupr"],
+                    "fpr95": ref["fpr95_nearest"] if protocol == "caos" else ref["fpr95"]}
+            assert {k: recs[i][k] for k in want} == want
+            assert (recs[i]["anomaly_px"], recs[i]["inlier_px"]) == (pos.size, neg.size)
+
+
+def test_histogram_device_counts_equal_the_numpy_counts():
+    """The histogram's device path (run here on CPU tensors) counts exactly what its numpy path counts."""
+    from anomseg.metrics import ScoreHistogram
+
+    rng = np.random.default_rng(6)
+    s, a = random_batch(rng, b=10)
+    s = np.concatenate([s.astype(np.float32).ravel(), [-0.0, 0.0, -1e-30, 3e38, -3e38]]).astype(np.float32)
+    a = np.concatenate([a.ravel(), [0, 1, 1, 0, 255]]).astype(np.uint8)
+    for bits in (0, 7, 11):
+        host, dev = ScoreHistogram(bits), ScoreHistogram(bits)
+        host.update(s, a)
+        dev._update_device(torch.from_numpy(s), torch.from_numpy(a))
+        dev.flush()
+        host.flush()
+        np.testing.assert_array_equal(dev.counts, host.counts)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_evaluator_and_histogram_equal_cpu():
+    from anomseg.metrics import AnomalyMetrics
+
+    rng = np.random.default_rng(7)
+    s, a = random_batch(rng, b=30, h=64, w=64)
+    for protocol in ("per_image", "caos", "pooled"):
+        cpu, gpu = AnomalyMetrics(protocol), AnomalyMetrics(protocol)
+        cpu.update(torch.from_numpy(s), torch.from_numpy(a))
+        gpu.update(torch.from_numpy(s).cuda(), torch.from_numpy(a).cuda())
+        if protocol == "pooled":
+            np.testing.assert_array_equal(gpu.hist.groups()[1], cpu.hist.groups()[1])
+            np.testing.assert_array_equal(gpu.hist.groups()[2], cpu.hist.groups()[2])
+        else:
+            assert gpu.per_image() == cpu.per_image()

@@ -1,105 +1,176 @@
-"""Benchmark the evaluator against the reference sklearn path, in one run, on one CPU thread.
+"""Benchmark exact per-image metrics at 720x1280: numpy (the reference path), torch on CPU and on CUDA, and the
+peers, in one run; then the pooled histogram.
 
-    python tools/bench_metrics.py [--images 5] [--pooled-images 20]
+    python tools/bench_metrics.py [--images 8] [--batch 8] [--dtype float32|bfloat16|float16] [--pooled-images 20]
 
-Per-image protocol: a 720x1280 score map with about 1% anomaly pixels; ours (AnomalyMetrics
-per_image, validation included) against ``roc_auc_score`` + ``average_precision_score`` +
-``roc_curve`` on the same pixels, as the CAOS reference evaluates each image. Values must agree
-within 1e-9. Pooled protocol: update throughput (pixels per second), state size, and the error
-of the histogram against the exact pooled values next to its reported bounds.
+Per-image protocol (void excluded, FPR at the first TPR >= 0.95), maps with about 1% anomaly pixels and a void
+band, images/s of each path on the same maps:
+
+* ``numpy``: what the evaluator computed per image before the device path (validation, masks,
+  :func:`anomseg.metrics.curves.exact_metrics`), single-threaded as numpy is;
+* ``torch-cpu`` / ``cuda``: ``AnomalyMetrics("per_image").update`` on a batch of ``--batch`` maps, the
+  evaluator's own path (:func:`anomseg.metrics.measure_batch`: one sort per map, validation, host copies), with
+  torch's threads; on CUDA the maps are on the device and the time runs until the records are on the host;
+* the peers, per image on the same valid pixels: scikit-learn (``roc_auc_score`` + ``average_precision_score``
+  + ``roc_curve``, as the CAOS reference evaluates), torchmetrics ``binary_auroc`` + ``binary_average_precision``
+  (``thresholds=None``: exact) and pytorch-ood ``OODMetrics`` (void label excluded), each where installed.
+
+Every path's values are compared with numpy's (max |difference| printed). The last line reads
+``metrics/numpy: torch-cpu <ratio> cuda <ratio or n/a>`` (images/s over numpy's images/s).
 """
 
 from __future__ import annotations
 
-import os
+import argparse
+import time
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+import numpy as np
+import torch
 
-import argparse  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve  # noqa: E402
-
-from anomseg.metrics import AnomalyMetrics, exact_metrics  # noqa: E402
+from anomseg.metrics import AnomalyMetrics, exact_metrics
 
 H, W = 720, 1280
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def make_image(rng, ties: bool):
-    a = (rng.random((H, W)) < 0.01).astype(np.uint8)
-    a[:40] = 255  # a void band (ego vehicle)
-    s = rng.normal(size=(H, W)) + 1.8 * (a == 1)
-    s = s.astype(np.float16 if ties else np.float32).astype(np.float32)  # float16: heavy ties
-    return s, a
+def make_maps(rng, n: int, dtype: str):
+    a = (rng.random((n, H, W)) < 0.01).astype(np.uint8)
+    a[:, :40] = 255  # a void band (ego vehicle)
+    s = rng.normal(size=(n, H, W)).astype(np.float32) + 1.8 * (a == 1)
+    return torch.from_numpy(s).to(DTYPES[dtype]), torch.from_numpy(a)
 
 
-def sklearn_path(s, a):
-    keep = a != 255
-    y, x = a[keep] == 1, s[keep]
-    auroc = roc_auc_score(y, x)
-    aupr = average_precision_score(y, x)
-    fpr, tpr, _ = roc_curve(y, x, drop_intermediate=False)
-    return auroc, aupr, fpr[np.argmax(tpr >= 0.95)]
+def numpy_path(s: np.ndarray, a: np.ndarray) -> dict:
+    """The host work the evaluator did per image before the device path: checks, masks, exact metrics."""
+    if not np.isfinite(s).all():
+        raise ValueError("non-finite score")
+    counts = [int(np.count_nonzero(a == v)) for v in (0, 1, 255)]
+    assert sum(counts) == a.size
+    return exact_metrics(s[a == 1], s[a == 0])
 
 
-def bench_per_image(rng, n, ties):
-    images = [make_image(rng, ties) for _ in range(n)]
+def timed(fn, repeats: int) -> tuple[float, object]:
+    fn()  # warm-up (allocations, lazy imports, CUDA context)
     t0 = time.perf_counter()
-    ref = [sklearn_path(s, a) for s, a in images]
-    t_ref = (time.perf_counter() - t0) / n
-    ev = AnomalyMetrics("per_image")
-    t0 = time.perf_counter()
-    for s, a in images:
-        ev.update(s, a)
-    t_ours = (time.perf_counter() - t0) / n
-    worst = max(abs(r[k] - o[key]) for r, o in zip(ref, ev.per_image()) for k, key in enumerate(("auroc", "aupr", "fpr95")))
-    label = "float16-rounded scores (heavy ties)" if ties else "float32 scores"
-    print(f"per-image, {label}: sklearn {1000 * t_ref:7.1f} ms/image, ours {1000 * t_ours:6.1f} ms/image, "
-          f"speed-up {t_ref / t_ours:5.1f}x, max |difference| {worst:.1e}")
-    return t_ref / t_ours, worst
-
-
-def bench_pooled(rng, n):
-    images = [make_image(rng, False) for _ in range(n)]
-    ev = AnomalyMetrics("pooled")
-    ev.update(*images[0])  # warm-up allocations
-    ev.reset()
-    t0 = time.perf_counter()
-    for s, a in images:
-        ev.update(s, a)
-    ev.hist.flush()
-    dt = time.perf_counter() - t0
-    rate = n * H * W / dt
-    out = ev.compute()
-    s = np.concatenate([s.ravel() for s, _ in images])
-    a = np.concatenate([a.ravel() for _, a in images])
-    exact = exact_metrics(s[a == 1], s[a == 0])
-    mb = ev.hist.nbytes / 2**20
-    print(f"pooled update: {rate / 1e6:6.1f} M pixels/s on one core ({n} images of {H}x{W}), state {mb:.0f} MiB")
-    print(f"pooled error vs exact: AUROC {abs(out['auroc'] - exact['auroc']):.1e} (bound {out['auroc_bound']:.1e}), "
-          f"AUPR {out['aupr'] - exact['aupr']:+.1e} (bounds [{out['aupr_low'] - exact['aupr']:+.1e}, "
-          f"{out['aupr_high'] - exact['aupr']:+.1e}]), FPR95 {out['fpr95'] - exact['fpr95']:+.1e} "
-          f"(bound [{out['fpr95_low'] - out['fpr95']:+.1e}, 0])")
-    inside = (abs(out["auroc"] - exact["auroc"]) <= out["auroc_bound"] and out["aupr_low"] <= exact["aupr"] <= out["aupr_high"]
-              and out["fpr95_low"] <= exact["fpr95"] <= out["fpr95"])
-    return rate, mb, inside
+    for _ in range(repeats):
+        out = fn()
+    return (time.perf_counter() - t0) / repeats, out
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=5, help="images for the per-image comparison")
+    p.add_argument("--images", type=int, default=8, help="maps per path (a multiple of --batch)")
+    p.add_argument("--batch", type=int, default=8, help="maps per torch call (the evaluation's batch)")
+    p.add_argument("--dtype", default="float32", choices=tuple(DTYPES), help="score maps' dtype (bfloat16: heavy ties)")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--peer-images", type=int, default=2, help="maps for each peer library (they are slow)")
     p.add_argument("--pooled-images", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     rng = np.random.default_rng(a.seed)
-    results = [bench_per_image(rng, a.images, ties) for ties in (False, True)]
-    rate, mb, inside = bench_pooled(rng, a.pooled_images)
-    speedup = min(r[0] for r in results)
-    print(f"summary: per-image speed-up >= {speedup:.1f}x (target 20x), values within "
-          f"{max(r[1] for r in results):.1e} (target 1e-9); pooled {rate / 1e6:.0f} M px/s (target 100), "
-          f"{mb:.0f} MiB (target <= 64), exact values inside the bounds: {inside}")
+    S, A = make_maps(rng, a.images, a.dtype)
+    S32 = S.float().numpy()  # the maps numpy sees (bfloat16 has no numpy dtype; the conversion is exact)
+    An = A.numpy()
+    print(f"{a.images} maps of {H}x{W}, {a.dtype}, about 1% anomaly pixels; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} CPU threads")
+
+    t_np, ref = timed(lambda: [numpy_path(S32[i], An[i]) for i in range(a.images)], a.repeats)
+    rate = {"numpy": a.images / t_np}
+    want = np.array([[r["auroc"], r["aupr"], r["fpr95"]] for r in ref])
+
+    def evaluator_path(scores, anomaly):
+        ev = AnomalyMetrics("per_image")
+        for i in range(0, a.images, a.batch):
+            ev.update(scores[i:i + a.batch], anomaly[i:i + a.batch])
+        return np.array([[r["auroc"], r["aupr"], r["fpr95"]] for r in ev.per_image()])
+
+    worst = {}
+    t, got = timed(lambda: evaluator_path(S, A), a.repeats)
+    rate["torch-cpu"], worst["torch-cpu"] = a.images / t, float(np.abs(got - want).max())
+    if torch.cuda.is_available():
+        Sc, Ac = S.cuda(), A.cuda()
+
+        def cuda_path():
+            out = evaluator_path(Sc, Ac)  # records are host floats: the time includes the copies
+            torch.cuda.synchronize()
+            return out
+        t, got = timed(cuda_path, a.repeats)
+        rate["cuda"], worst["cuda"] = a.images / t, float(np.abs(got - want).max())
+    for name, fn in peers().items():
+        n = min(a.peer_images, a.images)
+        try:
+            t, got = timed(lambda: np.array([fn(S32[i], An[i]) for i in range(n)]), 1)
+        except Exception as exc:  # a peer's own failure is reported, not fatal
+            print(f"{name}: failed ({type(exc).__name__}: {exc})")
+            continue
+        rate[name], worst[name] = n / t, float(np.abs(got - want[:n, :got.shape[1]]).max())
+    for name, r in rate.items():
+        diff = f", max |difference| to numpy {worst[name]:.1e}" if name in worst else ""
+        print(f"  {name:<16} {r:8.2f} maps/s  ({1000 / r:7.1f} ms/map){diff}")
+    bench_pooled(rng, a.pooled_images)
+    cuda = f"{rate['cuda'] / rate['numpy']:.2f}" if "cuda" in rate else "n/a"
+    print(f"metrics/numpy: torch-cpu {rate['torch-cpu'] / rate['numpy']:.2f} cuda {cuda}")
+
+
+def peers() -> dict:
+    """The peer libraries' exact per-image metrics on the valid pixels: (AUROC, AP[, FPR95]) per map."""
+    out = {}
+    try:
+        from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+        def sklearn(s, a):
+            keep = a != 255
+            y, x = a[keep] == 1, s[keep]
+            fpr, tpr, _ = roc_curve(y, x, drop_intermediate=False)
+            return [roc_auc_score(y, x), average_precision_score(y, x), fpr[np.argmax(tpr >= 0.95)]]
+        out["scikit-learn"] = sklearn
+    except ImportError:
+        print("scikit-learn: not installed")
+    try:
+        from torchmetrics.functional.classification import binary_auroc, binary_average_precision
+
+        def torchmetrics(s, a):
+            keep = a != 255
+            x, y = torch.from_numpy(s[keep]), torch.from_numpy((a[keep] == 1).astype(np.int64))
+            return [float(binary_auroc(x, y, thresholds=None)), float(binary_average_precision(x, y, thresholds=None))]
+        out["torchmetrics"] = torchmetrics
+    except ImportError:
+        print("torchmetrics: not installed (pip install torchmetrics)")
+    try:
+        from pytorch_ood.metrics import OODMetrics
+
+        def pytorch_ood(s, a):
+            labels = np.where(a == 1, -1, np.where(a == 255, 255, 0))  # OOD labels < 0; void label excluded
+            m = OODMetrics(void_label=255)
+            m.update(torch.from_numpy(s), torch.from_numpy(labels))
+            r = m.compute()
+            return [r["AUROC"], r["AUPR-OUT"], r["FPR95TPR"]]
+        out["pytorch-ood"] = pytorch_ood
+    except ImportError:
+        print("pytorch-ood: not installed (pip install pytorch-ood)")
+    return out
+
+
+def bench_pooled(rng, n: int) -> None:
+    """Pooled protocol: histogram update throughput and its error against the exact pooled values."""
+    maps = [make_maps(rng, 1, "float32") for _ in range(n)]
+    ev = AnomalyMetrics("pooled")
+    ev.update(*maps[0])  # warm-up allocations
+    ev.reset()
+    t0 = time.perf_counter()
+    for s, a in maps:
+        ev.update(s, a)
+    ev.hist.flush()
+    rate = n * H * W / (time.perf_counter() - t0)
+    out = ev.compute()
+    s = np.concatenate([s.numpy().ravel() for s, _ in maps])
+    a = np.concatenate([a.numpy().ravel() for _, a in maps])
+    exact = exact_metrics(s[a == 1], s[a == 0])
+    inside = (abs(out["auroc"] - exact["auroc"]) <= out["auroc_bound"] and out["aupr_low"] <= exact["aupr"] <= out["aupr_high"]
+              and out["fpr95_low"] <= exact["fpr95"] <= out["fpr95"])
+    print(f"pooled histogram: {rate / 1e6:.1f} M pixels/s ({n} maps, CPU), {ev.hist.nbytes / 2**20:.0f} MiB; "
+          f"AUROC error {abs(out['auroc'] - exact['auroc']):.1e} (bound {out['auroc_bound']:.1e}); exact values inside "
+          f"the bounds: {inside}")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,19 @@
 """Benchmark the evaluation and bank-extraction pipelines against the bare backbone forward.
 
     python tools/bench_pipeline.py [--backbone smp:FPN:resnet18] [--height 256 --width 512]
-        [--images 40] [--device cpu|cuda] [--amp none|bf16|fp16] [--workers auto]
+        [--images 40] [--methods demo|default] [--device cpu|cuda] [--amp none|bf16|fp16] [--workers auto]
 
 On synthetic street scenes of the given size, in one run:
 
 * the bare forward: the backbone alone on the same images, already decoded and on the device
   (``model(images)`` under the same autocast), images/s;
 * evaluation: ``run_evaluation`` (the library call behind tools/eval_caos.py: reading and decoding,
-  inference, the four default post-hoc scores, per-image metrics, histograms, state files, report);
+  inference, every method's score, per-image metrics, histograms, state files, report). ``--methods demo``
+  (default): the methods of ``configs/demo_full.yaml`` that score the backbone's own pass: post-hoc (msp,
+  max_logit, entropy, energy), fitted (sml, kl_matching: fitted before the timed loop), CORES and the four
+  heads (trained here for a few steps on a small bank of this backbone: their cost does not depend on
+  training), 11 methods; the Mask2Former rows need a backbone of their own and are left out.
+  ``--methods default``: the evaluation's four default post-hoc scores;
 * extraction: ``extract_bank`` (reading, forward, row selection, HDF5 parts; 5000 closed rows per image).
 
 A tool's throughput is what it records in ``timing.json`` for its loop over the images (reading,
@@ -33,10 +38,35 @@ import numpy as np
 import torch
 
 from anomseg.bank import extract_bank
+from anomseg.config import read_yaml
 from anomseg.data import build_dataset, generate_synthetic
 from anomseg.engine.evaluate import run_evaluation
-from anomseg.models import build_backbone
+from anomseg.engine.train_heads import run_head_training
+from anomseg.models import build_backbone, save_checkpoint
 from anomseg.models.inference import autocast
+
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_full.yaml"
+
+
+def demo_methods(work: Path, data: Path, checkpoint: Path, device: str, workers) -> tuple[list[dict], dict]:
+    """The demo's methods on the backbone's own pass (see the module docstring), their heads trained briefly
+    on ``checkpoint``; returns (methods, the evaluation's fit section)."""
+    demo = read_yaml(DEMO_CONFIG.read_text(), str(DEMO_CONFIG))
+    run_head_training({"out": str(work / "heads"), "device": device, "workers": workers,
+                       "data": {"name": "streethazards", "root": str(data),
+                                "paste": {"pool": str(data / "outliers"), "count": [1, 3]}},
+                       "backbone": {"checkpoint": str(checkpoint)},
+                       "bank": {"closed_per_image": 1000, "chunk_images": 4},
+                       "heads": demo["heads"]["heads"], "train": {"steps": 3, "eval_every": 3}}, progress=False)
+    methods = []
+    for m in demo["eval"]["methods"]:
+        if "backbone" in m:  # a Mask2Former row: another backbone
+            continue
+        m = dict(m)
+        if m.get("head") is True:
+            m["head"] = str(work / "heads" / "heads" / m["name"] / "best.pth")
+        methods.append(m)
+    return methods, {"max_images": 4}
 
 
 def sync(device):
@@ -66,6 +96,8 @@ def main(argv=None):
     p.add_argument("--height", type=int, default=256)
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--images", type=int, default=40)
+    p.add_argument("--methods", default="demo", choices=("demo", "default"),
+                   help="demo: the 11 methods of configs/demo_full.yaml on this backbone; default: the 4 post-hoc scores")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
     p.add_argument("--workers", default="auto", type=lambda v: v if v == "auto" else int(v))
@@ -75,20 +107,23 @@ def main(argv=None):
     work = Path(args.dir or tempfile.mkdtemp(prefix="bench_pipeline_"))
     try:
         data = work / "data"
-        generate_synthetic(data, num_train=1, num_val=1, num_test=args.images, num_outliers=20,
+        generate_synthetic(data, num_train=4, num_val=2, num_test=args.images, num_outliers=20,
                            height=args.height, width=args.width, progress=False)
-        backbone = {"name": args.backbone, "options": {}, "checkpoint": None}
         torch.manual_seed(0)
         model = build_backbone(args.backbone, 13).to(args.device).eval()
+        checkpoint = save_checkpoint(work / "backbone.pth", model)  # the weights the heads are trained on
+        backbone = {"checkpoint": str(checkpoint)}
+        methods, fit = ([{"name": n} for n in ("msp", "max_logit", "entropy", "energy")], {}) if args.methods == "default" \
+            else demo_methods(work, data, checkpoint, args.device, args.workers)
         test = build_dataset("streethazards", data, "test")
         images = [torch.from_numpy(np.array(test[i]["image"]))[None].to(args.device) for i in range(len(test))]
         print(f"{args.backbone} {args.height}x{args.width} on {args.device} (amp {args.amp}), {args.workers} workers, "
-              f"torch threads {torch.get_num_threads()}")
+              f"torch threads {torch.get_num_threads()}; {len(methods)} methods: {', '.join(m['name'] for m in methods)}")
 
         def evaluation(rep):
             cfg = {"out": str(work / f"eval-{rep}"), "device": args.device, "workers": args.workers, "backbone": backbone,
-                   "data": {"name": "streethazards", "root": str(data), "split": "test"},
-                   "inference": {"amp": args.amp}, "overlays": {"images": 0}}
+                   "data": {"name": "streethazards", "root": str(data), "split": "test"}, "methods": methods,
+                   "inference": {"amp": args.amp}, "overlays": {"images": 0}, **({"fit": fit} if fit else {})}
             run_evaluation(cfg, progress=False)
             return json.loads((work / f"eval-{rep}" / "timing.json").read_text())["images_per_second"]
 

@@ -46,7 +46,7 @@ from anomseg.distributed import all_reduce_sum, barrier, init_distributed
 from anomseg.engine.export import EXPORTS, SmiycExporter
 from anomseg.heads.io import HeadError
 from anomseg.html_report import read_per_image, worst_images, write_html_report
-from anomseg.metrics import PROTOCOLS, AnomalyMetrics, MetricInputError, reduce_distributed
+from anomseg.metrics import PROTOCOLS, AnomalyMetrics, MetricInputError, measure_batch, reduce_distributed
 from anomseg.metrics.components import TRACKS
 from anomseg.metrics.histogram import ScoreHistogram
 from anomseg.models.checkpoints import backbone_from_config
@@ -385,37 +385,37 @@ def _run(cfg: dict, info, out: Path, progress: bool, dataset) -> dict | None:
 
     recorded = 0
 
+    def evaluators(name):  # every AnomalyMetrics a method's maps go to
+        return [metrics[name]] + ([per_image_metrics[name]] if per_image_metrics else []) + [extra[p][name] for p in others]
+
     def record(item):
         """Host side of one image, in the background: metrics, histograms, overlay cache, state file."""
         nonlocal conf, recorded
-        i, anomaly, scores, image_conf, ready, image_size = item
+        i, target, scores, host_maps, measured, image_conf, ready, image_size = item
         if ready is not None:
             ready.synchronize()  # the asynchronous copies to the host have landed
         if image_conf is not None and evaluated:
             conf += image_conf
-        target = torch.from_numpy(anomaly)[None]
         for name, score in scores.items():
             if exporter is not None:  # first: a map the metrics refuse is not half-recorded
-                exporter.write(name, dataset.group(i), dataset.records[i].name, score[0].numpy(), image_size)
+                exporter.write(name, dataset.group(i), dataset.records[i].name, host_maps[name][0].numpy(), image_size)
             if not evaluated:
                 continue
-            try:
-                metrics[name].update(score, target, ids=[i])
-            except MetricInputError as exc:
-                raise MetricInputError(f"method {name!r}: {exc}") from None
-            hists[name].update(score.numpy(), anomaly)
-            if per_image_metrics:
-                per_image_metrics[name].update(score, target, ids=[i])
-            for p in others:
-                extra[p][name].update(score, target, ids=[i])
+            for ev, m in zip(evaluators(name), measured[name]):
+                try:
+                    ev.commit(m)
+                except MetricInputError as exc:
+                    raise MetricInputError(f"method {name!r}: {exc}") from None
+            hists[name].update(score, target)  # on the maps' device
             if i in overlay_ids:
                 cache = out / "state" / "overlays" / f"{i}_{viz.safe_name(name)}.npy"
-                write_with(cache, lambda tmp, m=score[0].numpy().astype(np.float16): _save_npy(tmp, m))
+                write_with(cache, lambda tmp, m=host_maps[name][0].numpy().astype(np.float16): _save_npy(tmp, m))
         done.add(i)
         recorded += 1
         if recorded % cfg["save_every"] == 0:
             checkpoint()
 
+    taps = {key: method_taps(methods, key, mdl) for key, (mdl, _) in models.items()}  # one pass serves every method
     started = time.perf_counter()
     loader = sample_loader(dataset, todo, workers=cfg["workers"], device=info.device)
     batches = iter(loader)  # the decoding processes start before the background thread does
@@ -424,21 +424,31 @@ def _run(cfg: dict, info, out: Path, progress: bool, dataset) -> dict | None:
         for s in bar:
             images = s["image"].to(info.device, non_blocking=True)
             size = s["anomaly"].shape
-            outputs = {key: predict_with(mdl, images, size, inf) for key, (mdl, _) in models.items()}
+            outputs = {key: predict_with(mdl, images, size, inf, taps[key]) for key, (mdl, _) in models.items()}
             image_conf = None
             if k:
                 semantic = torch.from_numpy(s["semantic"])[None].to(info.device, non_blocking=True)
                 image_conf = confusion_matrix(outputs[main_key].logits[:, :k].max(1).indices, semantic, k)  # max: 5x argmax on CPU
                 image_conf = image_conf.to("cpu", non_blocking=cuda)
-            # host copies of what is recorded (score maps, confusion counts), asynchronous on CUDA
             scores = {m.name: m.method.score(Observation(outputs[m.backbone_key], images, models[m.backbone_key][0], size,
-                                                         inf["amp"])).to("cpu", non_blocking=cuda)
-                      for m in methods}
+                                                         inf["amp"])) for m in methods}
+            # every method's per-image metrics in one batched call on the device; what the host records (metric
+            # values, confusion counts, the few maps exported or cached for overlays) copied asynchronously on CUDA,
+            # one event behind all of it: one synchronisation per image, in the background worker
+            target = torch.from_numpy(s["anomaly"])[None].to(info.device, non_blocking=True)
+            measured = {}
+            if evaluated:
+                jobs = [(ev, scores[n], f"method {n!r}") for n in names for ev in evaluators(n)]
+                flat = iter(measure_batch(jobs, target, ids=[s["index"]], host_anomaly=s["anomaly"][None]))
+                measured = {n: [next(flat) for _ in evaluators(n)] for n in names}
+            host_maps = {n: v.to("cpu", non_blocking=cuda) for n, v in scores.items()
+                         if exporter is not None or s["index"] in overlay_ids}
             ready = None
             if cuda:
                 ready = torch.cuda.Event()
                 ready.record()
-            background.put((s["index"], s["anomaly"], scores, image_conf, ready, tuple(s["image"].shape[1:3])))
+            background.put((s["index"], target, scores, host_maps, measured, image_conf, ready,
+                            tuple(s["image"].shape[1:3])))
     checkpoint()
     if info.is_main:  # the steady-state throughput of this run (images read, scored and recorded)
         write_timing(out / "timing.json", "evaluation", len(todo), time.perf_counter() - started)
@@ -482,6 +492,11 @@ def _run(cfg: dict, info, out: Path, progress: bool, dataset) -> dict | None:
     return report
 
 
+def method_taps(methods: list, key: str, model) -> list:
+    """The modules of backbone ``key`` whose inputs its methods read from the inference pass (:meth:`Method.taps`)."""
+    return [mod for m in methods if m.backbone_key == key for mod in m.method.taps(model)]
+
+
 def _score_images(dataset, indices, models: dict, methods: list, inf: dict):
     """Yield (index, sample, {method: float32 (H, W) score map}) for chosen images of a split."""
     for i in indices:
@@ -489,7 +504,8 @@ def _score_images(dataset, indices, models: dict, methods: list, inf: dict):
         model0 = next(iter(models.values()))[0]
         images = torch.from_numpy(np.array(s["image"]))[None].to(next(model0.parameters()).device)
         size = s["anomaly"].shape
-        outputs = {key: predict_with(mdl, images, size, inf) for key, (mdl, _) in models.items()}
+        outputs = {key: predict_with(mdl, images, size, inf, method_taps(methods, key, mdl))
+                   for key, (mdl, _) in models.items()}
         maps = {m.name: m.method.score(Observation(outputs[m.backbone_key], images, models[m.backbone_key][0], size,
                                                    inf["amp"]))[0].float().cpu().numpy() for m in methods}
         yield i, s, maps

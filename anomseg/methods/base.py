@@ -2,7 +2,8 @@
 
 A :class:`Method` declares what it ``consumes`` from the backbone (``"logits"``: the mean logits at
 the label size; ``"probs"``: the mean softmax probabilities; ``"features"``: the unresized pass's
-features at the backbone's stride; ``"images"``: it runs its own passes; ``"queries"``: a
+features at the backbone's stride; ``"images"``: it needs plain single-scale passes (its own, or the inference pass's inner responses
+through :meth:`Method.taps`); ``"queries"``: a
 mask-classification backbone's per-query class and mask logits of every pass), may be fitted
 (``fit_split`` names the split role it is fitted on: ``"train"``, ``"val"``, or None for methods that
 need no fitting or arrive fitted, as trained heads do), and maps an :class:`Observation` to a float32
@@ -63,6 +64,12 @@ class Method(abc.ABC):
 
     def setup(self, model: torch.nn.Module) -> None:
         """Called once with the backbone before fitting or scoring (K classes, device, weights)."""
+
+    def taps(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        """Modules of ``model`` whose inputs this method reads from the inference pass
+        (``Prediction.inputs``); the caller of :func:`~anomseg.models.inference.predict` passes them, so the
+        method needs no backbone pass of its own. Default: none."""
+        return []
 
     def update(self, obs: Observation, semantic: torch.Tensor) -> None:
         """Add a fitting batch (``semantic`` int64 (N, H, W), 255 = ignore)."""

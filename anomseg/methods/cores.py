@@ -26,7 +26,10 @@ predicted class (argmax of the logits at the label size). The responses are the 
 convolutions in the chain: the first is the classifier's last convolution (its input: the penultimate
 features), then ``layers`` (dotted module names of further convolutions, deepest first, each producing
 the channels the previous one consumes: a pointwise BatchNorm / ReLU between them keeps the channel
-correspondence). One backbone pass per batch (the method runs it, with hooks that live only during it).
+correspondence). The responses are read from the inference pass (:meth:`CORES.taps`: the evaluation, the
+visualizer and :class:`~anomseg.segmenter.AnomalySegmenter` ask :func:`~anomseg.models.inference.predict` to
+record them), so CORES costs no backbone pass of its own there; a caller that does not tap them gets one pass
+run by the method, with hooks that live only during it (the same numbers: the one plain pass either way).
 """
 
 from __future__ import annotations
@@ -115,6 +118,11 @@ class CORES(Method):
                               f"{model.num_classes} classes")
         self.convs, self.masks = convs, kernel_selection(convs, self.kernels)
 
+    def taps(self, model: nn.Module) -> list[nn.Module]:
+        if not self.convs:
+            self.setup(model)
+        return list(self.convs)
+
     def responses(self, model: nn.Module, images: torch.Tensor, amp: str = "none"):
         """One pass: (logits float32 (N, K, h, w), [input of each conv in the chain, float32 (N, C_j, h_j, w_j)])."""
         captured: dict[int, torch.Tensor] = {}
@@ -131,7 +139,11 @@ class CORES(Method):
     def score(self, obs: Observation) -> torch.Tensor:
         if not self.convs:
             self.setup(obs.model)
-        logits, responses = self.responses(obs.model, obs.images, obs.amp)
+        inputs = getattr(obs.prediction, "inputs", {})
+        if all(conv in inputs for conv in self.convs):  # tapped in the inference pass (consumes "images": one plain pass)
+            logits, responses = obs.prediction.logits, [inputs[conv].float() for conv in self.convs]
+        else:
+            logits, responses = self.responses(obs.model, obs.images, obs.amp)
         pred = resize_logits(logits, obs.size).argmax(1, keepdim=True)  # (N, 1, H, W)
         total = None
         for r, mask, tau in zip(responses, self.masks, self.tau):

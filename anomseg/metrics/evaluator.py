@@ -9,11 +9,13 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from anomseg.errors import AnomsegError
 from anomseg.files import make_dirs, write_with
 from anomseg.metrics.components import TRACKS, ComponentStats, image_components
 from anomseg.metrics.curves import exact_metrics
+from anomseg.metrics.device import per_image_metrics
 from anomseg.metrics.histogram import ScoreHistogram
 from anomseg.metrics.smiyc import MAX_FLOAT16, frame_bins, pix_binary_class
 
@@ -37,6 +39,109 @@ def _numpy(x) -> np.ndarray:
     if hasattr(x, "detach"):  # torch tensor
         x = x.detach().cpu().numpy()
     return np.asarray(x)
+
+
+def _tensor(x) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+
+
+class Measured:
+    """One evaluator's share of a batch :func:`measure_batch` measured: the maps and targets as given (on
+    their device), and ``host``: what :meth:`AnomalyMetrics.commit` reads, copied (asynchronously on CUDA)
+    to the host: ``counts`` int64 (B, 3) (inlier / anomaly / void pixels), ``nonfinite`` int64 (B,), the
+    per-image ``metrics`` (per_image / caos), and ``maps`` / ``targets`` when the evaluator reads them."""
+
+    __slots__ = ("ids", "scores", "anomaly", "given", "pixels", "host")
+
+    def __init__(self, ids, scores, anomaly, given, host):
+        self.ids, self.scores, self.anomaly, self.given, self.host = ids, scores, anomaly, given, host
+        self.pixels = scores[0].numel() if len(scores) else 0
+
+
+def _prepare(ev, s: torch.Tensor, target: torch.Tensor, ids) -> tuple:
+    """One job of :func:`measure_batch`, its shapes, dtype and ids checked."""
+    if s.ndim == 2 and target.ndim == 3 and len(target) == 1:
+        s = s[None]
+    if s.ndim != 3 or target.ndim != 3:
+        raise MetricInputError(f"scores {tuple(s.shape)} and anomaly {tuple(target.shape)} must both be (N, H, W) or (H, W)")
+    if ids is None:
+        batch_ids = list(range(ev._next_id, ev._next_id + len(s)))
+    else:
+        ev._explicit_ids = True
+        batch_ids = [int(i) for i in np.atleast_1d(ids)]
+    if len(batch_ids) != len(s):
+        raise MetricInputError(f"{len(batch_ids)} ids for a batch of {len(s)} images")
+    if s.shape != target.shape:
+        raise MetricInputError(f"image {batch_ids[0]}: scores shape {tuple(s.shape[1:])} != anomaly shape "
+                               f"{tuple(target.shape[1:])}; resize the score map to the label size first")
+    if not s.is_floating_point():
+        raise MetricInputError(f"image {batch_ids[0]}: scores have dtype {s.dtype}; pass float scores")
+    return ev, s, batch_ids
+
+
+def measure_batch(jobs, anomaly, ids=None, *, host_anomaly=None) -> list[Measured]:
+    """Measure one batch for several evaluators at once, on the maps' device, without waiting for it.
+
+    Args:
+        jobs: (evaluator, scores) or (evaluator, scores, label) tuples, scores float (B, H, W) or (H, W)
+            (numpy or torch, one device; a label, e.g. the method's name, prefixes the job's errors);
+            the per-image metrics of all evaluators of a protocol are computed in one batched call
+            (:func:`anomseg.metrics.device.per_image_metrics`: one sort per map).
+        anomaly: the targets, uint8 (B, H, W) or (H, W), 0 inlier / 1 anomaly / 255 void.
+        ids: global image indices (default: each evaluator's running count).
+        host_anomaly: the same targets already on the host (saves copying them back).
+    Returns:
+        one :class:`Measured` per job, to hand to that evaluator's :meth:`AnomalyMetrics.commit` once the
+        host copies have landed (on CUDA: record an event after this call and synchronise it first).
+    Shapes, dtypes and ids are checked here (:class:`MetricInputError`); values (finite scores, target
+    values) when committed.
+    """
+    target = _tensor(anomaly)
+    if target.ndim == 2:
+        target = target[None]
+    prepared = []
+    for job in jobs:
+        ev, scores = job[:2]
+        try:
+            prepared.append(_prepare(ev, _tensor(scores), target, ids))
+        except MetricInputError as exc:
+            raise MetricInputError(f"{job[2]}: {exc}" if len(job) > 2 else str(exc)) from None
+    if not prepared:
+        return []
+    device = prepared[0][1].device
+    cuda = device.type == "cuda"
+    to_host = lambda t: t.to("cpu", non_blocking=cuda)  # noqa: E731  (one event behind them all)
+    t = target.to(device, non_blocking=True)
+    counts = torch.stack([(t == 0).sum((1, 2)), (t == 1).sum((1, 2)), (t == 255).sum((1, 2))], 1)
+    a8 = t if t.dtype == torch.uint8 else torch.where((t >= 0) & (t <= 255), t, 2).to(torch.uint8)  # bad values stay bad
+    shared = {"counts": to_host(counts)}
+    if any(ev.needs_host_maps() for ev, _, _ in prepared):
+        shared["targets"] = _tensor(host_anomaly) if host_anomaly is not None else to_host(a8)
+        if shared["targets"].ndim == 2:
+            shared["targets"] = shared["targets"][None]
+    per_protocol: dict[str, dict] = {}
+    for protocol in ("per_image", "caos"):
+        group = [(k, s) for k, (ev, s, _) in enumerate(prepared) if ev.protocol == protocol]
+        if group:
+            stacked = torch.cat([s for _, s in group]) if len(group) > 1 else group[0][1]
+            got = per_image_metrics(stacked, a8.repeat(len(group), 1, 1), protocol, check_finite=False)
+            B = len(t)
+            for n, (k, _) in enumerate(group):
+                per_protocol[k] = {key: to_host(v[n * B:(n + 1) * B]) for key, v in got.items()}
+    out = []
+    for k, (ev, s, batch_ids) in enumerate(prepared):
+        host = dict(shared)
+        if k in per_protocol:
+            host["metrics"] = per_protocol[k]
+            host["nonfinite"] = per_protocol[k]["nonfinite"]
+        else:
+            host["nonfinite"] = to_host((~torch.isfinite(s)).flatten(1).sum(1))
+        if ev.needs_host_maps():
+            host["maps"] = to_host(s.float())
+        else:
+            host.pop("targets", None)
+        out.append(Measured(batch_ids, s, a8, target, host))
+    return out
 
 
 def _fsum_mean_std(values: list[float]) -> tuple[float, float]:
@@ -134,56 +239,44 @@ class AnomalyMetrics:
         self._remove_owned()
 
     # -- input ---------------------------------------------------------------------------
-    def _check(self, scores: np.ndarray, anomaly: np.ndarray, image_id: int) -> tuple[int, int, int]:
-        """Validate one image; returns its (inlier, anomaly, void) pixel counts."""
-        if scores.shape != anomaly.shape:
-            raise MetricInputError(f"image {image_id}: scores shape {scores.shape} != anomaly shape {anomaly.shape}; "
-                                   f"resize the score map to the label size first")
-        if not np.issubdtype(scores.dtype, np.floating):
-            raise MetricInputError(f"image {image_id}: scores have dtype {scores.dtype}; pass float scores")
-        finite = np.isfinite(scores)
-        if not finite.all():
-            bad = scores[~finite]
-            raise MetricInputError(f"image {image_id}: {bad.size} scores are NaN or infinite "
-                                   f"(e.g. {bad[0]}); fix the score function or clip explicitly before evaluating")
-        n0 = int(np.count_nonzero(anomaly == 0))
-        n1 = int(np.count_nonzero(anomaly == 1))
-        n255 = int(np.count_nonzero(anomaly == 255))
-        if n0 + n1 + n255 != anomaly.size:
-            values = np.unique(anomaly)
-            bad = values[~np.isin(values, (0, 1, 255))]
-            raise MetricInputError(f"image {image_id}: target values {bad.tolist()} are not 0 (inlier), "
-                                   f"1 (anomaly) or 255 (void)")
-        return n0, n1, n255
-
     def update(self, scores, anomaly, ids=None) -> None:
-        """Add a batch: scores float (N, H, W) or (H, W), anomaly uint8 of the same shape."""
-        scores, anomaly = _numpy(scores), _numpy(anomaly)
-        if scores.ndim == 2 and anomaly.ndim == 2:
-            scores, anomaly = scores[None], anomaly[None]
-        if scores.ndim != 3 or anomaly.ndim != 3:
-            raise MetricInputError(f"scores {scores.shape} and anomaly {anomaly.shape} must both be (N, H, W) or (H, W)")
-        if ids is None:
-            ids = range(self._next_id, self._next_id + len(scores))
-        else:
-            self._explicit_ids = True
-        ids = [int(i) for i in np.atleast_1d(ids)]
-        if len(ids) != len(scores):
-            raise MetricInputError(f"{len(ids)} ids for a batch of {len(scores)} images")
-        for s, a, i in zip(scores, anomaly, ids):
+        """Add a batch: scores float (N, H, W) or (H, W), anomaly uint8 of the same shape (numpy or torch,
+        on any device: per-image metrics and histograms are computed where the maps are)."""
+        self.commit(measure_batch([(self, scores)], anomaly, ids)[0])
+
+    def needs_host_maps(self) -> bool:
+        """Whether :meth:`commit` reads the score maps on the host (SMIYC bins, exact pooling, components)."""
+        return self.protocol == "smiyc" or (self.protocol == "pooled" and self.exact) or self.components
+
+    def commit(self, measured: "Measured") -> None:
+        """Record a batch :func:`measure_batch` measured for this evaluator, once its host copies have landed
+        (on CUDA: after the event recorded behind them); images are validated and recorded in order."""
+        host = measured.host
+        counts = host["counts"].numpy()
+        nonfinite = host["nonfinite"].numpy()
+        for b, i in enumerate(measured.ids):
             if i in self.seen:
                 raise MetricInputError(f"image id {i} was already evaluated; ids must be unique across updates and shards")
-            counts = self._check(s, a, i)
-            if s.dtype == np.float16:
-                s = s.astype(np.float32)
-            if a.dtype != np.uint8:
-                a = a.astype(np.uint8)
-            self._update_one(s, a, i, counts)
+            if nonfinite[b]:
+                s = measured.scores[b]
+                bad = s[~torch.isfinite(s)].flatten()[0].item()
+                raise MetricInputError(f"image {i}: {int(nonfinite[b])} scores are NaN or infinite "
+                                       f"(e.g. {bad}); fix the score function or clip explicitly before evaluating")
+            n0, n1, n255 = (int(c) for c in counts[b])
+            if n0 + n1 + n255 != measured.pixels:
+                values = np.unique(_numpy(measured.given[b]))
+                bad = values[~np.isin(values, (0, 1, 255))]
+                raise MetricInputError(f"image {i}: target values {bad.tolist()} are not 0 (inlier), "
+                                       f"1 (anomaly) or 255 (void)")
+            self._record(measured, b, i, (n0, n1, n255))
             self.seen.add(i)
             self._next_id = max(self._next_id, i + 1)
 
-    def _update_one(self, s: np.ndarray, a: np.ndarray, image_id: int, counts: tuple[int, int, int]) -> None:
+    def _record(self, measured: "Measured", b: int, image_id: int, counts: tuple[int, int, int]) -> None:
         n_in, n_anom, n_void = counts
+        host = measured.host
+        s = host["maps"][b].numpy() if "maps" in host else None
+        a = host["targets"][b].numpy() if "targets" in host else None
         if self.protocol == "smiyc":  # the scores as the official code reads them back from a float16 file
             with np.errstate(over="ignore"):
                 s16 = s.astype(np.float16)
@@ -206,13 +299,13 @@ class AnomalyMetrics:
             if n_anom == 0 or n_in == 0:
                 self.skipped[image_id] = "no anomaly pixel" if n_anom == 0 else "no inlier pixel"
             else:
-                inlier = (a != 1) if self.protocol == "caos" else (a == 0)
-                m = exact_metrics(s[a == 1], s[inlier])
-                self.records[image_id] = {"id": image_id, "auroc": m["auroc"], "aupr": m["aupr"],
-                                          "fpr95": m["fpr95_nearest"] if self.protocol == "caos" else m["fpr95"],
-                                          "anomaly_px": n_anom, "inlier_px": n_in}
+                v = host["metrics"]
+                # AP: the device's terms summed by numpy, in the reference's order: the reference's value bit for bit
+                aupr = float(np.sum(v["ap_terms"][b, :int(v["distinct"][b])].numpy()))
+                self.records[image_id] = {"id": image_id, "auroc": float(v["auroc"][b]), "aupr": aupr,
+                                          "fpr95": float(v["fpr95"][b]), "anomaly_px": n_anom, "inlier_px": n_in}
         if self.hist is not None:
-            self.hist.update(s, a)
+            self.hist.update(measured.scores[b], measured.anomaly[b])
         if self.components:
             if self.component_threshold == "best_f1":
                 self._spill_image(s, a, image_id)

@@ -19,15 +19,19 @@ from the bin counts alone, and :meth:`ScoreHistogram.metrics` returns them:
 
 State: a 4-slot int64 count per bin (inlier, anomaly, unused, void: the slot is ``anomaly & 3``, so
 void pixels need no masking) = 2**(9 + mantissa_bits + 2) * 8 bytes (32 MiB for 11 bits), plus an
-index buffer (2**21 pixels, 16 MiB by default) that batches the counting: 48 MiB in all.
+index buffer (2**21 pixels, 16 MiB by default) that batches the counting: 48 MiB in all. Maps on an
+accelerator are counted there (the same keys, ``index_add_`` into a count tensor on that device, no
+host sync) and folded into the host counts when the histogram is next read (``flush``).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy.special import digamma
 
 from anomseg.metrics.curves import RECALL_LEVEL, group_metrics
+from anomseg.metrics.device import int32_keys
 
 _SIGN = np.uint32(0x80000000)
 
@@ -64,13 +68,22 @@ class ScoreHistogram:
         self.counts = np.zeros(4 << self.bits, np.int64)
         self._buf = np.empty(buffer_size, np.intp)
         self._fill = 0
+        self._device_counts: dict[torch.device, torch.Tensor] = {}
 
     @property
     def nbytes(self) -> int:
         return self.counts.nbytes + self._buf.nbytes
 
-    def update(self, scores: np.ndarray, anomaly: np.ndarray) -> None:
-        """Add pixels: ``scores`` finite floats, ``anomaly`` uint8 0/1/255 of the same size."""
+    def update(self, scores, anomaly) -> None:
+        """Add pixels: ``scores`` finite floats, ``anomaly`` uint8 0/1/255 of the same size (numpy, or torch
+        on any device: maps on an accelerator are counted there)."""
+        if isinstance(scores, torch.Tensor):
+            if scores.device.type != "cpu":
+                self._update_device(scores, anomaly)
+                return
+            scores = scores.float().numpy()
+        if isinstance(anomaly, torch.Tensor):
+            anomaly = anomaly.cpu().numpy()
         keys = float_keys(scores.ravel())
         keys >>= np.uint32(32 - self.bits)
         keys <<= np.uint32(2)
@@ -84,15 +97,28 @@ class ScoreHistogram:
         self._buf[self._fill: self._fill + n] = keys
         self._fill += n
 
+    def _update_device(self, scores: torch.Tensor, anomaly) -> None:
+        a = torch.as_tensor(anomaly, device=scores.device).reshape(-1)
+        keys = (int32_keys(scores.reshape(-1)).long() + 2**31) >> (32 - self.bits)  # this module's uint32 keys
+        idx = (keys << 2) | (a & 3).long()
+        counts = self._device_counts.get(scores.device)
+        if counts is None:
+            counts = self._device_counts[scores.device] = torch.zeros(len(self.counts), dtype=torch.int64,
+                                                                      device=scores.device)
+        counts.index_add_(0, idx, torch.ones((), dtype=torch.int64, device=scores.device).expand(len(idx)))
+
     def _count(self, idx: np.ndarray) -> None:
         if len(idx):
             c = np.bincount(idx, minlength=len(self.counts))
             self.counts += c
 
     def flush(self) -> None:
-        """Count the buffered pixels into the histogram."""
+        """Count the buffered pixels into the histogram (and bring the device counts to the host)."""
         self._count(self._buf[: self._fill])
         self._fill = 0
+        for counts in self._device_counts.values():
+            self.counts += counts.cpu().numpy()
+            counts.zero_()
 
     def merge(self, other: "ScoreHistogram") -> None:
         if other.mantissa_bits != self.mantissa_bits:
@@ -104,6 +130,8 @@ class ScoreHistogram:
     def reset(self) -> None:
         self.counts[:] = 0
         self._fill = 0
+        for counts in self._device_counts.values():
+            counts.zero_()
 
     def state_dict(self) -> dict:
         """Compact state: the non-empty entries only."""

@@ -42,14 +42,18 @@ class Prediction:
             when the passes do not include the unresized image.
         queries: a mask-classification backbone's :class:`~anomseg.models.base.MaskQueries` of every pass,
             as (queries, flipped) pairs (a flipped pass's score maps must be flipped back); [] otherwise.
+        inputs: ``{module: its input tensor}`` in the scale-1, unflipped pass for the modules :func:`predict`
+            was asked to tap (a method's :meth:`~anomseg.methods.Method.taps`), so that a method reading
+            inner responses needs no backbone pass of its own; {} otherwise.
     """
 
-    __slots__ = ("logits", "features", "_probs", "queries")
+    __slots__ = ("logits", "features", "_probs", "queries", "inputs")
 
     def __init__(self, logits: torch.Tensor, probs: torch.Tensor | None, features: torch.Tensor | None,
-                 queries: list | None = None):
+                 queries: list | None = None, inputs: dict | None = None):
         self.logits, self._probs, self.features = logits, probs, features
         self.queries = queries or []
+        self.inputs = inputs or {}
 
     @property
     def probs(self) -> torch.Tensor:
@@ -120,7 +124,7 @@ def _passes(images: torch.Tensor, scales, preset: str):
 
 @torch.no_grad()
 def predict(model, images: torch.Tensor, size: tuple[int, int] | None = None, scales=(1.0,), flip: bool = False,
-            preset: str = "none", amp: str = "none") -> Prediction:
+            preset: str = "none", amp: str = "none", taps=()) -> Prediction:
     """Run ``model`` in eval mode over scales / flips; see :class:`Prediction` for what comes back.
 
     Args:
@@ -131,6 +135,7 @@ def predict(model, images: torch.Tensor, size: tuple[int, int] | None = None, sc
         preset: ``"none"`` or ``"caos"`` (CAOS's five PIL-resized inputs; uint8 images only).
         amp: ``"none"``, ``"bf16"`` or ``"fp16"``: the backbone runs under autocast; logits and
             probabilities are float32 either way.
+        taps: modules of ``model`` whose inputs the scale-1, unflipped pass records (``Prediction.inputs``).
     """
     if preset not in PRESETS:
         raise ValueError(f"inference preset {preset!r}: choose one of {', '.join(PRESETS)}")
@@ -141,11 +146,17 @@ def predict(model, images: torch.Tensor, size: tuple[int, int] | None = None, sc
         if size is None:
             size = tuple(images.shape[1:3] if images.shape[1] != 3 and images.shape[-1] == 3 else images.shape[-2:])
         logit_sum = prob_sum = features = None
-        n, queries = 0, []
+        n, queries, inputs = 0, [], {}
         for x, unresized in _passes(images, scales, preset):
             for flipped in ((False, True) if flip else (False,)):
-                with autocast(device, amp):
-                    out = model(x.flip(-1) if flipped else x)
+                hooks = [m.register_forward_pre_hook(lambda mod, args: inputs.__setitem__(mod, args[0]))
+                         for m in (taps if unresized and not flipped else ())]
+                try:
+                    with autocast(device, amp):
+                        out = model(x.flip(-1) if flipped else x)
+                finally:
+                    for h in hooks:
+                        h.remove()
                 logits = out.logits.flip(-1) if flipped else out.logits
                 logits = resize_logits(logits.float(), tuple(size))
                 n += 1
@@ -158,12 +169,13 @@ def predict(model, images: torch.Tensor, size: tuple[int, int] | None = None, sc
                     features = out.features
                 if getattr(out, "queries", None) is not None:
                     queries.append((out.queries, flipped))
-        return Prediction(logit_sum / n if n > 1 else logit_sum, prob_sum / n if n > 1 else None, features, queries)
+        return Prediction(logit_sum / n if n > 1 else logit_sum, prob_sum / n if n > 1 else None, features, queries,
+                          inputs)
     finally:
         model.train(was)
 
 
-def predict_with(model, images: torch.Tensor, size: tuple[int, int], inference: dict) -> Prediction:
+def predict_with(model, images: torch.Tensor, size: tuple[int, int], inference: dict, taps=()) -> Prediction:
     """:func:`predict` under an ``inference`` section ``{preset, scales, flip, amp}`` (missing keys: defaults)."""
     return predict(model, images, size=size, scales=inference.get("scales", (1.0,)), flip=inference.get("flip", False),
-                   preset=inference.get("preset", "none"), amp=inference.get("amp", "none"))
+                   preset=inference.get("preset", "none"), amp=inference.get("amp", "none"), taps=taps)
