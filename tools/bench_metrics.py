@@ -62,7 +62,7 @@ def main(argv=None):
     p.add_argument("--images", type=int, default=8, help="maps per path (a multiple of --batch)")
     p.add_argument("--batch", type=int, default=8, help="maps per torch call (the evaluation's batch)")
     p.add_argument("--dtype", default="float32", choices=tuple(DTYPES), help="score maps' dtype (bfloat16: heavy ties)")
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--peer-images", type=int, default=2, help="maps for each peer library (they are slow)")
     p.add_argument("--pooled-images", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)

@@ -40,30 +40,62 @@ def int32_keys(scores: torch.Tensor) -> torch.Tensor:
     """int32 keys whose signed order is the float32 order of ``scores`` (-0.0 and +0.0 one key).
 
     The same map as :func:`anomseg.metrics.histogram.float_keys` (uint32 there), shifted by 2**31."""
-    s = scores.float() + 0.0  # -0.0 + 0.0 = +0.0
-    i = s.view(torch.int32)
-    return i ^ ((i >> 31) & 0x7FFFFFFF)  # negative floats: flip the magnitude bits, so larger |s| sorts lower
+    i = (scores.float() + 0.0).view(torch.int32)  # -0.0 + 0.0 = +0.0
+    key = i >> 31  # negative floats: flip the magnitude bits, so that a larger |s| sorts lower
+    key &= 0x7FFFFFFF  # in place: on CPU every fresh map-sized tensor costs its page faults
+    key ^= i
+    return key
 
 
 def _sort_rows(keys: torch.Tensor) -> torch.Tensor:
     """Each row of int32 (B, N) sorted ascending."""
     if keys.device.type == "cpu":  # 1-D integer tensors take torch's parallel radix sort (module docstring)
-        return torch.stack([torch.sort(row).values for row in keys]) if len(keys) else keys
+        out, order = torch.empty_like(keys), torch.empty(keys.shape[1], dtype=torch.long)
+        for row, dest in zip(keys, out):
+            torch.sort(row, out=(dest, order))
+        return out
     return torch.sort(keys, dim=1).values
 
 
-def _chunk(scores: torch.Tensor, anomaly: torch.Tensor, caos: bool) -> dict[str, torch.Tensor]:
+def label_counts(anomaly: torch.Tensor) -> torch.Tensor:
+    """int64 (B, 256): how many pixels of each uint8 (B, ...) target hold each value, on its device."""
+    flat = anomaly.reshape(len(anomaly), -1)
+    if flat.device.type == "cpu":
+        return torch.stack([torch.bincount(row, minlength=256) for row in flat]) if len(flat) else \
+            torch.zeros((0, 256), dtype=torch.long)
+    idx = (flat.long() + 256 * torch.arange(len(flat), device=flat.device).unsqueeze(1)).reshape(-1)
+    counts = torch.zeros(256 * len(flat), dtype=torch.long, device=flat.device)  # index_add_: no host sync
+    return counts.index_add_(0, idx, torch.ones((), dtype=torch.long, device=flat.device).expand(len(idx))).view(-1, 256)
+
+
+class _Targets:
+    """What a chunk needs of its targets (Bt = 1: one target shared by every map)."""
+
+    def __init__(self, anomaly: torch.Tensor, counts: torch.Tensor, caos: bool):
+        n = anomaly.shape[1]
+        self.P = counts[:, 1]
+        self.N = n - counts[:, 1] if caos else counts[:, 0]
+        self.not_inlier = anomaly == 1 if caos else anomaly != 0  # (Bt, n)
+        flat = (anomaly == 1).reshape(-1).nonzero().squeeze(1)  # the anomaly pixels, row-major
+        self.rows, self.cols = flat // n, flat % n
+
+
+def _chunk(scores: torch.Tensor, t: _Targets, caos: bool) -> dict[str, torch.Tensor]:
     B, N = scores.shape
     dev = scores.device
+    shared = len(t.P) == 1 and B > 1
+    lo, hi = torch.aminmax(scores.float(), dim=1)  # NaN propagates
+    finite = torch.isfinite(lo) & torch.isfinite(hi)
     key = int32_keys(scores)
-    pos = anomaly == 1
-    neg = anomaly != 1 if caos else anomaly == 0
-    P, Nn = pos.sum(1), neg.sum(1)
-    nonfinite = (~torch.isfinite(scores)).sum(1)
-    inliers = _sort_rows(torch.where(neg, key, torch.full_like(key, _ABOVE)))  # the first Nn of each row are inliers
-    # each map's distinct anomaly scores, ascending: one sort of (map, key) pairs over the batch
-    rows = torch.arange(B, device=dev).unsqueeze(1).expand(B, N)[pos]
-    pairs = torch.sort((rows << 32) | (key[pos].long() + 2**31)).values
+    P, Nn = (t.P.expand(B), t.N.expand(B)) if shared else (t.P, t.N)
+    # each map's distinct anomaly scores, ascending: one sort of (map, key) pairs over the chunk
+    if shared:
+        rows = torch.arange(B, device=dev).unsqueeze(1).expand(B, len(t.cols)).reshape(-1)
+        anomalous = key[:, t.cols].reshape(-1)
+    else:
+        rows, anomalous = t.rows, key[t.rows, t.cols]
+    pairs = torch.sort((rows << 32) | (anomalous.long() + 2**31)).values
+    inliers = _sort_rows(key.masked_fill_(t.not_inlier, _ABOVE))  # the first Nn of each row are the inliers
     distinct, cp_flat = torch.unique_consecutive(pairs, return_counts=True)
     g_row = distinct >> 32
     g_key = ((distinct & 0xFFFFFFFF) - 2**31).int()
@@ -101,39 +133,49 @@ def _chunk(scores: torch.Tensor, anomaly: torch.Tensor, caos: bool) -> dict[str,
     nan = torch.full_like(auroc, float("nan"))
     return {"auroc": torch.where(ok, auroc, nan), "aupr": torch.where(ok, terms.sum(1), nan),
             "fpr95": torch.where(ok, fp95.double() / Nd, nan), "anomaly_px": P, "inlier_px": Nn,
-            "ap_terms": terms, "distinct": m, "nonfinite": nonfinite}
+            "ap_terms": terms, "distinct": m, "finite": finite}
 
 
 def per_image_metrics(scores: torch.Tensor, anomaly: torch.Tensor, protocol: str = "per_image",
-                      memory_budget: int = 512 << 20, check_finite: bool = True) -> dict[str, torch.Tensor]:
+                      memory_budget: int = 512 << 20, check_finite: bool = True,
+                      counts: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Exact per-image metrics of a batch of maps, on their device (see the module docstring).
 
     Args:
         scores: float (B, H, W) (float16 / bfloat16 / float32; higher = more anomalous).
-        anomaly: uint8 (B, H, W), 0 inlier / 1 anomaly / 255 void (void is excluded under ``per_image``,
-            counted as inlier under ``caos``).
+        anomaly: uint8 (B, H, W), or (1, H, W): one target for every map (several methods' maps of one image);
+            0 inlier / 1 anomaly / 255 void (void is excluded under ``per_image``, counted as inlier under ``caos``).
         memory_budget: bytes of working memory; the maps are processed in chunks of images that fit.
         check_finite: raise on NaN / infinite scores (a host sync); with False the caller reads
-            ``nonfinite`` and must refuse those maps itself (their metrics are meaningless).
+            ``finite`` and must refuse the other maps itself (their metrics are meaningless).
+        counts: :func:`label_counts` of ``anomaly`` when the caller has them.
     Returns:
         on the maps' device: ``auroc``, ``aupr``, ``fpr95`` float64 (B,) (NaN for a map without anomaly or
-        inlier pixels); ``anomaly_px``, ``inlier_px``, ``nonfinite`` int64 (B,); ``ap_terms`` float64 (B, M)
-        (row b: the AP terms of its ``distinct[b]`` distinct anomaly scores, ascending, then zeros) and
+        inlier pixels); ``anomaly_px``, ``inlier_px`` int64 (B,); ``finite`` bool (B,); ``ap_terms`` float64
+        (B, M) (row b: the AP terms of its ``distinct[b]`` distinct anomaly scores, ascending, then zeros) and
         ``distinct`` int64 (B,).
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol={protocol!r}: device metrics cover {', '.join(PROTOCOLS)}")
-    if scores.shape != anomaly.shape or scores.ndim != 3:
-        raise ValueError(f"scores {tuple(scores.shape)} and anomaly {tuple(anomaly.shape)} must both be (B, H, W)")
+    if scores.ndim != 3 or anomaly.ndim != 3 or anomaly.shape[1:] != scores.shape[1:] \
+            or len(anomaly) not in (1, len(scores)):
+        raise ValueError(f"scores {tuple(scores.shape)} and anomaly {tuple(anomaly.shape)} must be (B, H, W) and "
+                         f"(B, H, W) or (1, H, W)")
     if not scores.is_floating_point():
         raise ValueError(f"scores have dtype {scores.dtype}; pass float scores")
+    if anomaly.dtype != torch.uint8:
+        raise ValueError(f"anomaly has dtype {anomaly.dtype}; pass uint8 targets (0 inlier, 1 anomaly, 255 void)")
     B = scores.shape[0]
-    flat_s, flat_a = scores.reshape(B, -1), anomaly.reshape(B, -1)
+    caos = protocol == "caos"
+    flat_s, flat_a = scores.reshape(B, -1), anomaly.reshape(len(anomaly), -1)
+    counts = label_counts(flat_a) if counts is None else counts
     step = max(1, memory_budget // max(1, flat_s.shape[1] * BYTES_PER_PIXEL))
-    parts = [_chunk(flat_s[i:i + step], flat_a[i:i + step], protocol == "caos") for i in range(0, B, step)]
+    shared = _Targets(flat_a, counts, caos) if len(flat_a) == 1 else None
+    parts = [_chunk(flat_s[i:i + step], shared or _Targets(flat_a[i:i + step], counts[i:i + step], caos), caos)
+             for i in range(0, B, step)]
     width = max(p["ap_terms"].shape[1] for p in parts)
     out = {k: torch.cat([torch.nn.functional.pad(p[k], (0, width - p[k].shape[1])) if k == "ap_terms" else p[k]
                          for p in parts]) for k in parts[0]}
-    if check_finite and bool(out["nonfinite"].any()):
-        raise ValueError(f"{int(out['nonfinite'].sum())} scores are NaN or infinite; scores must be finite floats")
+    if check_finite and not bool(out["finite"].all()):
+        raise ValueError(f"{int((~out['finite']).sum())} of {B} maps hold NaN or infinite scores; scores must be finite")
     return out

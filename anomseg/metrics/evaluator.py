@@ -15,7 +15,7 @@ from anomseg.errors import AnomsegError
 from anomseg.files import make_dirs, write_with
 from anomseg.metrics.components import TRACKS, ComponentStats, image_components
 from anomseg.metrics.curves import exact_metrics
-from anomseg.metrics.device import per_image_metrics
+from anomseg.metrics.device import label_counts, per_image_metrics
 from anomseg.metrics.histogram import ScoreHistogram
 from anomseg.metrics.smiyc import MAX_FLOAT16, frame_bins, pix_binary_class
 
@@ -48,7 +48,7 @@ def _tensor(x) -> torch.Tensor:
 class Measured:
     """One evaluator's share of a batch :func:`measure_batch` measured: the maps and targets as given (on
     their device), and ``host``: what :meth:`AnomalyMetrics.commit` reads, copied (asynchronously on CUDA)
-    to the host: ``counts`` int64 (B, 3) (inlier / anomaly / void pixels), ``nonfinite`` int64 (B,), the
+    to the host: ``counts`` int64 (B, 3) (inlier / anomaly / void pixels), ``finite`` bool (B,), the
     per-image ``metrics`` (per_image / caos), and ``maps`` / ``targets`` when the evaluator reads them."""
 
     __slots__ = ("ids", "scores", "anomaly", "given", "pixels", "host")
@@ -112,9 +112,11 @@ def measure_batch(jobs, anomaly, ids=None, *, host_anomaly=None) -> list[Measure
     cuda = device.type == "cuda"
     to_host = lambda t: t.to("cpu", non_blocking=cuda)  # noqa: E731  (one event behind them all)
     t = target.to(device, non_blocking=True)
-    counts = torch.stack([(t == 0).sum((1, 2)), (t == 1).sum((1, 2)), (t == 255).sum((1, 2))], 1)
     a8 = t if t.dtype == torch.uint8 else torch.where((t >= 0) & (t <= 255), t, 2).to(torch.uint8)  # bad values stay bad
-    shared = {"counts": to_host(counts)}
+    values = label_counts(a8)  # (B, 256)
+    if a8 is not t:  # values outside 0..255 were mapped to 2: count them as not (0, 1, 255)
+        values[:, 0], values[:, 1], values[:, 255] = (t == 0).sum((1, 2)), (t == 1).sum((1, 2)), (t == 255).sum((1, 2))
+    shared = {"counts": to_host(values[:, [0, 1, 255]])}
     if any(ev.needs_host_maps() for ev, _, _ in prepared):
         shared["targets"] = _tensor(host_anomaly) if host_anomaly is not None else to_host(a8)
         if shared["targets"].ndim == 2:
@@ -124,7 +126,10 @@ def measure_batch(jobs, anomaly, ids=None, *, host_anomaly=None) -> list[Measure
         group = [(k, s) for k, (ev, s, _) in enumerate(prepared) if ev.protocol == protocol]
         if group:
             stacked = torch.cat([s for _, s in group]) if len(group) > 1 else group[0][1]
-            got = per_image_metrics(stacked, a8.repeat(len(group), 1, 1), protocol, check_finite=False)
+            shared_target = len(group) > 1 and len(t) == 1  # several methods' maps of one image: one target
+            got = per_image_metrics(stacked, a8 if shared_target or len(group) == 1 else a8.repeat(len(group), 1, 1),
+                                    protocol, check_finite=False,
+                                    counts=values if shared_target or len(group) == 1 else values.repeat(len(group), 1))
             B = len(t)
             for n, (k, _) in enumerate(group):
                 per_protocol[k] = {key: to_host(v[n * B:(n + 1) * B]) for key, v in got.items()}
@@ -133,9 +138,10 @@ def measure_batch(jobs, anomaly, ids=None, *, host_anomaly=None) -> list[Measure
         host = dict(shared)
         if k in per_protocol:
             host["metrics"] = per_protocol[k]
-            host["nonfinite"] = per_protocol[k]["nonfinite"]
+            host["finite"] = per_protocol[k]["finite"]
         else:
-            host["nonfinite"] = to_host((~torch.isfinite(s)).flatten(1).sum(1))
+            lo, hi = torch.aminmax(s.float().flatten(1), dim=1)  # NaN propagates
+            host["finite"] = to_host(torch.isfinite(lo) & torch.isfinite(hi))
         if ev.needs_host_maps():
             host["maps"] = to_host(s.float())
         else:
@@ -253,15 +259,15 @@ class AnomalyMetrics:
         (on CUDA: after the event recorded behind them); images are validated and recorded in order."""
         host = measured.host
         counts = host["counts"].numpy()
-        nonfinite = host["nonfinite"].numpy()
+        finite = host["finite"].numpy()
         for b, i in enumerate(measured.ids):
             if i in self.seen:
                 raise MetricInputError(f"image id {i} was already evaluated; ids must be unique across updates and shards")
-            if nonfinite[b]:
+            if not finite[b]:
                 s = measured.scores[b]
-                bad = s[~torch.isfinite(s)].flatten()[0].item()
-                raise MetricInputError(f"image {i}: {int(nonfinite[b])} scores are NaN or infinite "
-                                       f"(e.g. {bad}); fix the score function or clip explicitly before evaluating")
+                bad = s[~torch.isfinite(s)]
+                raise MetricInputError(f"image {i}: {bad.numel()} scores are NaN or infinite (e.g. {bad[0].item()}); "
+                                       f"fix the score function or clip explicitly before evaluating")
             n0, n1, n255 = (int(c) for c in counts[b])
             if n0 + n1 + n255 != measured.pixels:
                 values = np.unique(_numpy(measured.given[b]))
