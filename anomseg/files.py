@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -284,9 +285,26 @@ def output_lock(folder: str | Path):
         path.unlink(missing_ok=True)
 
 
-def write_timing(path: str | Path, stage: str, images: int, seconds: float) -> Path:
-    """``{"stage", "images", "seconds", "images_per_second"}`` of a loop over images (logged too)."""
+class StageClock:
+    """Host seconds per stage of a loop: :meth:`lap` charges the time since the previous lap to a stage. On CUDA
+    the device runs asynchronously: a stage's figure is then what the host spent launching it, and a wait lands
+    in whichever stage synchronises."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._last
+        self._last = now
+
+
+def write_timing(path: str | Path, stage: str, images: int, seconds: float, breakdown: dict | None = None) -> Path:
+    """``{"stage", "images", "seconds", "images_per_second"}`` of a loop over images (logged too), and a
+    :class:`StageClock`'s ``breakdown`` (seconds per stage) when given."""
     rate = images / seconds if seconds > 0 else None
     log.info("%s: %d images in %.1f s (%s images/s)", stage, images, seconds, f"{rate:.2f}" if rate else "-")
+    extra = {"breakdown": {k: round(v, 4) for k, v in breakdown.items()}} if breakdown else {}
     return write_json_atomic(path, {"stage": stage, "images": images, "seconds": round(seconds, 4),
-                                    "images_per_second": rate})
+                                    "images_per_second": rate, **extra})

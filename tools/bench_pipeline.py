@@ -22,7 +22,8 @@ cost of a call (building the backbone, writing the report and plots) is left out
 state of a long run. Machines here are noisy and the noise drifts slowly, so each measurement times
 the bare forward right before and right after the tool and divides by their mean;
 ``--repeats`` measurements, the last line gives the median ratios and reads
-``pipeline/forward: evaluation <ratio> extraction <ratio>``.
+``pipeline/forward: evaluation <ratio> extraction <ratio>``; the line before it, the last evaluation's loop
+per image and stage (``timing.json``'s breakdown: reading, inference, each method's score, metrics, recording).
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
     p.add_argument("--workers", default="auto", type=lambda v: v if v == "auto" else int(v))
+    p.add_argument("--tools", default="evaluation,extraction", type=lambda v: v.split(","),
+                   help="comma-separated: evaluation, extraction")
     p.add_argument("--repeats", type=int, default=3, help="measurements per tool; the median ratio is printed last")
     p.add_argument("--dir", default=None, help="working folder (default: a temporary one, deleted)")
     args = p.parse_args(argv)
@@ -121,11 +124,14 @@ def main(argv=None):
               f"torch threads {torch.get_num_threads()}; {len(methods)} methods: {', '.join(m['name'] for m in methods)}")
 
         def evaluation(rep):
+            nonlocal breakdown
             cfg = {"out": str(work / f"eval-{rep}"), "device": args.device, "workers": args.workers, "backbone": backbone,
                    "data": {"name": "streethazards", "root": str(data), "split": "test"}, "methods": methods,
                    "inference": {"amp": args.amp}, "overlays": {"images": 0}, **({"fit": fit} if fit else {})}
             run_evaluation(cfg, progress=False)
-            return json.loads((work / f"eval-{rep}" / "timing.json").read_text())["images_per_second"]
+            timing = json.loads((work / f"eval-{rep}" / "timing.json").read_text())
+            breakdown = {k: 1000 * v / timing["images"] for k, v in timing["breakdown"].items()}
+            return timing["images_per_second"]
 
         def extraction(rep):
             ds = build_dataset("streethazards", data, "test")  # the same images as the bare forward
@@ -133,8 +139,10 @@ def main(argv=None):
                          progress=False, workers=args.workers, amp=args.amp)
             return json.loads((work / f"bank-{rep}" / "timing.json").read_text())["images_per_second"]
 
-        ratios = {}
+        ratios, breakdown = {}, {}
         for name, fn in (("evaluation", evaluation), ("extraction", extraction)):
+            if name not in args.tools:
+                continue
             ratios[name] = []
             for rep in range(args.repeats):  # the forward timed right before and after: noise here drifts slowly
                 before = bare_forward(model, images, args.device, args.amp)
@@ -143,8 +151,10 @@ def main(argv=None):
                 ratios[name].append(rate / ((before + after) / 2))
                 print(f"{name} #{rep + 1}: tool {rate:.2f} images/s, bare forward {before:.2f} / {after:.2f} images/s "
                       f"(before / after) -> ratio {ratios[name][-1]:.2f} (to their mean)")
+        if breakdown:  # the last evaluation's loop, per image (host time: on CUDA, launches and waits)
+            print("evaluation per image (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in breakdown.items()))
         med = {k: float(np.median(v)) for k, v in ratios.items()}
-        print(f"pipeline/forward: evaluation {med['evaluation']:.2f} extraction {med['extraction']:.2f}")
+        print("pipeline/forward: " + " ".join(f"{k} {v:.2f}" for k, v in med.items()))
     finally:
         if not args.dir:
             shutil.rmtree(work, ignore_errors=True)

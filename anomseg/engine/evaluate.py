@@ -40,8 +40,8 @@ from anomseg.background import Background
 from anomseg.data import DatasetSection, build_dataset
 from anomseg.data.loader import sample_loader, spare_cores
 from anomseg.errors import DatasetError
-from anomseg.files import (check_fingerprint, file_digest, load_state, output_lock, save_state, save_torch_atomic,
-                           write_json_atomic, write_text_atomic, write_timing, write_with)
+from anomseg.files import (StageClock, check_fingerprint, file_digest, load_state, output_lock, save_state,
+                           save_torch_atomic, write_json_atomic, write_text_atomic, write_timing, write_with)
 from anomseg.distributed import all_reduce_sum, barrier, init_distributed
 from anomseg.engine.export import EXPORTS, SmiycExporter
 from anomseg.heads.io import HeadError
@@ -420,8 +420,10 @@ def _run(cfg: dict, info, out: Path, progress: bool, dataset) -> dict | None:
     loader = sample_loader(dataset, todo, workers=cfg["workers"], device=info.device)
     batches = iter(loader)  # the decoding processes start before the background thread does
     bar = tqdm(batches, total=len(todo), desc=f"evaluate {dataset.split}", disable=not (progress and info.is_main))
+    clock = StageClock()  # where the loop's time goes (timing.json)
     with Background(record, depth=2, name="anomseg-evaluation", threaded=spare_cores(info.device) > 0) as background:
         for s in bar:
+            clock.lap("reading")
             images = s["image"].to(info.device, non_blocking=True)
             size = s["anomaly"].shape
             outputs = {key: predict_with(mdl, images, size, inf, taps[key]) for key, (mdl, _) in models.items()}
@@ -430,8 +432,12 @@ def _run(cfg: dict, info, out: Path, progress: bool, dataset) -> dict | None:
                 semantic = torch.from_numpy(s["semantic"])[None].to(info.device, non_blocking=True)
                 image_conf = confusion_matrix(outputs[main_key].logits[:, :k].max(1).indices, semantic, k)  # max: 5x argmax on CPU
                 image_conf = image_conf.to("cpu", non_blocking=cuda)
-            scores = {m.name: m.method.score(Observation(outputs[m.backbone_key], images, models[m.backbone_key][0], size,
-                                                         inf["amp"])) for m in methods}
+            clock.lap("inference")
+            scores = {}
+            for m in methods:
+                scores[m.name] = m.method.score(Observation(outputs[m.backbone_key], images, models[m.backbone_key][0],
+                                                            size, inf["amp"]))
+                clock.lap(f"score {m.name}")
             # every method's per-image metrics in one batched call on the device; what the host records (metric
             # values, confusion counts, the few maps exported or cached for overlays) copied asynchronously on CUDA,
             # one event behind all of it: one synchronisation per image, in the background worker
@@ -447,11 +453,13 @@ def _run(cfg: dict, info, out: Path, progress: bool, dataset) -> dict | None:
             if cuda:
                 ready = torch.cuda.Event()
                 ready.record()
+            clock.lap("metrics")
             background.put((s["index"], target, scores, host_maps, measured, image_conf, ready,
                             tuple(s["image"].shape[1:3])))
+            clock.lap("recording")
     checkpoint()
     if info.is_main:  # the steady-state throughput of this run (images read, scored and recorded)
-        write_timing(out / "timing.json", "evaluation", len(todo), time.perf_counter() - started)
+        write_timing(out / "timing.json", "evaluation", len(todo), time.perf_counter() - started, clock.seconds)
 
     # merge over ranks
     for n in names:

@@ -144,7 +144,7 @@ class CORES(Method):
             logits, responses = obs.prediction.logits, [inputs[conv].float() for conv in self.convs]
         else:
             logits, responses = self.responses(obs.model, obs.images, obs.amp)
-        pred = resize_logits(logits, obs.size).argmax(1, keepdim=True)  # (N, 1, H, W)
+        pred = resize_logits(logits, obs.size).max(1, keepdim=True).indices  # (N, 1, H, W); max: 4x argmax on CPU
         total = None
         for r, mask, tau in zip(responses, self.masks, self.tau):
             mask = mask.to(r.device)
