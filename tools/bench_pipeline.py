@@ -149,7 +149,7 @@ def main(argv=None):
                 rate = fn(rep)
                 after = bare_forward(model, images, args.device, args.amp)
                 ratios[name].append(rate / ((before + after) / 2))
-                print(f"{name} #{rep + 1}: tool {rate:.2f} images/s, bare forward {before:.2f} / {after:.2f} images/s "
+                print(f"{name} #{rep + 1}: tool {rate:.3g} images/s, bare forward {before:.3g} / {after:.3g} images/s "
                       f"(before / after) -> ratio {ratios[name][-1]:.2f} (to their mean)")
         if breakdown:  # the last evaluation's loop, per image (host time: on CUDA, launches and waits)
             print("evaluation per image (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in breakdown.items()))

@@ -50,7 +50,7 @@ def int32_keys(scores: torch.Tensor) -> torch.Tensor:
 def _sort_rows(keys: torch.Tensor) -> torch.Tensor:
     """Each row of int32 (B, N) sorted ascending."""
     if keys.device.type == "cpu":  # 1-D integer tensors take torch's parallel radix sort (module docstring)
-        out, order = torch.empty_like(keys), torch.empty(keys.shape[1], dtype=torch.long)
+        out, order = torch.empty_like(keys), torch.empty(keys.shape[1], dtype=torch.long, device=keys.device)
         for row, dest in zip(keys, out):
             torch.sort(row, out=(dest, order))
         return out
@@ -62,7 +62,7 @@ def label_counts(anomaly: torch.Tensor) -> torch.Tensor:
     flat = anomaly.reshape(len(anomaly), -1)
     if flat.device.type == "cpu":
         return torch.stack([torch.bincount(row, minlength=256) for row in flat]) if len(flat) else \
-            torch.zeros((0, 256), dtype=torch.long)
+            torch.zeros((0, 256), dtype=torch.long, device=flat.device)
     idx = (flat.long() + 256 * torch.arange(len(flat), device=flat.device).unsqueeze(1)).reshape(-1)
     counts = torch.zeros(256 * len(flat), dtype=torch.long, device=flat.device)  # index_add_: no host sync
     return counts.index_add_(0, idx, torch.ones((), dtype=torch.long, device=flat.device).expand(len(idx))).view(-1, 256)

@@ -130,9 +130,10 @@ def measure_batch(jobs, anomaly, ids=None, *, host_anomaly=None) -> list[Measure
             got = per_image_metrics(stacked, a8 if shared_target or len(group) == 1 else a8.repeat(len(group), 1, 1),
                                     protocol, check_finite=False,
                                     counts=values if shared_target or len(group) == 1 else values.repeat(len(group), 1))
+            got = {key: to_host(v) for key, v in got.items()}  # a few copies per protocol, sliced on the host
             B = len(t)
             for n, (k, _) in enumerate(group):
-                per_protocol[k] = {key: to_host(v[n * B:(n + 1) * B]) for key, v in got.items()}
+                per_protocol[k] = {key: v[n * B:(n + 1) * B] for key, v in got.items()}
     out = []
     for k, (ev, s, batch_ids) in enumerate(prepared):
         host = dict(shared)
@@ -184,7 +185,11 @@ class AnomalyMetrics:
 
     ``update(scores, anomaly, ids=None)`` takes float scores (N, H, W) or (H, W) (numpy or torch,
     higher = more anomalous, never transformed) and uint8 targets of the same shape (0 inlier,
-    1 anomaly, 255 void). ``ids`` are global image indices (default: a running count); results are
+    1 anomaly, 255 void); the per-image metrics and histograms are computed on the maps' device
+    (:mod:`anomseg.metrics.device`), each image's values equal to the numpy reference's
+    (:func:`~anomseg.metrics.curves.exact_metrics`) bit for bit. :func:`measure_batch` + :meth:`commit` split
+    an update in two, for several evaluators at once (the evaluation loop: every method of an image in one
+    call, recorded after one synchronisation). ``ids`` are global image indices (default: a running count); results are
     independent of the order and sharding of the images. Evaluators fed only default ids merge by
     numbering the other's images after this one's; with explicit ids a repeated id is an error.
     """
