@@ -23,7 +23,7 @@ map); a batched float sort along a dimension is not. On CUDA the rows are sorted
 
 Maps are processed in chunks of images that keep the working memory under ``memory_budget`` bytes: never by
 subsampling pixels. The data-dependent sizes (the anomaly pixels, the distinct scores) make the host wait
-for the device three times per chunk; nothing else is brought to the host.
+for the device, once for the targets and twice per chunk; nothing else is brought to the host.
 """
 
 from __future__ import annotations

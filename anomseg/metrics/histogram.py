@@ -20,8 +20,9 @@ from the bin counts alone, and :meth:`ScoreHistogram.metrics` returns them:
 State: a 4-slot int64 count per bin (inlier, anomaly, unused, void: the slot is ``anomaly & 3``, so
 void pixels need no masking) = 2**(9 + mantissa_bits + 2) * 8 bytes (32 MiB for 11 bits), plus an
 index buffer (2**21 pixels, 16 MiB by default) that batches the counting: 48 MiB in all. Maps on an
-accelerator are counted there (the same keys, ``index_add_`` into a count tensor on that device, no
-host sync) and folded into the host counts when the histogram is next read (``flush``).
+accelerator are counted there (the same keys, ``index_add_`` into a count tensor on that device: unlike
+``bincount`` it does not wait for the device to find the largest key) and folded into the host counts when
+the histogram is next read (``flush``: results, state files).
 """
 
 from __future__ import annotations
