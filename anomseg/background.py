@@ -1,7 +1,8 @@
 """An ordered background worker: host-side bookkeeping overlapped with the next forward pass.
 
-Evaluation hands each image's host copies (score maps, labels) to a :class:`Background` worker
-that updates the metrics while the main thread already runs the backbone on the next image;
+Evaluation hands each image's measured metrics (on CUDA: still being copied to the host, with the event
+behind them) to a :class:`Background` worker that waits for them and records them (metric records,
+histograms, overlay caches, state files) while the main thread already runs the backbone on the next image;
 bank extraction hands it the HDF5 writes. Items are processed one at a time in the order given,
 so results are the same as doing the work inline; an error in the worker is raised again in the
 caller at the next :meth:`put` or at :meth:`drain`. With ``threaded=False`` the work is done inline

@@ -1,9 +1,12 @@
 """The evaluation pipeline behind ``tools/eval_caos.py``: one pass over a split, many methods.
 
-For every image the backbone runs once (optionally multi-scale / flipped); every method turns
-the logits or features into a float32 score map at the label size, which goes to that method's
-:class:`~anomseg.metrics.AnomalyMetrics` (the chosen protocol) and to a plotting histogram;
-closed-set mIoU is accumulated alongside. Images are sharded over torchrun ranks; the state is
+For every image the backbone runs once (optionally multi-scale / flipped; a method reading inner
+responses, CORES, taps that pass instead of running its own); every method turns the logits or features
+into a float32 score map at the label size, which goes to that method's
+:class:`~anomseg.metrics.AnomalyMetrics` (the chosen protocol) and to a plotting histogram, on the device:
+the per-image metrics of every method in one batched call (:func:`~anomseg.metrics.measure_batch`), what
+the host records copied behind one event; closed-set mIoU is accumulated alongside. ``timing.json`` gives
+the loop's images/s and its time per stage. Images are sharded over torchrun ranks; the state is
 saved every ``save_every`` images, so an interrupted evaluation resumes without redoing finished
 images. Outputs: ``report.json``, ``per_image.csv``, ``report.md``, ``roc.png``, ``pr.png``,
 ``hist_<method>.png``, ``overlays/*.png`` and the resolved ``config.yaml``.
