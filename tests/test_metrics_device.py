@@ -159,3 +159,17 @@ def test_cuda_evaluator_and_histogram_equal_cpu():
             np.testing.assert_array_equal(gpu.hist.groups()[2], cpu.hist.groups()[2])
         else:
             assert gpu.per_image() == cpu.per_image()
+
+
+def test_the_accelerator_branches_on_cpu():
+    """The batched sort and the index_add_ label counts that CUDA takes equal the CPU's row-by-row ones."""
+    from anomseg.metrics.device import _sort_rows, label_counts
+
+    g = torch.Generator().manual_seed(8)
+    keys = torch.randint(-2**31, 2**31 - 1, (5, 3001), dtype=torch.int32, generator=g)
+    keys[:, :100] = 0x7FFFFFFF
+    assert torch.equal(_sort_rows(keys, per_row=False), _sort_rows(keys, per_row=True))
+    assert torch.equal(_sort_rows(keys, per_row=True), torch.from_numpy(np.sort(keys.numpy(), axis=1)))
+    a = torch.randint(0, 256, (4, 17, 9), dtype=torch.int64, generator=g).to(torch.uint8)
+    want = torch.from_numpy(np.stack([np.bincount(r.ravel(), minlength=256) for r in a.numpy()]))
+    assert torch.equal(label_counts(a, per_row=False), want) and torch.equal(label_counts(a, per_row=True), want)

@@ -47,9 +47,9 @@ def int32_keys(scores: torch.Tensor) -> torch.Tensor:
     return key
 
 
-def _sort_rows(keys: torch.Tensor) -> torch.Tensor:
-    """Each row of int32 (B, N) sorted ascending."""
-    if keys.device.type == "cpu":  # 1-D integer tensors take torch's parallel radix sort (module docstring)
+def _sort_rows(keys: torch.Tensor, per_row: bool | None = None) -> torch.Tensor:
+    """Each row of int32 (B, N) sorted ascending: row by row (default on CPU) or in one batched call (elsewhere)."""
+    if keys.device.type == "cpu" if per_row is None else per_row:  # 1-D integer tensors: torch's parallel radix sort
         out, order = torch.empty_like(keys), torch.empty(keys.shape[1], dtype=torch.long, device=keys.device)
         for row, dest in zip(keys, out):
             torch.sort(row, out=(dest, order))
@@ -57,10 +57,11 @@ def _sort_rows(keys: torch.Tensor) -> torch.Tensor:
     return torch.sort(keys, dim=1).values
 
 
-def label_counts(anomaly: torch.Tensor) -> torch.Tensor:
-    """int64 (B, 256): how many pixels of each uint8 (B, ...) target hold each value, on its device."""
+def label_counts(anomaly: torch.Tensor, per_row: bool | None = None) -> torch.Tensor:
+    """int64 (B, 256): how many pixels of each uint8 (B, ...) target hold each value, on its device: a ``bincount``
+    per row (default on CPU), or one ``index_add_`` that does not wait for the device (elsewhere)."""
     flat = anomaly.reshape(len(anomaly), -1)
-    if flat.device.type == "cpu":
+    if flat.device.type == "cpu" if per_row is None else per_row:
         return torch.stack([torch.bincount(row, minlength=256) for row in flat]) if len(flat) else \
             torch.zeros((0, 256), dtype=torch.long, device=flat.device)
     idx = (flat.long() + 256 * torch.arange(len(flat), device=flat.device).unsqueeze(1)).reshape(-1)
