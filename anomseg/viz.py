@@ -79,7 +79,7 @@ def plot_histograms(hists: dict[str, ScoreHistogram], out_dir: Path, bins: int =
     paths = []
     for name, h in hists.items():
         ids, pos, neg = h.groups()
-        edges = np.array([h.bin_lower_edge(b) for b in ids])
+        edges = h.bin_lower_edges(ids)
         total = np.cumsum(pos + neg) / max((pos + neg).sum(), 1)
         lo, hi = edges[np.searchsorted(total, 0.001)], edges[min(np.searchsorted(total, 0.999), len(edges) - 1)]
         if hi <= lo:

@@ -508,17 +508,19 @@ def method_taps(methods: list, key: str, model) -> list:
     return [mod for m in methods if m.backbone_key == key for mod in m.method.taps(model)]
 
 
-def _score_images(dataset, indices, models: dict, methods: list, inf: dict):
-    """Yield (index, sample, {method: float32 (H, W) score map}) for chosen images of a split."""
+def _score_images(dataset, indices, models: dict, methods: list, inf: dict, which=None):
+    """Yield (index, sample, {method: float32 (H, W) score map}) for chosen images of a split; ``which(i)``
+    (default: all) names the methods wanted on image i, and only their backbones run."""
     for i in indices:
         s = dataset[i]
+        chosen = [m for m in methods if which is None or m.name in which(i)]
         model0 = next(iter(models.values()))[0]
         images = torch.from_numpy(np.array(s["image"]))[None].to(next(model0.parameters()).device)
         size = s["anomaly"].shape
-        outputs = {key: predict_with(mdl, images, size, inf, method_taps(methods, key, mdl))
-                   for key, (mdl, _) in models.items()}
+        outputs = {key: predict_with(mdl, images, size, inf, method_taps(chosen, key, mdl))
+                   for key, (mdl, _) in models.items() if any(m.backbone_key == key for m in chosen)}
         maps = {m.name: m.method.score(Observation(outputs[m.backbone_key], images, models[m.backbone_key][0], size,
-                                                   inf["amp"]))[0].float().cpu().numpy() for m in methods}
+                                                   inf["amp"]))[0].float().cpu().numpy() for m in chosen}
         yield i, s, maps
 
 
@@ -526,9 +528,9 @@ def _write_worst(cfg, out, dataset, models, methods, hists, worst: dict[str, lis
     """``worst/<method>_<i>.png``: each method's panel on the images where it does worst."""
     shutil.rmtree(out / "worst", ignore_errors=True)  # only this run's panels
     wanted = sorted({i for ids in worst.values() for i in ids})
-    for i, s, maps in _score_images(dataset, wanted, models, methods, cfg["inference"]):
-        for name, ids in worst.items():
-            if i in ids:
+    which = lambda i: {name for name, ids in worst.items() if i in ids}  # noqa: E731  (only what a panel shows)
+    for i, s, maps in _score_images(dataset, wanted, models, methods, cfg["inference"], which):
+        for name in which(i):
                 t, label = viz.resolve_threshold(cfg["overlays"]["threshold"], hists[name], maps[name])
                 panel = viz.overlay_panel(np.array(s["image"]), s["anomaly"], {name: maps[name]}, {name: t}, label)
                 viz.save_png(out / "worst" / f"{viz.safe_name(name)}_{i}.png", panel)

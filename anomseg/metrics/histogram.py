@@ -45,11 +45,17 @@ def float_keys(scores: np.ndarray) -> np.ndarray:
     return u ^ (flip | _SIGN)
 
 
+def keys_to_floats(keys) -> np.ndarray:
+    """Inverse of :func:`float_keys`: uint32 keys -> their float32 values, as float64."""
+    keys = np.asarray(keys, np.uint32)
+    u = np.where(keys & _SIGN, keys ^ _SIGN, ~keys)
+    with np.errstate(invalid="ignore"):  # keys above +inf's are NaN bit patterns
+        return u.astype(np.uint32).view(np.float32).astype(np.float64)
+
+
 def key_to_float(key: int) -> float:
     """Inverse of :func:`float_keys` for one key."""
-    key = np.uint32(key)
-    u = key ^ _SIGN if key & _SIGN else ~key
-    return float(np.array([u], np.uint32).view(np.float32)[0])
+    return float(keys_to_floats([key])[0])
 
 
 class ScoreHistogram:
@@ -162,6 +168,10 @@ class ScoreHistogram:
     def bin_lower_edge(self, b: int) -> float:
         """Smallest float32 score of bin ``b``: ``score >= edge`` selects exactly bins >= b."""
         return key_to_float(int(b) << (32 - self.bits))
+
+    def bin_lower_edges(self, bins) -> np.ndarray:
+        """:meth:`bin_lower_edge` of every bin of an array (float64), in one vectorised step."""
+        return keys_to_floats(np.asarray(bins, np.uint64) << np.uint64(32 - self.bits))
 
     def metrics(self, recall_level: float = RECALL_LEVEL) -> dict:
         """Pooled metrics of the binned scores and bounds on the exact ones (module docstring).
