@@ -126,10 +126,9 @@ def measure_batch(jobs, anomaly, ids=None, *, host_anomaly=None) -> list[Measure
         group = [(k, s) for k, (ev, s, _) in enumerate(prepared) if ev.protocol == protocol]
         if group:
             stacked = torch.cat([s for _, s in group]) if len(group) > 1 else group[0][1]
-            shared_target = len(group) > 1 and len(t) == 1  # several methods' maps of one image: one target
-            got = per_image_metrics(stacked, a8 if shared_target or len(group) == 1 else a8.repeat(len(group), 1, 1),
-                                    protocol, check_finite=False,
-                                    counts=values if shared_target or len(group) == 1 else values.repeat(len(group), 1))
+            once = len(group) == 1 or len(t) == 1  # one image's target serves every method's map (broadcast)
+            got = per_image_metrics(stacked, a8 if once else a8.repeat(len(group), 1, 1), protocol, check_finite=False,
+                                    counts=values if once else values.repeat(len(group), 1))
             got = {key: to_host(v) for key, v in got.items()}  # a few copies per protocol, sliced on the host
             B = len(t)
             for n, (k, _) in enumerate(group):
