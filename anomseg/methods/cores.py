@@ -43,7 +43,7 @@ from torch import nn
 from anomseg.config import ConfigError
 from anomseg.methods.base import Method, Observation, register_method
 from anomseg.models.base import resize_logits
-from anomseg.models.inference import autocast
+from anomseg.models.inference import predict
 from anomseg.options import NonNegative, PositiveInt
 
 
@@ -123,27 +123,14 @@ class CORES(Method):
             self.setup(model)
         return list(self.convs)
 
-    def responses(self, model: nn.Module, images: torch.Tensor, amp: str = "none"):
-        """One pass: (logits float32 (N, K, h, w), [input of each conv in the chain, float32 (N, C_j, h_j, w_j)])."""
-        captured: dict[int, torch.Tensor] = {}
-        hooks = [conv.register_forward_pre_hook(lambda m, args, j=j: captured.__setitem__(j, args[0]))
-                 for j, conv in enumerate(self.convs)]
-        try:
-            with torch.no_grad(), autocast(images.device, amp):
-                out = model(images)
-        finally:
-            for h in hooks:
-                h.remove()
-        return out.logits.float(), [captured[j].float() for j in range(len(self.convs))]
-
     def score(self, obs: Observation) -> torch.Tensor:
         if not self.convs:
             self.setup(obs.model)
-        inputs = getattr(obs.prediction, "inputs", {})
-        if all(conv in inputs for conv in self.convs):  # tapped in the inference pass (consumes "images": one plain pass)
-            logits, responses = obs.prediction.logits, [inputs[conv].float() for conv in self.convs]
-        else:
-            logits, responses = self.responses(obs.model, obs.images, obs.amp)
+        prediction = obs.prediction
+        if not all(conv in getattr(prediction, "inputs", {}) for conv in self.convs):  # not tapped: a pass of its own
+            prediction = predict(obs.model, obs.images, obs.size, amp=obs.amp, taps=self.convs)
+        # consumes "images": one plain pass, so the inference pass's logits are that pass's
+        logits, responses = prediction.logits, [prediction.inputs[conv].float() for conv in self.convs]
         pred = resize_logits(logits, obs.size).max(1, keepdim=True).indices  # (N, 1, H, W); max: 4x argmax on CPU
         total = None
         for r, mask, tau in zip(responses, self.masks, self.tau):

@@ -57,6 +57,18 @@ def _sort_rows(keys: torch.Tensor, per_row: bool | None = None) -> torch.Tensor:
     return torch.sort(keys, dim=1).values
 
 
+def finite_rows(scores: torch.Tensor) -> torch.Tensor:
+    """bool (B,): whether every score of each map of float (B, ...) is finite (one ``aminmax``; NaN propagates)."""
+    lo, hi = torch.aminmax(scores.float().reshape(len(scores), -1), dim=1)
+    return torch.isfinite(lo) & torch.isfinite(hi)
+
+
+def count_into_(counts: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``counts[i] += 1`` for every index of int64 ``idx``, on their device, in place; unlike ``bincount`` it
+    does not wait for the device to find the largest index."""
+    return counts.index_add_(0, idx, torch.ones((), dtype=counts.dtype, device=counts.device).expand(len(idx)))
+
+
 def label_counts(anomaly: torch.Tensor, per_row: bool | None = None) -> torch.Tensor:
     """int64 (B, 256): how many pixels of each uint8 (B, ...) target hold each value, on its device: a ``bincount``
     per row (default on CPU), or one ``index_add_`` that does not wait for the device (elsewhere)."""
@@ -65,8 +77,7 @@ def label_counts(anomaly: torch.Tensor, per_row: bool | None = None) -> torch.Te
         return torch.stack([torch.bincount(row, minlength=256) for row in flat]) if len(flat) else \
             torch.zeros((0, 256), dtype=torch.long, device=flat.device)
     idx = (flat.long() + 256 * torch.arange(len(flat), device=flat.device).unsqueeze(1)).reshape(-1)
-    counts = torch.zeros(256 * len(flat), dtype=torch.long, device=flat.device)  # index_add_: no host sync
-    return counts.index_add_(0, idx, torch.ones((), dtype=torch.long, device=flat.device).expand(len(idx))).view(-1, 256)
+    return count_into_(torch.zeros(256 * len(flat), dtype=torch.long, device=flat.device), idx).view(-1, 256)
 
 
 class _Targets:
@@ -85,8 +96,7 @@ def _chunk(scores: torch.Tensor, t: _Targets, caos: bool) -> dict[str, torch.Ten
     B, N = scores.shape
     dev = scores.device
     shared = len(t.P) == 1 and B > 1
-    lo, hi = torch.aminmax(scores.float(), dim=1)  # NaN propagates
-    finite = torch.isfinite(lo) & torch.isfinite(hi)
+    finite = finite_rows(scores)
     key = int32_keys(scores)
     P, Nn = (t.P.expand(B), t.N.expand(B)) if shared else (t.P, t.N)
     # each map's distinct anomaly scores, ascending: one sort of (map, key) pairs over the chunk

@@ -15,7 +15,7 @@ from anomseg.errors import AnomsegError
 from anomseg.files import make_dirs, write_with
 from anomseg.metrics.components import TRACKS, ComponentStats, image_components
 from anomseg.metrics.curves import exact_metrics
-from anomseg.metrics.device import label_counts, per_image_metrics
+from anomseg.metrics.device import finite_rows, label_counts, per_image_metrics
 from anomseg.metrics.histogram import ScoreHistogram
 from anomseg.metrics.smiyc import MAX_FLOAT16, frame_bins, pix_binary_class
 
@@ -140,8 +140,7 @@ def measure_batch(jobs, anomaly, ids=None, *, host_anomaly=None) -> list[Measure
             host["metrics"] = per_protocol[k]
             host["finite"] = per_protocol[k]["finite"]
         else:
-            lo, hi = torch.aminmax(s.float().flatten(1), dim=1)  # NaN propagates
-            host["finite"] = to_host(torch.isfinite(lo) & torch.isfinite(hi))
+            host["finite"] = to_host(finite_rows(s))
         if ev.needs_host_maps():
             host["maps"] = to_host(s.float())
         else:

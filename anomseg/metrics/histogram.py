@@ -32,7 +32,7 @@ import torch
 from scipy.special import digamma
 
 from anomseg.metrics.curves import RECALL_LEVEL, group_metrics
-from anomseg.metrics.device import int32_keys
+from anomseg.metrics.device import count_into_, int32_keys
 
 _SIGN = np.uint32(0x80000000)
 
@@ -112,7 +112,7 @@ class ScoreHistogram:
         if counts is None:
             counts = self._device_counts[scores.device] = torch.zeros(len(self.counts), dtype=torch.int64,
                                                                       device=scores.device)
-        counts.index_add_(0, idx, torch.ones((), dtype=torch.int64, device=scores.device).expand(len(idx)))
+        count_into_(counts, idx)
 
     def _count(self, idx: np.ndarray) -> None:
         if len(idx):
