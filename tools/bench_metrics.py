@@ -15,7 +15,8 @@ band, images/s of each path on the same maps:
   + ``roc_curve``, as the CAOS reference evaluates), torchmetrics ``binary_auroc`` + ``binary_average_precision``
   (``thresholds=None``: exact) and pytorch-ood ``OODMetrics`` (void label excluded), each where installed.
 
-Every path's values are compared with numpy's (max |difference| printed). The last line reads
+Every path's values are compared with numpy's (max |difference| printed); pytorch-ood's AUPR, the trapezoid area
+under the PR curve rather than step-wise AP, with that trapezoid computed here. The last line reads
 ``metrics/numpy: torch-cpu <ratio> cuda <ratio or n/a>`` (images/s over numpy's images/s).
 """
 
@@ -96,16 +97,20 @@ def main(argv=None):
             return out
         t, got = timed(cuda_path, a.repeats)
         rate["cuda"], worst["cuda"] = a.images / t, float(np.abs(got - want).max())
+    n = min(a.peer_images, a.images)
     for name, fn in peers().items():
-        n = min(a.peer_images, a.images)
         try:
             t, got = timed(lambda: np.array([fn(S32[i], An[i]) for i in range(n)]), 1)
         except Exception as exc:  # a peer's own failure is reported, not fatal
             print(f"{name}: failed ({type(exc).__name__}: {exc})")
             continue
-        rate[name], worst[name] = n / t, float(np.abs(got - want[:n, :got.shape[1]]).max())
+        ref = want[:n, :got.shape[1]]
+        if name == "pytorch-ood":  # its AUPR is the trapezoid under the PR curve, not step-wise AP
+            ref = np.column_stack([want[:n, 0], [trapezoid_aupr(S32[i], An[i]) for i in range(n)], want[:n, 2]])
+        rate[name], worst[name] = n / t, float(np.abs(got - ref).max())
     for name, r in rate.items():
         diff = f", max |difference| to numpy {worst[name]:.1e}" if name in worst else ""
+        diff += " (AUPR: to the trapezoid rule's)" if name == "pytorch-ood" else ""
         print(f"  {name:<16} {r:8.2f} maps/s  ({1000 / r:7.1f} ms/map){diff}")
     bench_pooled(rng, a.pooled_images)
     cuda = f"{rate['cuda'] / rate['numpy']:.2f}" if "cuda" in rate else "n/a"
@@ -149,6 +154,21 @@ def peers() -> dict:
     except ImportError:
         print("pytorch-ood: not installed (pip install pytorch-ood)")
     return out
+
+
+def trapezoid_aupr(s: np.ndarray, a: np.ndarray) -> float:
+    """Trapezoid-rule area under the PR curve (anomaly positive, void excluded), the curve's points at the distinct
+    scores plus (recall 0, precision 1), as sklearn's ``auc(*precision_recall_curve(...)[1::-1])``: the AUPR that
+    pytorch-ood reports (pytorch_ood/metrics/functional.py ``_aupr``), beside the step-wise AP the others report."""
+    keep = a != 255
+    x, y = s[keep].astype(np.float64), a[keep] == 1
+    order = np.argsort(-x, kind="stable")
+    x, y = x[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(x)), x.size - 1]  # the last position of each distinct score
+    tps = np.cumsum(y)[last].astype(np.float64)
+    fps = (last + 1) - tps
+    precision, recall = np.r_[1.0, tps / (tps + fps)], np.r_[0.0, tps / tps[-1]]
+    return float(np.sum(np.diff(recall) * (precision[1:] + precision[:-1]) / 2))
 
 
 def bench_pooled(rng, n: int) -> None:
