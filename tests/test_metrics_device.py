@@ -26,13 +26,20 @@ def random_batch(rng, b=50, h=24, w=32):
     return s.astype(np.float16 if rng.random() < 0.3 else np.float32), a
 
 
+@pytest.mark.parametrize("per_row", [None, False], ids=["cpu-path", "accelerator-path"])
 @pytest.mark.parametrize("protocol", ["per_image", "caos"])
-def test_torch_equals_numpy_on_3000_maps(protocol):
+def test_torch_equals_numpy_on_3000_maps(protocol, per_row):
+    """Both branches (CPU: row by row; the accelerator's: batched sorts and searches), half the batches with a
+    shared (1, H, W) target, half with the targets also given on the host."""
     rng = np.random.default_rng(0 if protocol == "per_image" else 1)
     compared = 0
-    for _ in range(60):  # 3000 maps
+    for k in range(60):  # 3000 maps
         s, a = random_batch(rng)
-        got = per_image_metrics(torch.from_numpy(s), torch.from_numpy(a), protocol, memory_budget=1 << 20)
+        if k % 2:  # one target shared by every map of the batch (several methods of one image)
+            a = np.broadcast_to(a[2:3], a.shape).copy()
+        target = torch.from_numpy(a[:1] if k % 2 else a)
+        got = per_image_metrics(torch.from_numpy(s), target, protocol, memory_budget=1 << 20, per_row=per_row,
+                                host_anomaly=target.clone() if k % 4 >= 2 else None)
         for i in range(len(s)):
             pos = s[i][a[i] == 1].astype(np.float32)
             neg = s[i][(a[i] != 1) if protocol == "caos" else (a[i] == 0)].astype(np.float32)
@@ -60,6 +67,56 @@ def test_torch_equals_scikit_learn():
             continue
         assert abs(float(got["auroc"][i]) - roc_auc_score(y, x)) <= 1e-12
         assert abs(float(got["aupr"][i]) - average_precision_score(y, x)) <= 1e-12
+
+
+def ap_of_map(got, b):
+    """Map b's AP from the flat per-anomaly-pixel terms, summed as the evaluator sums them."""
+    px = got["anomaly_px"].numpy()
+    at = int(px[:b].sum())
+    return float(np.sum(got["ap_terms"][at:at + px[b]].numpy()[got["ap_last"][at:at + px[b]].numpy()]))
+
+
+def test_flat_ap_terms_are_each_maps_reference_terms():
+    rng = np.random.default_rng(9)
+    s, a = random_batch(rng, b=30)
+    got = per_image_metrics(torch.from_numpy(s), torch.from_numpy(a))
+    assert got["ap_terms"].shape == got["ap_last"].shape == (int(got["anomaly_px"].sum()),)
+    for b in range(len(s)):
+        pos, neg = s[b][a[b] == 1].astype(np.float32), s[b][a[b] == 0].astype(np.float32)
+        if pos.size and neg.size:
+            assert ap_of_map(got, b) == exact_metrics(pos, neg)["aupr"]  # bit for bit
+            assert int(got["ap_last"][int(got["anomaly_px"][:b].sum()):][:pos.size].sum()) == len(np.unique(pos))
+
+
+@pytest.mark.parametrize("protocol", ["per_image", "caos"])
+def test_with_host_targets_the_device_is_never_waited_for(protocol):
+    """On the meta device (shapes, no data) every operation whose size or result needs the device's values
+    (nonzero, unique, item, a bool of a tensor, a max read back) fails: with the targets on the host, the whole
+    batched computation runs there, so on an accelerator it is queued without one wait. Without them, finding
+    the anomaly pixels is the one operation that needs the device's values."""
+    rng = np.random.default_rng(10)
+    a = torch.from_numpy((rng.random((1, 24, 32)) < 0.1).astype(np.uint8))
+    s = torch.randn(5, 24, 32)
+    out = per_image_metrics(s.to("meta"), a.to("meta"), protocol, check_finite=False, host_anomaly=a)
+    assert out["auroc"].shape == (5,) and out["ap_terms"].shape == (5 * int((a == 1).sum()),)
+    with pytest.raises(NotImplementedError, match="nonzero"):
+        per_image_metrics(s.to("meta"), a.to("meta"), protocol, check_finite=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_metrics_do_not_synchronise():
+    rng = np.random.default_rng(11)
+    a = torch.from_numpy((rng.random((1, 64, 64)) < 0.1).astype(np.uint8))
+    s = torch.randn(6, 64, 64, device="cuda")
+    want, a_cuda = per_image_metrics(s.cpu(), a), a.cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising call raises
+    try:
+        got = per_image_metrics(s, a_cuda, check_finite=False, host_anomaly=a)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for k in ("auroc", "fpr95"):
+        torch.testing.assert_close(got[k].cpu(), want[k], rtol=0, atol=0, equal_nan=True)
 
 
 def test_bad_input():

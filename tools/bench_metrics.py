@@ -98,7 +98,7 @@ def main(argv=None):
         t, got = timed(cuda_path, a.repeats)
         rate["cuda"], worst["cuda"] = a.images / t, float(np.abs(got - want).max())
     n = min(a.peer_images, a.images)
-    for name, fn in peers().items():
+    for name, fn in (peers().items() if n else ()):  # --peer-images 0: numpy and torch only
         try:
             t, got = timed(lambda: np.array([fn(S32[i], An[i]) for i in range(n)]), 1)
         except Exception as exc:  # a peer's own failure is reported, not fatal

@@ -3,27 +3,32 @@
 The same numbers as :func:`anomseg.metrics.curves.exact_metrics` (the numpy reference; ties as scikit-learn
 treats them), computed where the maps are. Per map, one sort: the inlier scores, as order-preserving int32 keys
 of their float32 values (-0.0 taken as +0.0; the pixels that are not inliers get a key above every finite
-score and sort last). The anomaly pixels of the whole batch (few) are sorted once more, as int64 (map, key)
-pairs, and reduced to each map's distinct anomaly scores u_0 < ... < u_{m-1} with their counts cp_j. Two
-``searchsorted`` of the u_j into the sorted inliers give lt_j (inliers < u_j) and le_j (inliers <= u_j), and
-from those (P anomaly, N inlier pixels):
+score and sort last). The anomaly pixels of the whole chunk (few) are sorted once more, as int64 (map, key)
+pairs: map by map, scores ascending. For each anomaly pixel i with score u_i, searches give lt_i (inliers < u_i),
+le_i (inliers <= u_i) and its group (the map's anomaly pixels scoring u_i: its size cp and TP_i, the anomaly
+pixels >= u_i); FP_i = N - lt_i. Then (P anomaly, N inlier pixels of the map):
 
-* AUROC = sum_j cp_j (lt_j + le_j) / (2 P N), the Mann-Whitney statistic with half credit for ties, in exact
+* AUROC = sum_i (lt_i + le_i) / (2 P N), the Mann-Whitney statistic with half credit for ties, in exact
   integers;
-* AP = sum_j cp_j / P * TP_j / (TP_j + FP_j), TP_j / FP_j the anomaly / inlier pixels >= u_j, float64; the
-  terms are returned too (``ap_terms``, in the reference's order), so a caller that sums them with numpy
-  gets the reference's value bit for bit;
-* FPR95 ``first`` (protocol ``per_image``): FP / N at the highest u_j whose recall reaches 0.95;
+* AP = sum over the map's distinct scores of cp / P * TP / (TP + FP), float64, one term at the last pixel of
+  each group; the terms are returned too (``ap_terms``, in the reference's order), so a caller that sums them
+  with numpy gets the reference's value bit for bit;
+* FPR95 ``first`` (protocol ``per_image``): FP / N at the highest score whose recall reaches 0.95;
   ``nearest`` (``caos``, hendrycks/anomaly-seg ``anom_utils.fpr_and_fdr_at_recall``): the recall nearest
-  0.95 (first on ties), at the lowest threshold of that recall (just above u_{j-1}).
+  0.95 (first on ties), at the lowest threshold of that recall (just above the next lower distinct score).
+
+Every tensor after the sorts has a size known before the device computes it (the anomaly pixels' count), and
+per-map reductions are scatters: with the targets on the host (``host_anomaly``, as in the evaluation loop),
+where the anomaly pixels are found, nothing here waits for the device; without them, finding those pixels
+(``nonzero``) waits once per chunk.
 
 Why these sorts: on CPU, torch sorts a 1-D integer tensor with a parallel radix sort (fbgemm), which on this
 project's 2-core machine is 2.4-5x faster than ``np.sort`` of the float32 values (a 720x1280 map: 15 vs 36 ms
-in one run, 5.6 vs 29 ms in another); a batched sort along a dimension is not (33 ms a row). On CUDA the rows are sorted in one batched call.
+in one run, 5.6 vs 29 ms in another); a batched sort along a dimension is not (33 ms a row). So on CPU the rows
+are sorted and searched one by one; on an accelerator in one batched call each.
 
 Maps are processed in chunks of images that keep the working memory under ``memory_budget`` bytes: never by
-subsampling pixels. The data-dependent sizes (the anomaly pixels, the distinct scores) make the host wait
-for the device, once for the targets and twice per chunk; nothing else is brought to the host.
+subsampling pixels.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ import torch
 RECALL_LEVEL = 0.95
 PROTOCOLS = ("per_image", "caos")
 _ABOVE = 0x7FFFFFFF  # int32 key above every finite float32's (+inf is 0x7F800000)
-BYTES_PER_PIXEL = 40  # working memory of one pixel: keys, masks, sorted keys, sort indices
+BYTES_PER_PIXEL = 48  # working memory of one pixel: keys, masks, sorted keys, sort indices, the rows' int64 search copy
+BYTES_PER_ANOMALY_PIXEL = 256  # and of one anomaly pixel: its pair, searches, counts and terms
 
 
 def int32_keys(scores: torch.Tensor) -> torch.Tensor:
@@ -81,75 +87,102 @@ def label_counts(anomaly: torch.Tensor, per_row: bool | None = None) -> torch.Te
 
 
 class _Targets:
-    """What a chunk needs of its targets (Bt = 1: one target shared by every map)."""
+    """What a chunk needs of its targets (Bt = 1: one target shared by every map): the anomaly pixels' positions
+    are found on the host when the caller has the targets there (no wait for the device), else on the device
+    (``nonzero``: one wait)."""
 
-    def __init__(self, anomaly: torch.Tensor, counts: torch.Tensor, caos: bool):
+    def __init__(self, anomaly: torch.Tensor, counts: torch.Tensor, caos: bool, host: torch.Tensor | None = None):
         n = anomaly.shape[1]
         self.P = counts[:, 1]
         self.N = n - counts[:, 1] if caos else counts[:, 0]
         self.not_inlier = anomaly == 1 if caos else anomaly != 0  # (Bt, n)
-        flat = (anomaly == 1).reshape(-1).nonzero().squeeze(1)  # the anomaly pixels, row-major
+        src = anomaly if host is None else host
+        flat = (src.reshape(-1) == 1).nonzero().squeeze(1).to(anomaly.device, non_blocking=True)  # row-major
         self.rows, self.cols = flat // n, flat % n
 
 
-def _chunk(scores: torch.Tensor, t: _Targets, caos: bool) -> dict[str, torch.Tensor]:
+def _search_rows(sorted_rows: torch.Tensor, pairs: torch.Tensor, right: bool, per_row: bool | None) -> torch.Tensor:
+    """For int64 ``pairs`` = (row << 32) | (key + 2**31), ascending, and int32 (B, n) rows sorted ascending: how
+    many keys of the pair's row are < (``right``: <=) its key, int64 (L,). Row by row on CPU (the rows' extents
+    read on the host, free there); elsewhere one search of the rows as a single ascending int64 sequence, which
+    does not wait for the device."""
+    B, n = sorted_rows.shape
+    row, key = pairs >> 32, ((pairs & 0xFFFFFFFF) - 2**31)
+    if sorted_rows.device.type == "cpu" if per_row is None else per_row:
+        out, at = torch.empty_like(pairs), 0
+        for b, size in enumerate(torch.bincount(row, minlength=B).tolist()):
+            out[at:at + size] = torch.searchsorted(sorted_rows[b], key[at:at + size].int(), right=right)
+            at += size
+        return out
+    flat = sorted_rows.long()
+    flat += 2**31
+    flat |= (torch.arange(B, device=flat.device) << 32).unsqueeze(1)
+    return torch.searchsorted(flat.view(-1), pairs, right=right) - row * n
+
+
+def _segment_reduce(values: torch.Tensor, row: torch.Tensor, B: int, how: str, empty) -> torch.Tensor:
+    """values (L,) reduced per row into (B,) (``how``: sum / amax / amin); rows without values get ``empty``."""
+    out = torch.full((B,), empty, dtype=values.dtype, device=values.device)
+    return out.index_add_(0, row, values) if how == "sum" else out.scatter_reduce_(0, row, values, how)
+
+
+def _chunk(scores: torch.Tensor, t: _Targets, caos: bool, per_row: bool | None) -> dict[str, torch.Tensor]:
     B, N = scores.shape
     dev = scores.device
     shared = len(t.P) == 1 and B > 1
     finite = finite_rows(scores)
     key = int32_keys(scores)
     P, Nn = (t.P.expand(B), t.N.expand(B)) if shared else (t.P, t.N)
-    # each map's distinct anomaly scores, ascending: one sort of (map, key) pairs over the chunk
+    # the chunk's anomaly pixels as (map, key) pairs, sorted: map by map, scores ascending
     if shared:
         rows = torch.arange(B, device=dev).unsqueeze(1).expand(B, len(t.cols)).reshape(-1)
         anomalous = key[:, t.cols].reshape(-1)
     else:
         rows, anomalous = t.rows, key[t.rows, t.cols]
     pairs = torch.sort((rows << 32) | (anomalous.long() + 2**31)).values
-    inliers = _sort_rows(key.masked_fill_(t.not_inlier, _ABOVE))  # the first Nn of each row are the inliers
-    distinct, cp_flat = torch.unique_consecutive(pairs, return_counts=True)
-    g_row = distinct >> 32
-    g_key = ((distinct & 0xFFFFFFFF) - 2**31).int()
-    m = torch.bincount(g_row, minlength=B)  # distinct anomaly scores per map
-    M = max(int(m.max()) if B else 0, 1)
-    col = torch.arange(len(distinct), device=dev) - (torch.cumsum(m, 0) - m)[g_row]
-    U = torch.full((B, M), _ABOVE, dtype=torch.int32, device=dev)
-    CP = torch.zeros((B, M), dtype=torch.long, device=dev)
-    U[g_row, col] = g_key
-    CP[g_row, col] = cp_flat
-    lt = torch.searchsorted(inliers, U)  # inliers < u_j (padding: Nn)
-    le = torch.searchsorted(inliers, U, right=True)  # inliers <= u_j
-    valid = torch.arange(M, device=dev).unsqueeze(0) < m.unsqueeze(1)
+    inliers = _sort_rows(key.masked_fill_(t.not_inlier, _ABOVE), per_row)  # the first Nn of each row are the inliers
+    # every anomaly pixel i, in that order, with its score u_i: nothing below has a data-dependent size
+    L = len(pairs)
+    row, idx = pairs >> 32, torch.arange(L, device=dev)
+    lt = _search_rows(inliers, pairs, False, per_row)  # inliers < u_i
+    le = _search_rows(inliers, pairs, True, per_row)  # inliers <= u_i
+    first = torch.searchsorted(pairs, pairs)  # the first pixel of u_i's group (its map's pixels with score u_i)
+    last = torch.searchsorted(pairs, pairs, right=True)  # one past its last
+    start = (torch.cumsum(P, 0) - P)[row]  # the map's first pixel
+    is_last = last == idx + 1  # one pixel per distinct score of a map: where its term is kept
+    Pr, Nr = P[row], Nn[row]
     ok = (P > 0) & (Nn > 0)
-    u2 = torch.where(valid, CP * (lt + le), 0).sum(1)  # = sum_j cp_j (2 lt_j + tie_j)
+    u2 = _segment_reduce(lt + le, row, B, "sum", 0)  # = sum over distinct u of cp (2 lt + tie)
     Pd, Nd = P.double(), Nn.double()
     auroc = u2.double() / (2 * Pd * Nd)
-    tp = P.unsqueeze(1) - (torch.cumsum(CP, 1) - CP)  # anomaly pixels >= u_j
-    fp = Nn.unsqueeze(1) - lt  # inliers >= u_j
+    cp, tp, fp = last - first, Pr + start - first, Nr - lt  # the group's size; anomaly / inlier pixels >= u_i
     tp_d, fp_d = tp.double(), fp.double()
     zero = torch.zeros((), dtype=torch.float64, device=dev)
     # the reference's expression, operation for operation: pos[g] / P * (tp_g / (tp_g + fp_g))
-    terms = torch.where(valid, CP.double() / Pd.clamp(min=1).unsqueeze(1) * (tp_d / (tp_d + fp_d).clamp(min=1)), zero)
-    recall = tp_d / Pd.clamp(min=1).unsqueeze(1)
-    if caos:
-        fp_low = fp.clone()  # inliers above u_{j-1} = inliers >= the lowest threshold of recall level j
-        fp_low[:, 1:] = Nn.unsqueeze(1) - le[:, :-1]
-        gap = torch.where(valid, (recall - RECALL_LEVEL).abs(), torch.full_like(recall, float("inf")))
-        k = torch.argmin(gap, 1)  # the first minimum
-        fp95 = fp_low.gather(1, k.unsqueeze(1)).squeeze(1)
-    else:
-        reach = valid & (recall >= RECALL_LEVEL)
-        j = torch.where(reach, torch.arange(M, device=dev).expand(B, M), -1).amax(1)
-        fp95 = fp.gather(1, j.clamp(min=0).unsqueeze(1)).squeeze(1)
+    terms = torch.where(is_last, cp.double() / Pr.double().clamp(min=1) * (tp_d / (tp_d + fp_d).clamp(min=1)), zero)
+    recall = tp_d / Pr.double().clamp(min=1)
+    inf = torch.full_like(recall, float("inf"))
+    if caos:  # the recall nearest 0.95 (the first, from the lowest score, on ties), at its lowest threshold
+        gap = torch.where(is_last, (recall - RECALL_LEVEL).abs(), inf)
+        nearest = is_last & (gap == _segment_reduce(gap, row, B, "amin", float("inf"))[row])
+        pick = _segment_reduce(torch.where(nearest, idx, L), row, B, "amin", L)
+        # inliers >= the lowest threshold of that recall = inliers above the map's next lower distinct score
+        below = torch.where(first > start, le[(first - 1).clamp(min=0)], lt)
+        fp_pick = Nr - below
+    else:  # the highest score whose recall reaches 0.95
+        pick = _segment_reduce(torch.where(is_last & (recall >= RECALL_LEVEL), idx, -1), row, B, "amax", -1)
+        fp_pick = fp
+    fp95 = torch.cat([fp_pick, fp_pick.new_zeros(1)])[torch.where((pick >= 0) & (pick < L), pick, L)]
     nan = torch.full_like(auroc, float("nan"))
-    return {"auroc": torch.where(ok, auroc, nan), "aupr": torch.where(ok, terms.sum(1), nan),
+    return {"auroc": torch.where(ok, auroc, nan), "aupr": torch.where(ok, _segment_reduce(terms, row, B, "sum", 0.0), nan),
             "fpr95": torch.where(ok, fp95.double() / Nd, nan), "anomaly_px": P, "inlier_px": Nn,
-            "ap_terms": terms, "distinct": m, "finite": finite}
+            "ap_terms": terms, "ap_last": is_last, "finite": finite}
 
 
 def per_image_metrics(scores: torch.Tensor, anomaly: torch.Tensor, protocol: str = "per_image",
                       memory_budget: int = 512 << 20, check_finite: bool = True,
-                      counts: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                      counts: torch.Tensor | None = None, host_anomaly: torch.Tensor | None = None,
+                      per_row: bool | None = None) -> dict[str, torch.Tensor]:
     """Exact per-image metrics of a batch of maps, on their device (see the module docstring).
 
     Args:
@@ -160,11 +193,15 @@ def per_image_metrics(scores: torch.Tensor, anomaly: torch.Tensor, protocol: str
         check_finite: raise on NaN / infinite scores (a host sync); with False the caller reads
             ``finite`` and must refuse the other maps itself (their metrics are meaningless).
         counts: :func:`label_counts` of ``anomaly`` when the caller has them.
+        host_anomaly: the same targets on the host, when the caller has them: the anomaly pixels are found
+            there, and the call does not wait for the device at all.
+        per_row: sort and search row by row (the default on CPU) or batched (the default elsewhere).
     Returns:
         on the maps' device: ``auroc``, ``aupr``, ``fpr95`` float64 (B,) (NaN for a map without anomaly or
-        inlier pixels); ``anomaly_px``, ``inlier_px`` int64 (B,); ``finite`` bool (B,); ``ap_terms`` float64
-        (B, M) (row b: the AP terms of its ``distinct[b]`` distinct anomaly scores, ascending, then zeros) and
-        ``distinct`` int64 (B,).
+        inlier pixels); ``anomaly_px``, ``inlier_px`` int64 (B,); ``finite`` bool (B,); ``ap_terms`` float64 and
+        ``ap_last`` bool (L,), one entry per anomaly pixel, map by map (map b's ``anomaly_px[b]`` pixels
+        after those of the maps before it), scores ascending: ``ap_terms[ap_last]`` of a map are its AP terms
+        in the reference's order (the other entries are 0).
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol={protocol!r}: device metrics cover {', '.join(PROTOCOLS)}")
@@ -176,17 +213,23 @@ def per_image_metrics(scores: torch.Tensor, anomaly: torch.Tensor, protocol: str
         raise ValueError(f"scores have dtype {scores.dtype}; pass float scores")
     if anomaly.dtype != torch.uint8:
         raise ValueError(f"anomaly has dtype {anomaly.dtype}; pass uint8 targets (0 inlier, 1 anomaly, 255 void)")
+    if host_anomaly is not None and tuple(host_anomaly.shape) != tuple(anomaly.shape):
+        raise ValueError(f"host_anomaly {tuple(host_anomaly.shape)} must have the targets' shape {tuple(anomaly.shape)}")
     B = scores.shape[0]
     caos = protocol == "caos"
     flat_s, flat_a = scores.reshape(B, -1), anomaly.reshape(len(anomaly), -1)
+    flat_h = None if host_anomaly is None else host_anomaly.reshape(len(anomaly), -1)
     counts = label_counts(flat_a) if counts is None else counts
-    step = max(1, memory_budget // max(1, flat_s.shape[1] * BYTES_PER_PIXEL))
-    shared = _Targets(flat_a, counts, caos) if len(flat_a) == 1 else None
-    parts = [_chunk(flat_s[i:i + step], shared or _Targets(flat_a[i:i + step], counts[i:i + step], caos), caos)
+    n = flat_s.shape[1]
+    if len(flat_a) == 1:  # one target: its anomaly pixels, the per-pixel work of every map, known here
+        shared = _Targets(flat_a, counts, caos, flat_h)
+        step = max(1, memory_budget // max(1, n * BYTES_PER_PIXEL + len(shared.cols) * BYTES_PER_ANOMALY_PIXEL))
+    else:
+        shared, step = None, max(1, memory_budget // max(1, n * BYTES_PER_PIXEL))
+    parts = [_chunk(flat_s[i:i + step], shared or _Targets(flat_a[i:i + step], counts[i:i + step], caos,
+                                                           None if flat_h is None else flat_h[i:i + step]), caos, per_row)
              for i in range(0, B, step)]
-    width = max(p["ap_terms"].shape[1] for p in parts)
-    out = {k: torch.cat([torch.nn.functional.pad(p[k], (0, width - p[k].shape[1])) if k == "ap_terms" else p[k]
-                         for p in parts]) for k in parts[0]}
+    out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     if check_finite and not bool(out["finite"].all()):
         raise ValueError(f"{int((~out['finite']).sum())} of {B} maps hold NaN or infinite scores; scores must be finite")
     return out

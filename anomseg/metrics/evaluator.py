@@ -117,10 +117,13 @@ def measure_batch(jobs, anomaly, ids=None, *, host_anomaly=None) -> list[Measure
     if a8 is not t:  # values outside 0..255 were mapped to 2: count them as not (0, 1, 255)
         values[:, 0], values[:, 1], values[:, 255] = (t == 0).sum((1, 2)), (t == 1).sum((1, 2)), (t == 255).sum((1, 2))
     shared = {"counts": to_host(values[:, [0, 1, 255]])}
+    host_t = _tensor(host_anomaly) if host_anomaly is not None else target if target.device.type == "cpu" else None
+    if host_t is not None and host_t.ndim == 2:
+        host_t = host_t[None]
+    if host_t is not None and (host_t.dtype != torch.uint8 or host_t.shape != a8.shape):
+        host_t = None  # not the uint8 targets themselves: found on the device instead
     if any(ev.needs_host_maps() for ev, _, _ in prepared):
-        shared["targets"] = _tensor(host_anomaly) if host_anomaly is not None else to_host(a8)
-        if shared["targets"].ndim == 2:
-            shared["targets"] = shared["targets"][None]
+        shared["targets"] = host_t if host_t is not None else to_host(a8)
     per_protocol: dict[str, dict] = {}
     for protocol in ("per_image", "caos"):
         group = [(k, s) for k, (ev, s, _) in enumerate(prepared) if ev.protocol == protocol]
@@ -128,11 +131,13 @@ def measure_batch(jobs, anomaly, ids=None, *, host_anomaly=None) -> list[Measure
             stacked = torch.cat([s for _, s in group]) if len(group) > 1 else group[0][1]
             once = len(group) == 1 or len(t) == 1  # one image's target serves every method's map (broadcast)
             got = per_image_metrics(stacked, a8 if once else a8.repeat(len(group), 1, 1), protocol, check_finite=False,
-                                    counts=values if once else values.repeat(len(group), 1))
+                                    counts=values if once else values.repeat(len(group), 1),
+                                    host_anomaly=host_t if once or host_t is None else host_t.repeat(len(group), 1, 1))
             got = {key: to_host(v) for key, v in got.items()}  # a few copies per protocol, sliced on the host
             B = len(t)
             for n, (k, _) in enumerate(group):
-                per_protocol[k] = {key: v[n * B:(n + 1) * B] for key, v in got.items()}
+                per_protocol[k] = {key: v[n * B:(n + 1) * B] for key, v in got.items() if not key.startswith("ap_")}
+                per_protocol[k]["ap"] = (got["ap_terms"], got["ap_last"], got["anomaly_px"], n * B)
     out = []
     for k, (ev, s, batch_ids) in enumerate(prepared):
         host = dict(shared)
@@ -310,7 +315,10 @@ class AnomalyMetrics:
             else:
                 v = host["metrics"]
                 # AP: the device's terms summed by numpy, in the reference's order: the reference's value bit for bit
-                aupr = float(np.sum(v["ap_terms"][b, :int(v["distinct"][b])].numpy()))
+                terms, last, pixels, row0 = v["ap"]
+                at = int(pixels[:row0 + b].sum())
+                part = slice(at, at + int(pixels[row0 + b]))
+                aupr = float(np.sum(terms[part].numpy()[last[part].numpy()]))
                 self.records[image_id] = {"id": image_id, "auroc": float(v["auroc"][b]), "aupr": aupr,
                                           "fpr95": float(v["fpr95"][b]), "anomaly_px": n_anom, "inlier_px": n_in}
         if self.hist is not None:
