@@ -119,6 +119,32 @@ def test_cuda_metrics_do_not_synchronise():
         torch.testing.assert_close(got[k].cpu(), want[k], rtol=0, atol=0, equal_nan=True)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_measure_batch_does_not_synchronise():
+    """The evaluation loop's call: every method of one image, the target also on the host; one event after."""
+    from anomseg.metrics import AnomalyMetrics, measure_batch
+
+    rng = np.random.default_rng(12)
+    a = torch.from_numpy((rng.random((1, 64, 64)) < 0.1).astype(np.uint8))
+    maps = [torch.randn(1, 64, 64, device="cuda") for _ in range(3)]
+    evs = [AnomalyMetrics(p) for p in ("per_image", "caos", "per_image")]
+    a_cuda = a.cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        measured = measure_batch([(ev, m) for ev, m in zip(evs, maps)], a_cuda, ids=[0], host_anomaly=a)
+        done = torch.cuda.Event()
+        done.record()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    done.synchronize()
+    for ev, m, got in zip(evs, maps, measured):
+        ev.commit(got)
+        ref = AnomalyMetrics(ev.protocol)
+        ref.update(m.cpu(), a)
+        assert ev.per_image() == ref.per_image()
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="finite"):
         per_image_metrics(torch.full((1, 2, 2), float("nan")), torch.zeros(1, 2, 2, dtype=torch.uint8))

@@ -116,7 +116,7 @@ def measure_batch(jobs, anomaly, ids=None, *, host_anomaly=None) -> list[Measure
     values = label_counts(a8)  # (B, 256)
     if a8 is not t:  # values outside 0..255 were mapped to 2: count them as not (0, 1, 255)
         values[:, 0], values[:, 1], values[:, 255] = (t == 0).sum((1, 2)), (t == 1).sum((1, 2)), (t == 255).sum((1, 2))
-    shared = {"counts": to_host(values[:, [0, 1, 255]])}
+    shared = {"counts": to_host(torch.stack([values[:, 0], values[:, 1], values[:, 255]], 1))}  # no index list to upload
     host_t = _tensor(host_anomaly) if host_anomaly is not None else target if target.device.type == "cpu" else None
     if host_t is not None and host_t.ndim == 2:
         host_t = host_t[None]
