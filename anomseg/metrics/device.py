@@ -127,8 +127,7 @@ def _segment_reduce(values: torch.Tensor, row: torch.Tensor, B: int, how: str, e
 
 
 def _chunk(scores: torch.Tensor, t: _Targets, caos: bool, per_row: bool | None) -> dict[str, torch.Tensor]:
-    B, N = scores.shape
-    dev = scores.device
+    B, dev = len(scores), scores.device
     shared = len(t.P) == 1 and B > 1
     finite = finite_rows(scores)
     key = int32_keys(scores)
