@@ -101,13 +101,17 @@ class _Targets:
         self.rows, self.cols = flat // n, flat % n
 
 
-def _search_rows(sorted_rows: torch.Tensor, pairs: torch.Tensor, right: bool, per_row: bool | None) -> torch.Tensor:
+def _search_rows(sorted_rows: torch.Tensor, pairs: torch.Tensor, right: bool, per_row: bool | None,
+                 each: int | None = None) -> torch.Tensor:
     """For int64 ``pairs`` = (row << 32) | (key + 2**31), ascending, and int32 (B, n) rows sorted ascending: how
-    many keys of the pair's row are < (``right``: <=) its key, int64 (L,). Row by row on CPU (the rows' extents
-    read on the host, free there); elsewhere one search of the rows as a single ascending int64 sequence, which
-    does not wait for the device."""
+    many keys of the pair's row are < (``right``: <=) its key, int64 (L,). With ``each`` pairs in every row (one
+    shared target): one batched search. Otherwise row by row on CPU (the rows' extents read on the host, free
+    there), elsewhere one search of the rows as a single ascending int64 sequence, which does not wait for the
+    device."""
     B, n = sorted_rows.shape
     row, key = pairs >> 32, ((pairs & 0xFFFFFFFF) - 2**31)
+    if each is not None:
+        return torch.searchsorted(sorted_rows, key.int().view(B, each), right=right).view(-1)
     if sorted_rows.device.type == "cpu" if per_row is None else per_row:
         out, at = torch.empty_like(pairs), 0
         for b, size in enumerate(torch.bincount(row, minlength=B).tolist()):
@@ -143,8 +147,9 @@ def _chunk(scores: torch.Tensor, t: _Targets, caos: bool, per_row: bool | None) 
     # every anomaly pixel i, in that order, with its score u_i: nothing below has a data-dependent size
     L = len(pairs)
     row, idx = pairs >> 32, torch.arange(L, device=dev)
-    lt = _search_rows(inliers, pairs, False, per_row)  # inliers < u_i
-    le = _search_rows(inliers, pairs, True, per_row)  # inliers <= u_i
+    each = len(t.cols) if shared else None  # every map has the shared target's anomaly pixels
+    lt = _search_rows(inliers, pairs, False, per_row, each)  # inliers < u_i
+    le = _search_rows(inliers, pairs, True, per_row, each)  # inliers <= u_i
     first = torch.searchsorted(pairs, pairs)  # the first pixel of u_i's group (its map's pixels with score u_i)
     last = torch.searchsorted(pairs, pairs, right=True)  # one past its last
     start = (torch.cumsum(P, 0) - P)[row]  # the map's first pixel
