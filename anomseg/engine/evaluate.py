@@ -531,9 +531,9 @@ def _write_worst(cfg, out, dataset, models, methods, hists, worst: dict[str, lis
     which = lambda i: {name for name, ids in worst.items() if i in ids}  # noqa: E731  (only what a panel shows)
     for i, s, maps in _score_images(dataset, wanted, models, methods, cfg["inference"], which):
         for name in which(i):
-                t, label = viz.resolve_threshold(cfg["overlays"]["threshold"], hists[name], maps[name])
-                panel = viz.overlay_panel(np.array(s["image"]), s["anomaly"], {name: maps[name]}, {name: t}, label)
-                viz.save_png(out / "worst" / f"{viz.safe_name(name)}_{i}.png", panel)
+            t, label = viz.resolve_threshold(cfg["overlays"]["threshold"], hists[name], maps[name])
+            panel = viz.overlay_panel(np.array(s["image"]), s["anomaly"], {name: maps[name]}, {name: t}, label)
+            viz.save_png(out / "worst" / f"{viz.safe_name(name)}_{i}.png", panel)
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:

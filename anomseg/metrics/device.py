@@ -203,9 +203,9 @@ def per_image_metrics(scores: torch.Tensor, anomaly: torch.Tensor, protocol: str
     Returns:
         on the maps' device: ``auroc``, ``aupr``, ``fpr95`` float64 (B,) (NaN for a map without anomaly or
         inlier pixels); ``anomaly_px``, ``inlier_px`` int64 (B,); ``finite`` bool (B,); ``ap_terms`` float64 and
-        ``ap_last`` bool (L,), one entry per anomaly pixel, map by map (map b's ``anomaly_px[b]`` pixels
-        after those of the maps before it), scores ascending: ``ap_terms[ap_last]`` of a map are its AP terms
-        in the reference's order (the other entries are 0).
+        ``ap_last`` bool (L,), one entry per anomaly pixel, map by map (map b's ``anomaly_px[b]`` pixels from
+        ``ap_start[b]``, int64 (B,)), scores ascending: ``ap_terms[ap_last]`` of a map are its AP terms in the
+        reference's order (the other entries are 0).
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol={protocol!r}: device metrics cover {', '.join(PROTOCOLS)}")
@@ -234,6 +234,7 @@ def per_image_metrics(scores: torch.Tensor, anomaly: torch.Tensor, protocol: str
                                                            None if flat_h is None else flat_h[i:i + step]), caos, per_row)
              for i in range(0, B, step)]
     out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    out["ap_start"] = torch.cumsum(out["anomaly_px"], 0) - out["anomaly_px"]
     if check_finite and not bool(out["finite"].all()):
         raise ValueError(f"{int((~out['finite']).sum())} of {B} maps hold NaN or infinite scores; scores must be finite")
     return out

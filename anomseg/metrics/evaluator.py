@@ -136,8 +136,8 @@ def measure_batch(jobs, anomaly, ids=None, *, host_anomaly=None) -> list[Measure
             got = {key: to_host(v) for key, v in got.items()}  # a few copies per protocol, sliced on the host
             B = len(t)
             for n, (k, _) in enumerate(group):
-                per_protocol[k] = {key: v[n * B:(n + 1) * B] for key, v in got.items() if not key.startswith("ap_")}
-                per_protocol[k]["ap"] = (got["ap_terms"], got["ap_last"], got["anomaly_px"], n * B)
+                per_protocol[k] = {key: v if key in ("ap_terms", "ap_last") else v[n * B:(n + 1) * B]
+                                   for key, v in got.items()}  # the flat terms whole: ap_start indexes them
     out = []
     for k, (ev, s, batch_ids) in enumerate(prepared):
         host = dict(shared)
@@ -315,10 +315,8 @@ class AnomalyMetrics:
             else:
                 v = host["metrics"]
                 # AP: the device's terms summed by numpy, in the reference's order: the reference's value bit for bit
-                terms, last, pixels, row0 = v["ap"]
-                at = int(pixels[:row0 + b].sum())
-                part = slice(at, at + int(pixels[row0 + b]))
-                aupr = float(np.sum(terms[part].numpy()[last[part].numpy()]))
+                part = slice(int(v["ap_start"][b]), int(v["ap_start"][b]) + n_anom)
+                aupr = float(np.sum(v["ap_terms"][part].numpy()[v["ap_last"][part].numpy()]))
                 self.records[image_id] = {"id": image_id, "auroc": float(v["auroc"][b]), "aupr": aupr,
                                           "fpr95": float(v["fpr95"][b]), "anomaly_px": n_anom, "inlier_px": n_in}
         if self.hist is not None:
