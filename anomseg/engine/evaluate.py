@@ -22,17 +22,18 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import functools
 import io
 import json
 import math
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 import anomseg
@@ -43,22 +44,21 @@ from anomseg.background import Background
 from anomseg.data import DatasetSection, build_dataset
 from anomseg.data.loader import sample_loader, spare_cores
 from anomseg.errors import DatasetError
-from anomseg.files import (StageClock, check_fingerprint, file_digest, load_state, output_lock, save_state,
-                           save_torch_atomic, write_json_atomic, write_text_atomic, write_timing, write_with)
-from anomseg.distributed import all_reduce_sum, barrier, init_distributed
+from anomseg.files import (StageClock, check_fingerprint, file_digest, output_lock, save_torch_atomic, write_json_atomic, write_text_atomic, write_timing, write_with)
+from anomseg.distributed import barrier, init_distributed
 from anomseg.engine.export import EXPORTS, SmiycExporter
+from anomseg.engine.recorder import EvaluationRecorder
 from anomseg.heads.io import HeadError
 from anomseg.html_report import read_per_image, worst_images, write_html_report
-from anomseg.metrics import PROTOCOLS, AnomalyMetrics, MetricInputError, measure_batch, reduce_distributed
+from anomseg.metrics import PROTOCOLS
 from anomseg.metrics.components import TRACKS
-from anomseg.metrics.histogram import ScoreHistogram
 from anomseg.models.checkpoints import backbone_from_config
 from anomseg.models.inference import AMP, PRESETS, predict_with
 from anomseg.methods import Method, Observation, build_from_spec, check_consumable, method_class, spec_method_name
 from anomseg.methods.base import check_method_options
 from anomseg.models.inference import check_inference_settings
 from anomseg.options import NonNegativeInt, PositiveInt, check_options
-from anomseg.metrics.segmentation import confusion_matrix, miou
+from anomseg.metrics.segmentation import confusion_matrix
 
 DEFAULTS = {
     "seed": 0,
@@ -307,7 +307,11 @@ def run_evaluation(cfg: dict, progress: bool = True) -> dict | None:
     info = init_distributed(cfg.get("device"))
     out = Path(cfg["out"])
     with output_lock(out) if info.is_main else contextlib.nullcontext():
-        return _run(cfg, info, out, progress, dataset)
+        run = _build(cfg, info, out, dataset, progress)
+        _loop(run, progress)  # this rank's images not yet recorded
+        run.recorder.reduce(info.device)  # every rank's
+        barrier()
+        return _write_outputs(run) if info.is_main else None
 
 
 def _dataset(cfg: dict):
@@ -322,17 +326,39 @@ def _dataset(cfg: dict):
     return dataset
 
 
-def _run(cfg: dict, info, out: Path, progress: bool, dataset) -> dict | None:
-    d = cfg["data"]
-    evaluated = not dataset.labels_hidden  # a benchmark's test split: scored and exported, never evaluated
+@dataclass
+class _Run:
+    """What one evaluation run works with, built once by :func:`_build`."""
+
+    cfg: dict
+    info: object  # DistInfo
+    out: Path
+    dataset: object
+    models: dict  # {backbone key: (model, name)}
+    methods: list  # [_Evaluated]
+    recorder: EvaluationRecorder
+    fingerprint: dict
+    exporter: SmiycExporter | None
+    overlay_ids: set
+    evaluated: bool  # False: a split whose labels are hidden, scored and exported only
+    recorded: int = 0  # images recorded by this process in this run (the state is saved every save_every)
+
+    @property
+    def state_path(self) -> Path:
+        return _state_path(self.out, self.info.rank)
+
+    def save_state(self) -> None:
+        self.recorder.save(self.state_path, self.fingerprint)
+
+
+def _build(cfg: dict, info, out: Path, dataset, progress: bool) -> _Run:
+    """Backbones, methods (fitted), the recorder (resumed from this rank's state file when there is one)."""
     track = cfg["component_track"]
     if track == "auto":  # the dataset's own SegEval sizes (obstacle track: 50 / 10 px)
         track = getattr(dataset, "component_track", None) or "anomaly"
     torch.manual_seed(cfg["seed"])
     models = _backbones(cfg, dataset.num_classes or 1, info.device)
     _check_classes(dataset, models, cfg)
-    backbone_name = models[_backbone_key(cfg["backbone"])][1]
-    names = [m["name"] for m in cfg["methods"]]
     if info.is_main and not cfg["resume"]:  # start over: nothing of an earlier run is reused
         for sub in ("state", "fitted", "anomaly_p"):
             shutil.rmtree(out / sub, ignore_errors=True)
@@ -341,90 +367,71 @@ def _run(cfg: dict, info, out: Path, progress: bool, dataset) -> dict | None:
     state_path = _state_path(out, info.rank)
     saved = None
     if state_path.is_file():  # resume: a data-only file, checked against what this run would make
-        saved = load_state(state_path, "evaluation")
+        saved = EvaluationRecorder.read(state_path)
         check_fingerprint(state_path, saved["fingerprint"], fingerprint,
                           "set resume: false (or choose a new out) to evaluate from scratch")
     if info.is_main:
         save_config(cfg, out / "config.yaml")
     methods = _methods(cfg, models, out, info, progress)
-
-    headline, *others = protocols(cfg)
-
-    def make(n, protocol, sub=()):  # each method, protocol and rank spills its score maps into a folder of its own
-        return AnomalyMetrics(protocol, components=cfg["components"], component_track=track,
-                              spill_dir=out.joinpath("state", "spill", viz.safe_name(n), *sub, f"rank{info.rank}"))
-    plot_hist = lambda: ScoreHistogram(7, buffer_size=1 << 18)  # noqa: E731  (coarse: for plots and thresholds)
-    k = dataset.num_classes
-    metrics = {n: make(n, headline) for n in names}
-    extra = {p: {n: make(n, p, (p,)) for n in names} for p in others}  # the other protocols asked for
-    hists = {n: plot_hist() for n in names}
-    per_image_metrics = {n: AnomalyMetrics("per_image") for n in names} if headline in ("pooled", "smiyc") else {}
-    exporter = SmiycExporter(out) if cfg["export"] == "smiyc" else None
-    # the confusion counts are accumulated on the host with the rest of what is recorded
-    conf, done = torch.zeros(max(k, 1), max(k, 1), dtype=torch.int64, device="cpu"), set()
+    recorder = EvaluationRecorder([m.name for m in methods], protocols(cfg), num_classes=dataset.num_classes,
+                                  components=cfg["components"], component_track=track,
+                                  spill_root=out / "state" / "spill", rank=info.rank)
     if saved is not None:
-        for n in names:
-            metrics[n].merge(AnomalyMetrics.from_state(saved["metrics"][n]))
-            hists[n].load_state_dict(saved["hists"][n])
-            if per_image_metrics:
-                per_image_metrics[n].merge(AnomalyMetrics.from_state(saved["per_image_metrics"][n]))
-            for p in others:
-                extra[p][n].merge(AnomalyMetrics.from_state(saved["extra"][p][n]))
-        conf, done = torch.from_numpy(np.asarray(saved["conf"])), set(saved["done"])
-    overlay_ids = set(range(min(cfg["overlays"]["images"], len(dataset)))) if evaluated else set()
-    mine = [i for i in range(len(dataset)) if i % info.world == info.rank]
-    todo = [i for i in mine if i not in done]
-    inf = cfg["inference"]
+        recorder.load_state_dict(saved)
+    evaluated = not dataset.labels_hidden
+    return _Run(cfg, info, out, dataset, models, methods, recorder, fingerprint,
+                SmiycExporter(out) if cfg["export"] == "smiyc" else None,
+                set(range(min(cfg["overlays"]["images"], len(dataset)))) if evaluated else set(), evaluated)
+
+
+class _Pending(NamedTuple):
+    """One scored image on its way from the loop to :func:`_record`."""
+
+    index: int
+    target: torch.Tensor  # uint8 (1, H, W) anomaly labels, on the device
+    scores: dict  # {method: float32 (1, H, W)} on the device
+    host_maps: dict  # {method: float32 (1, H, W)} copied to the host (exported or cached for overlays)
+    measured: dict  # {method: [Measured]} (empty: labels hidden)
+    image_conf: torch.Tensor | None  # int64 (K, K) on the host
+    ready: object  # a CUDA event behind the asynchronous copies, or None
+    image_size: tuple
+
+
+def _record(run: _Run, item: _Pending) -> None:
+    """Host side of one image, in the background: score files, the recorder, overlay caches, the state file."""
+    if item.ready is not None:
+        item.ready.synchronize()  # the asynchronous copies to the host have landed
+    i, ds = item.index, run.dataset
+    if run.exporter is not None:  # first: a map the metrics refuse is not half-recorded
+        for name in item.scores:
+            run.exporter.write(name, ds.group(i), ds.records[i].name, item.host_maps[name][0].numpy(), item.image_size)
+    run.recorder.record(i, item.scores, item.target, item.measured, item.image_conf)
+    if run.evaluated and i in run.overlay_ids:
+        for name, m in item.host_maps.items():
+            cache = run.out / "state" / "overlays" / f"{i}_{viz.safe_name(name)}.npy"
+            write_with(cache, lambda tmp, m=m[0].numpy().astype(np.float16): _save_npy(tmp, m))
+    run.recorded += 1
+    if run.recorded % run.cfg["save_every"] == 0:
+        run.save_state()
+
+
+def _loop(run: _Run, progress: bool) -> None:
+    """Score this rank's images not yet recorded: one backbone pass each, every method, every metric measured
+    on the device; the host side (:func:`_record`) overlapped in the background. ``timing.json`` says where the
+    time went."""
+    cfg, info, dataset, models, recorder = run.cfg, run.info, run.dataset, run.models, run.recorder
+    todo = [i for i in range(len(dataset)) if i % info.world == info.rank and i not in recorder.done]
+    inf, k = cfg["inference"], dataset.num_classes
     main_key = _backbone_key(cfg["backbone"])
     cuda = info.device.type == "cuda"
-
-    def checkpoint():
-        state = {"fingerprint": fingerprint, "metrics": {n: m.state_dict() for n, m in metrics.items()},
-                 "hists": {n: h.state_dict() for n, h in hists.items()},
-                 "per_image_metrics": {n: m.state_dict() for n, m in per_image_metrics.items()},
-                 "extra": {p: {n: m.state_dict() for n, m in e.items()} for p, e in extra.items()},
-                 "conf": conf.numpy(), "done": sorted(done)}
-        save_state(state_path, state, "evaluation")
-
-    recorded = 0
-
-    def evaluators(name):  # every AnomalyMetrics a method's maps go to
-        return [metrics[name]] + ([per_image_metrics[name]] if per_image_metrics else []) + [extra[p][name] for p in others]
-
-    def record(item):
-        """Host side of one image, in the background: metrics, histograms, overlay cache, state file."""
-        nonlocal conf, recorded
-        i, target, scores, host_maps, measured, image_conf, ready, image_size = item
-        if ready is not None:
-            ready.synchronize()  # the asynchronous copies to the host have landed
-        if image_conf is not None and evaluated:
-            conf += image_conf
-        for name, score in scores.items():
-            if exporter is not None:  # first: a map the metrics refuse is not half-recorded
-                exporter.write(name, dataset.group(i), dataset.records[i].name, host_maps[name][0].numpy(), image_size)
-            if not evaluated:
-                continue
-            for ev, m in zip(evaluators(name), measured[name]):
-                try:
-                    ev.commit(m)
-                except MetricInputError as exc:
-                    raise MetricInputError(f"method {name!r}: {exc}") from None
-            hists[name].update(score, target)  # on the maps' device
-            if i in overlay_ids:
-                cache = out / "state" / "overlays" / f"{i}_{viz.safe_name(name)}.npy"
-                write_with(cache, lambda tmp, m=host_maps[name][0].numpy().astype(np.float16): _save_npy(tmp, m))
-        done.add(i)
-        recorded += 1
-        if recorded % cfg["save_every"] == 0:
-            checkpoint()
-
-    taps = {key: method_taps(methods, key, mdl) for key, (mdl, _) in models.items()}  # one pass serves every method
+    taps = {key: method_taps(run.methods, key, mdl) for key, (mdl, _) in models.items()}  # one pass serves every method
     started = time.perf_counter()
     loader = sample_loader(dataset, todo, workers=cfg["workers"], device=info.device)
     batches = iter(loader)  # the decoding processes start before the background thread does
     bar = tqdm(batches, total=len(todo), desc=f"evaluate {dataset.split}", disable=not (progress and info.is_main))
     clock = StageClock()  # where the loop's time goes (timing.json)
-    with Background(record, depth=2, name="anomseg-evaluation", threaded=spare_cores(info.device) > 0) as background:
+    with Background(functools.partial(_record, run), depth=2, name="anomseg-evaluation",
+                    threaded=spare_cores(info.device) > 0) as background:
         for s in bar:
             clock.lap("reading")
             images = s["image"].to(info.device, non_blocking=True)
@@ -437,7 +444,7 @@ def _run(cfg: dict, info, out: Path, progress: bool, dataset) -> dict | None:
                 image_conf = image_conf.to("cpu", non_blocking=cuda)
             clock.lap("inference")
             scores = {}
-            for m in methods:
+            for m in run.methods:
                 scores[m.name] = m.method.score(Observation(outputs[m.backbone_key], images, models[m.backbone_key][0],
                                                             size, inf["amp"]))
                 clock.lap(f"score {m.name}")
@@ -445,60 +452,41 @@ def _run(cfg: dict, info, out: Path, progress: bool, dataset) -> dict | None:
             # values, confusion counts, the few maps exported or cached for overlays) copied asynchronously on CUDA,
             # one event behind all of it: one synchronisation per image, in the background worker
             target = torch.from_numpy(s["anomaly"])[None].to(info.device, non_blocking=True)
-            measured = {}
-            if evaluated:
-                jobs = [(ev, scores[n], f"method {n!r}") for n in names for ev in evaluators(n)]
-                flat = iter(measure_batch(jobs, target, ids=[s["index"]], host_anomaly=s["anomaly"][None]))
-                measured = {n: [next(flat) for _ in evaluators(n)] for n in names}
+            measured = recorder.measure(scores, target, s["index"], host_anomaly=s["anomaly"][None]) if run.evaluated else {}
             host_maps = {n: v.to("cpu", non_blocking=cuda) for n, v in scores.items()
-                         if exporter is not None or s["index"] in overlay_ids}
+                         if run.exporter is not None or s["index"] in run.overlay_ids}
             ready = None
             if cuda:
                 ready = torch.cuda.Event()
                 ready.record()
             clock.lap("metrics")
-            background.put((s["index"], target, scores, host_maps, measured, image_conf, ready,
-                            tuple(s["image"].shape[1:3])))
+            background.put(_Pending(s["index"], target, scores, host_maps, measured, image_conf, ready,
+                                    tuple(s["image"].shape[1:3])))
             clock.lap("recording")
-    checkpoint()
+    run.save_state()
     if info.is_main:  # the steady-state throughput of this run (images read, scored and recorded)
-        write_timing(out / "timing.json", "evaluation", len(todo), time.perf_counter() - started, clock.seconds)
+        write_timing(run.out / "timing.json", "evaluation", len(todo), time.perf_counter() - started, clock.seconds)
 
-    # merge over ranks
-    for n in names:
-        metrics[n] = reduce_distributed(metrics[n])
-        if per_image_metrics:
-            per_image_metrics[n] = reduce_distributed(per_image_metrics[n])
-        for p in others:
-            extra[p][n] = reduce_distributed(extra[p][n])
-    if dist.is_available() and dist.is_initialized():
-        gathered = [None] * info.world
-        dist.all_gather_object(gathered, {n: h.state_dict() for n, h in hists.items()})
-        for n, h in hists.items():
-            h.reset()
-            for g in gathered:
-                other = ScoreHistogram(7, buffer_size=1)
-                other.load_state_dict(g[n])
-                h.merge(other)
-    conf = all_reduce_sum(conf.to(info.device)).cpu()  # a device tensor: NCCL reduces only those
-    barrier()
-    if not info.is_main:
-        return None
-    if exporter is not None:
+
+def _write_outputs(run: _Run) -> dict:
+    """Rank 0, after the ranks are merged: the score files' zips, report.json / .md, per_image.csv, the plots,
+    overlays, worst-image panels and report.html."""
+    cfg, out, dataset, names = run.cfg, run.out, run.dataset, run.recorder.names
+    backbone_name = run.models[_backbone_key(cfg["backbone"])][1]
+    if run.exporter is not None:
         for n in names:
-            exporter.zip(n)
-    if not evaluated:
-        return _write_export_report(cfg, out, dataset, backbone_name, names, exporter)
-    _, anomalous, _ = hists[names[0]].groups()
-    if anomalous.sum() == 0:
-        raise DatasetError(f"{d['root']}: no pixel of the {len(dataset)} evaluated images is an anomaly (label value 1); "
-                           f"255 means void (excluded): if your masks mark anomalies with 255, map them to 1 "
+            run.exporter.zip(n)
+    if not run.evaluated:
+        return _write_export_report(cfg, out, dataset, backbone_name, names, run.exporter)
+    if run.recorder.anomaly_pixels() == 0:
+        raise DatasetError(f"{cfg['data']['root']}: no pixel of the {len(dataset)} evaluated images is an anomaly (label "
+                           f"value 1); 255 means void (excluded): if your masks mark anomalies with 255, map them to 1 "
                            f"(0 inlier, 1 anomaly, 255 void)")
-    report = _write_report(cfg, out, dataset, backbone_name, methods, metrics, extra, per_image_metrics, hists, conf, k,
-                           exporter)
+    report = _write_report(cfg, out, dataset, backbone_name, run.recorder, run.exporter)
+    hists = run.recorder.hists
     _write_overlays(cfg, out, dataset, names, hists)
     worst = worst_images(read_per_image(out / "per_image.csv"), names)  # the page's rule, from the CSV just written
-    _write_worst(cfg, out, dataset, models, methods, hists, worst)
+    _write_worst(cfg, out, dataset, run.models, run.methods, hists, worst)
     write_html_report(out, worst)
     return report
 
@@ -576,45 +564,24 @@ def _write_export_report(cfg, out, dataset, backbone_name, names, exporter) -> d
     return report
 
 
-def _write_report(cfg, out, dataset, backbone_name, methods, metrics, extra, per_image_metrics, hists, conf, k,
-                  exporter=None) -> dict:
-    results = {}
-    for m in methods:
-        r = metrics[m.name].compute()
-        r.pop("skipped_reasons", None)
-        r["tpr95_threshold"] = viz.tpr_threshold(hists[m.name])
-        # the overlays' thresholds on this split (pooled pixels, `score >= t`)
-        r["overlay_thresholds"] = {"best_f1": hists[m.name].best_f1_threshold()[0], "tpr95": r["tpr95_threshold"]}
-        if extra:  # every protocol asked for, the headline first, each with its arithmetic
-            r["protocols"] = {r["protocol"]: {k_: v for k_, v in r.items() if k_ not in ("tpr95_threshold",
-                                                                                         "overlay_thresholds")}}
-            for p, e in extra.items():
-                other = e[m.name].compute()
-                other.pop("skipped_reasons", None)
-                r["protocols"][p] = other
-        results[m.name] = r
-    labelled = k and int(conf.sum()) > 0  # a folder set has class names but no closed-set labels
+def _write_report(cfg, out, dataset, backbone_name, recorder: EvaluationRecorder, exporter=None) -> dict:
     report = _json_safe({
         "protocol": cfg["protocol"], "dataset": cfg["data"]["name"], "split": dataset.split,
-        "images": len(dataset), "methods": results,
-        "miou": miou(conf)[0] if labelled else None,
+        "images": len(dataset), "methods": recorder.results(viz.tpr_threshold),
+        "miou": recorder.miou(),
         "checkpoint": cfg["backbone"].get("checkpoint"), "backbone": backbone_name,
         "anomseg_version": anomseg.__version__, "config": cfg,
-        **({"export": _export_summary(exporter, [m.name for m in methods])} if exporter is not None else {}),
+        **({"export": _export_summary(exporter, recorder.names)} if exporter is not None else {}),
     })
     write_json_atomic(out / "report.json", report)
-    source = per_image_metrics or metrics
     rows = [["image", "name", "method", "auroc", "aupr", "fpr95", "anomaly_px", "inlier_px"]]
-    for m in methods:
-        for rec in source[m.name].per_image():
-            rows.append([rec["id"], dataset.records[rec["id"]].name, m.name, rec["auroc"], rec["aupr"], rec["fpr95"],
-                         rec["anomaly_px"], rec["inlier_px"]])
+    rows += recorder.per_image_rows(lambda i: dataset.records[i].name)
     buf = io.StringIO()
     csv.writer(buf).writerows(rows)
     write_text_atomic(out / "per_image.csv", buf.getvalue())
     write_text_atomic(out / "report.md", markdown_table(report) + "\n")
-    viz.plot_curves(hists, out)
-    viz.plot_histograms(hists, out)
+    viz.plot_curves(recorder.hists, out)
+    viz.plot_histograms(recorder.hists, out)
     return report
 
 
