@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
+TOOLS = Path(__file__).resolve().parents[1] / "tools" / "bench"
 sys.path.insert(0, str(TOOLS))
 
 

@@ -12,7 +12,7 @@ float (3, H, W) / (N, 3, H, W)         RGB in [0, 1], channels first
 
 numpy arrays and torch tensors alike. A float image outside [0, 1] (e.g. 0..255 floats), a 2-D grey
 array, an alpha channel, another dtype, or more than ``max_pixels`` pixels per image (default
-:data:`MAX_PIXELS`; checked before a file is decoded) is an :class:`ImageInputError`. The result is
+:data:`anomseg.data.io.MAX_PIXELS`; checked before a file is decoded) is an :class:`ImageInputError`. The result is
 uint8 (N, H, W, 3) for uint8 input and float32 (N, 3, H, W) in [0, 1] for float input.
 """
 
@@ -24,9 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from anomseg.data.io import MAX_PIXELS, read_rgb
 from anomseg.errors import AnomsegError
-
-MAX_PIXELS = 40_000_000  #: per image; an 8K UHD frame has 33 Mpx
 
 
 class ImageInputError(AnomsegError, ValueError):
@@ -45,8 +44,6 @@ def _check_pixels(h: int, w: int, max_pixels: int, what: str) -> None:
 
 def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """An image file as uint8 (H, W, 3) RGB, its size checked before it is decoded."""
-    from anomseg.data.io import read_rgb
-
     path = Path(path)
     try:
         with Image.open(path) as img:

@@ -9,18 +9,18 @@ from PIL import Image
 
 from anomseg.errors import DatasetError
 
+MAX_PIXELS = 40_000_000  #: per image, checked from the header before decoding; an 8K UHD frame has 33 Mpx
+
 
 def _open(path: Path, max_pixels: int | None = None) -> Image.Image:
-    from anomseg.data import images
-
-    limit = max_pixels or images.MAX_PIXELS
+    limit = max_pixels or MAX_PIXELS
     try:
         img = Image.open(path)
         w, h = img.size  # from the header, before anything is decoded
         if w * h > limit:
             raise DatasetError(f"{path}: {w}x{h} = {w * h / 1e6:.1f} Mpx is more than the limit of "
                                f"{limit / 1e6:.0f} Mpx per image; resize it (or raise "
-                               f"anomseg.data.images.MAX_PIXELS for a trusted file)")
+                               f"anomseg.data.io.MAX_PIXELS for a trusted file)")
         img.load()  # forces decoding: a truncated file raises here, not later
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found; check the dataset root and split") from None
@@ -36,7 +36,7 @@ def _open(path: Path, max_pixels: int | None = None) -> Image.Image:
 
 def read_rgb(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
     """Read an image file as uint8 (H, W, 3) RGB; RGBA, palette and grey images are converted. More than
-    ``max_pixels`` (default :data:`anomseg.data.images.MAX_PIXELS`) is refused before decoding."""
+    ``max_pixels`` (default :data:`MAX_PIXELS`) is refused before decoding."""
     img = _open(Path(path), max_pixels)
     if img.mode != "RGB":
         img = img.convert("RGB")

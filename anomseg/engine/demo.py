@@ -30,6 +30,7 @@ _EVAL["methods"][0]["head"] = (str, bool, NONE)  # head: true = the head the hea
 _EVAL["methods"][0]["backbone"] = (str, dict)  # backbone: <name> = the checkpoint of segmenter stage <name>
 _SEGMENTER = copy.deepcopy(SEG_SCHEMA)
 _SEGMENTER["init"] = str  # init: <name> = start from the checkpoint of segmenter stage <name>
+_SEGMENTER["init_encoder"] = str  # init_encoder: seg = start the encoder from the demo's segmenter's
 _SEGMENTER["data"]["paste"] = (bool, dict, NONE)  # paste: true = the synthetic outlier pool
 SCHEMA = {"data": {"train": int, "val": int, "test": int, "outliers": int, "height": int, "width": int},
           "seg": SEG_SCHEMA, "segmenters": {"*": _SEGMENTER}, "heads": HEAD_SCHEMA, "eval": _EVAL}
@@ -64,9 +65,12 @@ def stage_configs(demo: dict, out: Path, seed: int) -> dict[str, dict]:
     stages = {}
     for i, (name, spec) in enumerate(segmenters.items()):  # more segmenters (the Mask2Former family), in order
         spec = copy.deepcopy(spec)
-        init = spec.pop("init", None)
+        init, init_encoder = spec.pop("init", None), spec.pop("init_encoder", None)
         if init is not None and init not in list(segmenters)[:i]:
             raise ConfigError(f"segmenters.{name}.init={init!r} is not a segmenter stage listed before it")
+        if init_encoder is not None and init_encoder not in ["seg", *list(segmenters)[:i]]:
+            raise ConfigError(f"segmenters.{name}.init_encoder={init_encoder!r}: give seg (the demo's segmenter) or a "
+                              f"segmenter stage listed before it")
         paste = spec.get("data", {}).get("paste")
         cfg = merge(copy.deepcopy(SEG_DEFAULTS), spec)
         cfg.update(seed=seed, out=str(out / name))
@@ -75,6 +79,8 @@ def stage_configs(demo: dict, out: Path, seed: int) -> dict[str, dict]:
             cfg["data"]["paste"] = {"pool": str(out / "data" / "outliers"), "count": [0, 1]}
         if init is not None:
             cfg["model"]["init"] = str(out / init / "checkpoints" / "best.pth")
+        if init_encoder is not None:
+            cfg["model"]["init_encoder"] = str(out / init_encoder / "checkpoints" / "best.pth")
         stages[name] = cfg
     # resolved as each stage's tool resolves (and saves) it: missing keys take the tool's defaults
     heads = merge(copy.deepcopy(HEAD_DEFAULTS), heads)

@@ -30,6 +30,7 @@ from anomseg.metrics.segmentation import confusion_matrix, miou
 from anomseg.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from anomseg.files import check_fingerprint, output_lock, write_text_atomic
 from anomseg.models import ModelError, build_backbone, load_checkpoint, load_pretrained, save_checkpoint
+from anomseg.models.checkpoints import init_encoder
 from anomseg.models.base import resize_logits
 from anomseg.data.paste import PastedDataset
 from anomseg.train.augment import SegAugment, sample_seed
@@ -44,7 +45,7 @@ DEFAULTS = {
     "data": {"name": "streethazards", "root": "data/synthetic", "options": {}, "train_split": "train",
              "val_split": "val", "crop": [256, 256], "scale": [0.5, 2.0], "flip": True, "workers": 0,
              "paste": None},
-    "model": {"backbone": "smp:Unet:resnet18", "options": {}, "init": None, "pretrained": None},
+    "model": {"backbone": "smp:Unet:resnet18", "options": {}, "init": None, "pretrained": None, "init_encoder": None},
     "train": {"epochs": 10, "batch_size": 8, "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "poly_power": 0.9,
               "aux_weight": 0.4, "amp": True, "sync_bn": True, "freeze_bn": False, "max_steps_per_epoch": None,
               "val_batch_size": 4, "resume": True, "stop_after_epochs": None,
@@ -53,7 +54,7 @@ DEFAULTS = {
 
 SCHEMA = schema_from_defaults(DEFAULTS, {
     "device": OPTIONAL_STR, "data.options": ANY, "data.paste": ANY, "data.val_split": OPTIONAL_STR,
-    "model.options": ANY, "model.init": OPTIONAL_STR, "model.pretrained": OPTIONAL_STR,
+    "model.options": ANY, "model.init": OPTIONAL_STR, "model.init_encoder": OPTIONAL_STR, "model.pretrained": OPTIONAL_STR,
     "train.max_steps_per_epoch": OPTIONAL_INT, "train.stop_after_epochs": OPTIONAL_INT, "train.clip_grad_norm": ANY,
     "train.loss": {"name": str, "options": ANY},
 })
@@ -83,6 +84,23 @@ def global_batches(n: int, batch: int, seed: int, epoch: int) -> list[list[int]]
 
 def poly_lr(base: float, step: int, total: int, power: float) -> float:
     return base * (1 - step / max(total, 1)) ** power
+
+
+#: what training updates: every weight, the classifier only (RbA's fine-tuning), or all but the encoder
+FINETUNE = ("all", "head", "decoder")
+
+
+def _frozen_part(model, finetune: str, name: str):
+    """The module ``finetune`` singles out: the classifier (``head``: only it trains), the encoder (``decoder``:
+    all but it trains), or None (``all``)."""
+    if finetune == "head":
+        return model.classifier()
+    if finetune == "decoder":
+        if not hasattr(model, "encoder") or not callable(model.encoder):
+            raise ConfigError(f"train.finetune=decoder: backbone {name!r} names no encoder to freeze; use it with "
+                              f"mask2former, or finetune: all")
+        return model.encoder()
+    return None
 
 
 def _freeze_bn(model: torch.nn.Module) -> None:
@@ -227,16 +245,19 @@ def _train(cfg: dict, info: DistInfo, out: Path, progress: bool) -> dict:
         load_pretrained(model, mc["backbone"], mc["pretrained"])
     if mc.get("init"):
         load_checkpoint(model, mc["init"])
+    if mc.get("init_encoder"):  # the encoder of a trained segmenter (a Mask2Former on the demo's FPN encoder)
+        init_encoder(model, mc["init_encoder"])
     _check_loss_fits(loss_name, model, mc["backbone"])
     if loss_name in MASK_LOSSES:
         loss_opts = check_mask_loss_options(loss_name, loss_opts)
     model.to(info.device)
-    if tc["finetune"] not in ("all", "head"):
-        raise ConfigError(f"train.finetune={tc['finetune']!r}: choose 'all' or 'head' (the classifier only)")
-    if tc["finetune"] == "head":
-        head_params = {id(p) for p in model.classifier().parameters()}
+    if tc["finetune"] not in FINETUNE:
+        raise ConfigError(f"train.finetune={tc['finetune']!r}: choose one of {', '.join(FINETUNE)}")
+    frozen = _frozen_part(model, tc["finetune"], mc["backbone"])
+    if frozen is not None:
+        kept = {id(p) for p in frozen.parameters()}
         for p in model.parameters():
-            p.requires_grad_(id(p) in head_params)
+            p.requires_grad_(id(p) not in kept if tc["finetune"] == "decoder" else id(p) in kept)
     if info.enabled and info.device.type == "cuda" and tc["sync_bn"]:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if tc["batch_size"] < 1:
@@ -294,6 +315,8 @@ def _train(cfg: dict, info: DistInfo, out: Path, progress: bool) -> dict:
         net.train()
         if tc["freeze_bn"]:
             _freeze_bn(net)
+        if tc["finetune"] == "decoder":  # a frozen encoder keeps its BN statistics too
+            frozen.eval()
         t0, loss_sum = time.time(), 0.0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tc['epochs']}", disable=not (progress and info.is_main))
         for step, (images, target, anomaly) in enumerate(bar):

@@ -13,7 +13,7 @@ import torch
 
 from anomseg.errors import AnomsegError
 from anomseg.files import save_torch_atomic
-from anomseg.heads import build_head
+from anomseg.heads.registry import build_head
 
 HEAD_FORMAT = "anomseg-head"
 

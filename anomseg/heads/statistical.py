@@ -261,7 +261,7 @@ class KNNHead(_Projected):
       ``nprobe`` lists; ``"IVF1024,SQ8"``: 8-bit codes, a quarter of the memory) or ``"auto"``:
       ``"Flat"`` up to ``flat_max_rows`` rows, beyond that ``"IVF<nlist>,SQ8"`` with nlist the power of
       two nearest sqrt(rows) (at least 39 training rows per list, faiss's own floor). Measured on
-      200,000 x 720 clustered rows, 10,000 queries, nlist 512, nprobe 16 (tools/bench_knn.py's data):
+      200,000 x 720 clustered rows, 10,000 queries, nlist 512, nprobe 16 (tools/bench/bench_knn.py's data):
       mean relative error of the k-th distance 0.0015 (Flat lists) / 0.0017 (SQ8), 1,200 / 2,000
       queries/s on 2 cores, against 0.025 at nprobe 4. Inverted lists
       are trained on the bounded sample the trainer passes. On a CUDA head with a GPU build of faiss

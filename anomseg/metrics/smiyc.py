@@ -23,7 +23,7 @@ sum that depends on the tie order of numpy's unstable sort, that is on the conca
 numpy version (its sort algorithm changed after 1.23). The reference's parallel mode concatenates in
 arbitrary order, its ``--no-parallel`` mode in frame order. anomseg builds the same array in frame order
 (the dataset's, sorted by frame id), so under the reference's numpy (1.23.3) it gives the reference's
-digits; under another numpy the tied case may differ (measured by ``tools/compare_smiyc_official.py``),
+digits; under another numpy the tied case may differ (measured by ``tools/bench/compare_smiyc_official.py``),
 and ``pix_binary_class`` flags it (``order_dependent``).
 
 SegEval thresholds the float16 scores at the best-F1 threshold with a strict ``>``. The reference runs with

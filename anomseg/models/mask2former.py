@@ -25,12 +25,17 @@ DEC_LAYERS 10, feed-forward 2048; these are also ``transformers``' Mask2FormerCo
 ``tiny`` is ours: a small Swin and decoder for tests and the demo, whose set loss samples 4096 points per
 mask (3% of a 128 x 256 crop; the released recipe's 12544 are 2.4% of its 512 x 1024 crops). ``decoder_layers`` follows
 detectron2's DEC_LAYERS (RbA's "1dl" models: 2, i.e. one transformer decoder layer).
+``tiny_r18`` is the same head on a ResNet-18 encoder (transformers' ``ResNetBackbone``, basic blocks 2-2-2-2,
+widths 64-128-256-512): the torchvision / smp ResNet-18 computed layer for layer, so a trained smp segmenter's
+encoder starts it (:meth:`Mask2Former.load_resnet_encoder`, ``model.init_encoder`` in ``train_seg``), as the
+released models start from a pretrained encoder. The demo trains it that way.
 ``negative_class=True`` gives the K + 2-class head UNO trains (class K = negatives).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Literal
 
 import torch
@@ -55,6 +60,10 @@ PRESETS = {
                   decoder_layers=3, dim_feedforward=256, encoder_feedforward_dim=256, num_attention_heads=4,
                   train_num_points=4096)),
 }
+# torchvision's ResNet-18 (torchvision/models/resnet.py: BasicBlock, layers 2-2-2-2, stem 7x7/2 + max-pool 3x3/2)
+RESNET18 = {"embedding_size": 64, "hidden_sizes": [64, 128, 256, 512], "depths": [2, 2, 2, 2], "layer_type": "basic"}
+PRESETS["tiny_r18"] = ({"resnet": RESNET18}, PRESETS["tiny"][1])
+ENCODER = "model.pixel_level_module.encoder."
 INSTALL_HINT = "pip install 'transformers>=4.46' (a dependency of anomseg; reinstall anomseg to get it)"
 
 
@@ -82,9 +91,19 @@ def mask2former_config(num_labels: int, preset: str = "swin_t", num_queries: int
             raise AnomsegError(f"mask2former decoder_layers={decoder_layers}: at least 2 (DEC_LAYERS, one transformer "
                                f"decoder layer per step after the first)")
         head["decoder_layers"] = int(decoder_layers)
-    backbone = t.SwinConfig(**swin, drop_path_rate=drop_path_rate,
-                            out_features=["stage1", "stage2", "stage3", "stage4"])
-    return t.Mask2FormerConfig(backbone_config=backbone, num_labels=num_labels, use_pretrained_backbone=False, **head)
+    stages = ["stage1", "stage2", "stage3", "stage4"]
+    if "resnet" in swin:
+        backbone = t.ResNetConfig(**swin["resnet"], out_features=stages)
+    else:
+        backbone = t.SwinConfig(**swin, drop_path_rate=drop_path_rate, out_features=stages)
+    import logging
+
+    quiet = logging.getLogger("transformers.models.mask2former.configuration_mask2former")
+    level, _ = quiet.level, quiet.setLevel(logging.ERROR)  # "Backbone resnet is not a supported model": it is,
+    try:  # through the generic backbone API (feature maps of 4 stages); tested against torchvision's forward
+        return t.Mask2FormerConfig(backbone_config=backbone, num_labels=num_labels, use_pretrained_backbone=False, **head)
+    finally:
+        quiet.setLevel(level)
 
 
 class Mask2Former(SegmentationBackbone):
@@ -92,7 +111,7 @@ class Mask2Former(SegmentationBackbone):
 
     Args:
         num_classes: K known classes.
-        preset: ``tiny``, ``swin_t``, ``swin_s``, ``swin_b`` or ``swin_l``.
+        preset: ``tiny``, ``tiny_r18``, ``swin_t``, ``swin_s``, ``swin_b`` or ``swin_l``.
         num_queries: Q (default: the preset's).
         decoder_layers: detectron2's DEC_LAYERS (default: the preset's).
         negative_class: a K + 2-class head (UNO); class K is the negative class, never a known one.
@@ -102,7 +121,7 @@ class Mask2Former(SegmentationBackbone):
     stride = 4  # of the masks and features (the logits come at the input size)
     mask_classification = True
 
-    def __init__(self, num_classes: int, preset: Literal["tiny", "swin_t", "swin_s", "swin_b", "swin_l"] = "swin_t",
+    def __init__(self, num_classes: int, preset: Literal["tiny", "tiny_r18", "swin_t", "swin_s", "swin_b", "swin_l"] = "swin_t",
                  num_queries: PositiveInt | None = None, decoder_layers: Annotated[int, Range(2)] | None = None,
                  negative_class: bool = False, drop_path_rate: Annotated[float, Range(0, 1)] = 0.3):
         super().__init__()
@@ -118,6 +137,30 @@ class Mask2Former(SegmentationBackbone):
     def classifier(self) -> nn.Module:
         """The class head (``class_predictor``: hidden -> K + 1 or K + 2), what RbA's outlier fine-tuning trains."""
         return self.net.class_predictor
+
+    def encoder(self) -> nn.Module:
+        """The image encoder (Swin or ResNet), what ``train.finetune: decoder`` keeps frozen."""
+        return self.net.model.pixel_level_module.encoder
+
+    def load_resnet_encoder(self, sd: dict, source: str) -> int:
+        """Start a ``tiny_r18`` encoder from a torchvision-layout ResNet-18 state dict (``conv1``, ``bn1``,
+        ``layer{i}.{j}.conv{1,2}`` / ``bn{1,2}`` / ``downsample.{0,1}``: smp's encoders, torchvision's resnet18),
+        strictly: every encoder tensor from the file, every file tensor used. Returns the tensors loaded."""
+        own = {k[len(ENCODER):]: v for k, v in self.net.state_dict().items() if k.startswith(ENCODER)}
+        mapped = {}
+        for key, value in sd.items():
+            name = resnet_key(key)
+            if name is None or name not in own or tuple(own[name].shape) != tuple(value.shape):
+                raise AnomsegError(f"{source}: {key} {tuple(value.shape)} has no place in this Mask2Former's encoder "
+                                   f"(preset {self.config.backbone_config.model_type}); init_encoder takes a ResNet-18 "
+                                   f"encoder into preset tiny_r18")
+            mapped[name] = value
+        missing = sorted(set(own) - set(mapped))
+        if missing:
+            raise AnomsegError(f"{source}: {len(missing)} encoder tensors missing ({', '.join(missing[:3])}); "
+                               f"give a ResNet-18 encoder")
+        self.encoder().load_state_dict(mapped, strict=True)
+        return len(mapped)
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """Zero-pad (N, 3, H, W) at the bottom / right to multiples of 32."""
@@ -148,6 +191,22 @@ class Mask2Former(SegmentationBackbone):
         # commutes with the pointwise steps, so this is the aggregate at the input size
         return SegOutput(q.semantic((h, w)), crop_features(out.pixel_decoder_last_hidden_state, (h, w)),
                          queries=q)
+
+
+def resnet_key(key: str) -> str | None:
+    """transformers' ``ResNetBackbone`` name of a torchvision ResNet key (basic blocks), or None."""
+    m = re.fullmatch(r"(conv1|bn1)\.(.+)", key)
+    if m:
+        return f"embedder.embedder.{'convolution' if m[1] == 'conv1' else 'normalization'}.{m[2]}"
+    m = re.fullmatch(r"layer(\d)\.(\d+)\.(conv|bn)([12])\.(.+)", key)
+    if m:
+        part = "convolution" if m[3] == "conv" else "normalization"
+        return f"encoder.stages.{int(m[1]) - 1}.layers.{m[2]}.layer.{int(m[4]) - 1}.{part}.{m[5]}"
+    m = re.fullmatch(r"layer(\d)\.(\d+)\.downsample\.([01])\.(.+)", key)
+    if m:
+        part = "convolution" if m[3] == "0" else "normalization"
+        return f"encoder.stages.{int(m[1]) - 1}.layers.{m[2]}.shortcut.{part}.{m[4]}"
+    return None
 
 
 def crop_features(features: torch.Tensor, input_size: tuple[int, int], stride: int = 4) -> torch.Tensor:

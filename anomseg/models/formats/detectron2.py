@@ -1,5 +1,12 @@
-"""detectron2-layout Mask2Former files (the official model zoo, RbA's ``model_final.pth``) read into the
-``transformers`` model, by a key map applied at load time.
+"""Format ``mask2former_detectron2``: detectron2-layout Mask2Former files (the official model zoo's
+``model_final_*.pkl``, RbA's / EAM's ``model_final.pth``) read into the ``transformers`` model, by a key map
+applied at load time.
+
+Recognised by ``backbone.*`` and ``sem_seg_head.predictor.*`` keys (a ``.pth`` holding ``{"model": state_dict}``
+as detectron2's Checkpointer writes it, or a model-zoo ``.pkl`` of numpy arrays, unpickled allowing arrays only:
+anything else in the pickle is refused before it can run). Refused in one line: a pickle naming any other
+callable, a recomputed buffer (relative position index, pixel statistics) that disagrees with the model's, a
+non-Mask2Former backbone.
 
 Layouts (../shared/docs/FORMATS.md, "Checkpoint layouts"; detectron2 names from
 facebookresearch/Mask2Former ``mask2former/modeling/backbone/swin.py``, ``pixel_decoder/msdeformattn.py``,
@@ -29,11 +36,22 @@ what is missing or left over, in one line.
 
 from __future__ import annotations
 
+import logging
+import pickle
 import re
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from anomseg.errors import AnomsegError
+from anomseg.models.formats.common import mask2former_net
+from anomseg.models.registry import ModelError
+
+log = logging.getLogger(__name__)
+
+NAME = "mask2former_detectron2"
+HEAD_KEY = "net.class_predictor.weight"  # K + 1 rows: the known classes and "no object"
 
 SWIN = "model.pixel_level_module.encoder."
 PIXEL = "model.pixel_level_module.decoder."
@@ -56,12 +74,51 @@ _SWIN_QKV = (("attention.q_proj", "attention.k_proj", "attention.v_proj"),
              ("attention.self.query", "attention.self.key", "attention.self.value"))
 
 
-def is_detectron2_layout(sd: dict) -> bool:
+def recognise(sd: dict) -> bool:
     return any(k.startswith("sem_seg_head.predictor.") for k in sd) and any(k.startswith("backbone.") for k in sd)
 
 
-def is_transformers_layout(sd: dict) -> bool:
-    return any(k.startswith("model.pixel_level_module.") for k in sd) or "class_predictor.weight" in sd
+def convert(model, sd: dict, source: str) -> dict:
+    """The file's state dict under our model's names (``net.`` + transformers')."""
+    net = mask2former_net(model, source)
+    try:
+        sd = convert_detectron2(sd, net, source)
+    except AnomsegError as exc:
+        raise ModelError(str(exc)) from None
+    log.info("%s: detectron2 Mask2Former layout, %d tensors mapped to transformers' names", source, len(sd))
+    return {"net." + k: v for k, v in sd.items()}
+
+
+# What a detectron2 model-zoo pickle may name: numpy arrays, dtypes and scalars, an OrderedDict, and
+# _codecs.encode (protocol-2 pickles write bytes through it); no other callable is ever imported (a pickle
+# naming one is refused before anything runs).
+_PICKLE_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                   ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+                   ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # protocol 5
+                   ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"), ("_codecs", "encode")}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it names {module}.{name}, which is not a numpy array")
+
+
+def read_pickle(path: Path) -> dict:
+    """A detectron2 ``.pkl`` checkpoint (the official Mask2Former model zoo's ``model_final_*.pkl``:
+    ``{"model": {name: numpy array}, "__author__": ...}``, read by detectron2's Checkpointer with
+    ``pickle.load(f, encoding="latin1")``), unpickled allowing numpy arrays only, as tensors."""
+    try:
+        with open(path, "rb") as f:
+            obj = _ArrayUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as exc:
+        raise ModelError(f"{path}: not a detectron2 checkpoint of numpy arrays ({type(exc).__name__}: "
+                         f"{str(exc)[:120]}); refused, never run") from None
+    sd = obj.get("model", obj) if isinstance(obj, dict) else None
+    if not isinstance(sd, dict) or not all(isinstance(v, np.ndarray) for v in sd.values()):
+        raise ModelError(f"{path}: a pickle without a {{name: numpy array}} model; expected a detectron2 model-zoo file")
+    return {"model": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}}
 
 
 # (detectron2 prefix) -> (transformers prefix, [(regex of the rest, replacement)]): the pixel decoder, then the

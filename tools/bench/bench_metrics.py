@@ -1,7 +1,7 @@
 """Benchmark exact per-image metrics at 720x1280: numpy (the reference path), torch on CPU and on CUDA, and the
 peers, in one run; then the pooled histogram.
 
-    python tools/bench_metrics.py [--images 8] [--batch 8] [--dtype float32|bfloat16|float16] [--pooled-images 20]
+    python tools/bench/bench_metrics.py [--images 8] [--batch 8] [--dtype float32|bfloat16|float16] [--pooled-images 20]
 
 Per-image protocol (void excluded, FPR at the first TPR >= 0.95), maps with about 1% anomaly pixels and a void
 band, images/s of each path on the same maps:

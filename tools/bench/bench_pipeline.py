@@ -1,6 +1,6 @@
 """Benchmark the evaluation and bank-extraction pipelines against the bare backbone forward.
 
-    python tools/bench_pipeline.py [--backbone smp:FPN:resnet18] [--height 256 --width 512]
+    python tools/bench/bench_pipeline.py [--backbone smp:FPN:resnet18] [--height 256 --width 512]
         [--images 40] [--methods demo|default] [--device cpu|cuda] [--amp none|bf16|fp16] [--workers auto]
 
 On synthetic street scenes of the given size, in one run:
@@ -46,7 +46,7 @@ from anomseg.engine.train_heads import run_head_training
 from anomseg.models import build_backbone, save_checkpoint
 from anomseg.models.inference import autocast
 
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_full.yaml"
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo_full.yaml"
 
 
 def demo_methods(work: Path, data: Path, checkpoint: Path, device: str, workers) -> tuple[list[dict], dict]:

@@ -1,6 +1,6 @@
 """Peak memory of fitting and scoring the statistical heads at D = 720, and their speed.
 
-    python tools/bench_heads.py [--rows 100000] [--dim 720] [--classes 19] [--budget-mib 256]
+    python tools/bench/bench_heads.py [--rows 100000] [--dim 720] [--classes 19] [--budget-mib 256]
 
 Each head runs in a fresh process on random features already in memory (float32); the peak
 resident memory above that baseline (Linux VmHWM, reset through /proc/self/clear_refs after the

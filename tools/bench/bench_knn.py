@@ -1,6 +1,6 @@
 """kNN at bank scale: faiss on every closed row against the bounded-sample brute force, at equal k.
 
-    python tools/bench_knn.py [--rows 1000000] [--queries 1000000] [--dim 720] [--k 10]
+    python tools/bench/bench_knn.py [--rows 1000000] [--queries 1000000] [--dim 720] [--k 10]
                               [--index auto] [--nprobe 16] [--sample 50000] [--check 2000]
 
 Features are clustered like a segmenter's (19 class centres, a 32-dimensional spread within each

@@ -1,6 +1,6 @@
 """Run road-anomaly-benchmark itself on anomseg's exported score files and compare with ``protocol: smiyc``.
 
-    python tools/compare_smiyc_official.py --rab /path/to/road-anomaly-benchmark --python /path/to/rab-venv/bin/python
+    python tools/bench/compare_smiyc_official.py --rab /path/to/road-anomaly-benchmark --python /path/to/rab-venv/bin/python
 
 ``--rab``: a checkout of github.com/SegmentMeIfYouCan/road-anomaly-benchmark (tested at 1c7804e); ``--python``:
 an interpreter with its pinned requirements (numpy 1.23.3, matplotlib 3.6.0, h5py 3.7.0, scipy 1.9.1, ...).

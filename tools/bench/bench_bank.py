@@ -1,6 +1,6 @@
 """Benchmark the feature bank: mixed-batch sampler throughput and head training steps per second.
 
-    python tools/bench_bank.py [--closed 1000000] [--open 250000] [--dim 720] [--dir PATH]
+    python tools/bench/bench_bank.py [--closed 1000000] [--open 250000] [--dim 720] [--dir PATH]
 
 Writes a bank of random float16 features (1M closed + 250k open rows of 720-d by default: 1.8 GB,
 in a temporary folder unless --dir is given), then times ``MixedBatchSampler.next()`` at the

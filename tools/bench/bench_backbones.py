@@ -1,6 +1,6 @@
 """Backbone throughput: images per second at 720x1280 for HRNetV2-W48, PSPNet-ResNet101 and Mask2Former.
 
-    python tools/bench_backbones.py [--iters 3] [--device cpu|cuda] [--batch 1]
+    python tools/bench/bench_backbones.py [--iters 3] [--device cpu|cuda] [--batch 1]
 
 Inference (eval mode, no gradients), random weights, batch of uint8 RGB images; on CUDA also
 with bf16 autocast. ``mask2former`` is the released Swin-T Cityscapes model (100 queries, 19 classes) and

@@ -1,6 +1,6 @@
 """How much a Mask2Former's masks overlap, on anomaly and on inlier pixels of a split.
 
-    python tools/mask_overlap.py runs/demo/m2f/checkpoints/best.pth --data runs/demo/data [--split test]
+    python tools/bench/mask_overlap.py runs/demo/m2f/checkpoints/best.pth --data runs/demo/data [--split test]
 
 Prints, averaged over the anomaly pixels and over the inlier pixels (void excluded): the sum over queries
 of sigmoid(m_q) (1 where the masks partition the image), the summed class mass sum_c S_c of the semantic

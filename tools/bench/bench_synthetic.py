@@ -1,6 +1,6 @@
 """Benchmark the synthetic generator: images per second, drawing alone and written to disk.
 
-    python tools/bench_synthetic.py [--images 100] [--workers 2]
+    python tools/bench/bench_synthetic.py [--images 100] [--workers 2]
 """
 
 from __future__ import annotations
