@@ -112,14 +112,36 @@ def ground_truth_view(image: np.ndarray, anomaly: np.ndarray) -> np.ndarray:
     return view
 
 
+#: a threshold that flags more than this share of an image's pixels is not painted: a panel painted (nearly) all
+#: red says nothing about where the anomalies are, so the panel says how much it would flag instead
+MAX_PAINTED_SHARE = 0.5
+
+
 def threshold_view(image: np.ndarray, anomaly: np.ndarray, score: np.ndarray, threshold: float) -> np.ndarray:
-    """Pixels with ``score >= threshold`` painted red over a dimmed image, GT outlined in green."""
+    """Pixels with ``score >= threshold`` painted red over a dimmed image, GT outlined in green; when they are more
+    than :data:`MAX_PAINTED_SHARE` of the image, nothing is painted and the tile says so."""
     view = (image * 0.5).astype(np.uint8)
     hit = score >= threshold
-    view[hit] = (0.3 * view[hit] + 0.7 * np.array([255, 0, 0])).astype(np.uint8)
+    share = float(hit.mean())
+    if share <= MAX_PAINTED_SHARE:
+        view[hit] = (0.3 * view[hit] + 0.7 * np.array([255, 0, 0])).astype(np.uint8)
     contours, _ = cv2.findContours((anomaly == 1).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     cv2.drawContours(view, contours, -1, (0, 255, 0), max(1, image.shape[0] // 200))
+    if share > MAX_PAINTED_SHARE:
+        view = _note(view, f"not painted: the threshold flags {100 * share:.0f}% of the image")
     return view
+
+
+def _note(tile: np.ndarray, text: str) -> np.ndarray:
+    """``text`` centred on the tile, scaled to fit its width."""
+    tile = tile.copy()
+    scale = min(1.0, max(0.3, tile.shape[1] / 700))
+    (w, h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    scale *= min(1.0, (tile.shape[1] - 8) / max(w, 1))
+    (w, h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    org = (max(4, (tile.shape[1] - w) // 2), (tile.shape[0] + h) // 2)
+    cv2.putText(tile, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 0), 1, cv2.LINE_AA)
+    return tile
 
 
 def _label(tile: np.ndarray, text: str) -> np.ndarray:

@@ -597,11 +597,14 @@ def markdown_table(report: dict) -> str:
     head = (f"{report['dataset']} / {report['split'] or 'all'}, protocol `{'`, `'.join(names)}`, {report['images']} images"
             + (f", closed-set mIoU {100 * report['miou']:.1f}" if report.get("miou") is not None else ""))
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
+    below = [name for name, r in report["methods"].items() if r.get("auroc") is not None and r["auroc"] < 0.5]
+    note = ([""] + [f"Below chance (AUROC < 50: these scores rank the anomalies as more normal than the inliers): "
+                    f"{', '.join(below)}."]) if below else []
     if len(names) == 1:
         lines = [head, "", "| method | AUROC | AUPR | FPR95 |", "|---|---:|---:|---:|"]
         for name, r in report["methods"].items():
             lines.append(f"| {name} | {pct(r['auroc'])} | {pct(r['aupr'])} | {pct(r['fpr95'])} |")
-        return "\n".join(lines)
+        return "\n".join(lines + note)
     cols = " | ".join(f"{p} {m}" for p in names for m in ("AUROC", "AUPR", "FPR95"))
     lines = [head, "", f"| method | {cols} |", "|---|" + "---:|" * (3 * len(names))]
     for name, r in report["methods"].items():
@@ -610,7 +613,7 @@ def markdown_table(report: dict) -> str:
     lines.append("")
     for p in names:
         lines.append(f"- `{p}`: {first['protocols'][p]['arithmetic']}")
-    return "\n".join(lines)
+    return "\n".join(lines + note)
 
 
 def _write_overlays(cfg, out, dataset, names, hists) -> None:
