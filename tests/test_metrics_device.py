@@ -7,7 +7,7 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from anomseg.metrics import exact_metrics
-from anomseg.metrics.device import per_image_metrics
+from anomseg.metrics.device import CPU_SORTS, _sort_rows, cpu_sort, measure_cpu_sorts, per_image_metrics
 
 
 def random_batch(rng, b=50, h=24, w=32):
@@ -256,3 +256,36 @@ def test_the_accelerator_branches_on_cpu():
     a = torch.randint(0, 256, (4, 17, 9), dtype=torch.int64, generator=g).to(torch.uint8)
     want = torch.from_numpy(np.stack([np.bincount(r.ravel(), minlength=256) for r in a.numpy()]))
     assert torch.equal(label_counts(a, per_row=False), want) and torch.equal(label_counts(a, per_row=True), want)
+
+
+def test_both_cpu_sorts_give_the_same_metrics_bit_for_bit(monkeypatch):
+    """The CPU's row sorts (torch's radix sort, numpy's SIMD sort) sort the same int32 keys: the same arrays, so
+    the same metrics to the last bit, both equal to the numpy reference."""
+    keys = torch.randint(-2**31, 2**31 - 1, (3, 5000), dtype=torch.int32, generator=torch.Generator().manual_seed(1))
+    keys[:, :100] = 7  # ties
+    want = torch.from_numpy(np.sort(keys.numpy(), axis=1))
+    for how in CPU_SORTS:
+        assert torch.equal(_sort_rows(keys, per_row=True, how=how), want), how
+    rng = np.random.default_rng(5)
+    s, a = random_batch(rng)
+    got = {}
+    for how in CPU_SORTS:
+        monkeypatch.setenv("ANOMSEG_CPU_SORT", how)
+        assert cpu_sort() == how
+        got[how] = per_image_metrics(torch.from_numpy(s), torch.from_numpy(a), "per_image")
+    for k in ("auroc", "aupr", "fpr95", "ap_terms"):
+        assert torch.equal(got["torch"][k].nan_to_num(-1), got["numpy"][k].nan_to_num(-1)), k
+    for i in range(len(s)):
+        pos, neg = s[i][a[i] == 1].astype(np.float32), s[i][a[i] == 0].astype(np.float32)
+        if pos.size and neg.size:
+            assert float(got["numpy"]["auroc"][i]) == pytest.approx(exact_metrics(pos, neg)["auroc"], abs=1e-12)
+
+
+def test_the_cpu_sort_is_measured_once_or_set(monkeypatch):
+    monkeypatch.delenv("ANOMSEG_CPU_SORT", raising=False)
+    seconds = measure_cpu_sorts(n=1 << 14, repeats=1)
+    assert set(seconds) == set(CPU_SORTS) and all(t > 0 for t in seconds.values())
+    assert cpu_sort() in CPU_SORTS and cpu_sort() == cpu_sort()
+    monkeypatch.setenv("ANOMSEG_CPU_SORT", "quick")
+    with pytest.raises(ValueError, match="ANOMSEG_CPU_SORT='quick': choose one of torch, numpy"):
+        cpu_sort()

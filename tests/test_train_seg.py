@@ -62,3 +62,35 @@ def test_resume_equals_an_uninterrupted_run(data, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
     lines = (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()
     assert len(lines) == 2
+
+
+def test_val_every_validates_every_nth_and_the_last_epoch(data, tmp_path):
+    import json
+
+    out = tmp_path / "val_every"
+    run(overrides(data, out, epochs=3) + ["train.val_every=2"])
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert ["val_miou" in e for e in log] == [False, True, True]
+    best = torch.load(out / "checkpoints" / "best.pth", weights_only=True)
+    assert best["selected_by"] == "val_miou" and best["epoch"] in (1, 2)  # a validated epoch, never the first
+    assert best["best_score"] == max(e["val_miou"] for e in log if "val_miou" in e)
+
+
+def test_a_frozen_encoder_stays_bitwise_unchanged(data, tmp_path):
+    """train.finetune: decoder on a Mask2Former started from a segmenter's ResNet-18 encoder (model.init_encoder):
+    the encoder's weights and BN statistics are the segmenter's, bit for bit, after training."""
+    seg = tmp_path / "seg"
+    run([f"data.root={data}", f"out={seg}", "train.epochs=1", "train.batch_size=4", "train.max_steps_per_epoch=1",
+         "data.crop=[64,128]", "model.backbone=smp:FPN:resnet18", "model.options={decoder_segmentation_channels: 32, decoder_pyramid_channels: 32}"])
+    m2f = tmp_path / "m2f"
+    run([f"data.root={data}", f"out={m2f}", "train.epochs=1", "train.batch_size=2", "train.max_steps_per_epoch=2",
+         "data.crop=[64,128]", "model.backbone=mask2former", "model.options={preset: tiny_r18}",
+         f"model.init_encoder={seg / 'checkpoints' / 'best.pth'}", "train.finetune=decoder", "train.optimizer=adamw",
+         "train.lr=0.01", "train.loss.name=mask2former"])
+    encoder = {k[len("model.encoder."):]: v for k, v in weights(seg).items() if k.startswith("model.encoder.")}
+    trained = weights(m2f)
+    from anomseg.models.mask2former import ENCODER, resnet_key
+
+    for k, v in encoder.items():
+        assert torch.equal(trained["net." + ENCODER + resnet_key(k)], v), k
+    assert len(encoder) == 120  # every ResNet-18 tensor, BN statistics included

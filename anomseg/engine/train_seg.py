@@ -48,7 +48,7 @@ DEFAULTS = {
     "model": {"backbone": "smp:Unet:resnet18", "options": {}, "init": None, "pretrained": None, "init_encoder": None},
     "train": {"epochs": 10, "batch_size": 8, "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "poly_power": 0.9,
               "aux_weight": 0.4, "amp": True, "sync_bn": True, "freeze_bn": False, "max_steps_per_epoch": None,
-              "val_batch_size": 4, "resume": True, "stop_after_epochs": None,
+              "val_batch_size": 4, "val_every": 1, "resume": True, "stop_after_epochs": None,
               "loss": {"name": "ce", "options": {}}, "finetune": "all", "optimizer": "sgd", "clip_grad_norm": None},
 }
 
@@ -164,12 +164,16 @@ def train_section(epochs: PositiveInt = 10, batch_size: Annotated[int, Range(1)]
                   momentum: Annotated[float, Range(0, 1, hi_open=True)] = 0.9, weight_decay: NonNegative = 5e-4,
                   poly_power: NonNegative = 0.9, aux_weight: NonNegative = 0.4, amp: bool = True, sync_bn: bool = True,
                   freeze_bn: bool = False, max_steps_per_epoch: PositiveInt | None = None, val_batch_size: PositiveInt = 4,
+                  val_every: PositiveInt = 1,
                   resume: bool = True, stop_after_epochs: PositiveInt | None = None, loss: dict | None = None,
                   finetune: str = "all", optimizer: Literal["sgd", "adamw"] = "sgd",
                   clip_grad_norm: Positive | None = None) -> None:
     """The ``train`` section, declared (:mod:`anomseg.options`); ``loss`` and ``finetune`` are checked by name
     where they are used. ``optimizer``: SGD with ``momentum``, or AdamW (the Mask2Former recipe: lr 1e-4,
-    weight decay 0.05, ``clip_grad_norm`` 0.01 over the whole model)."""
+    weight decay 0.05, ``clip_grad_norm`` 0.01 over the whole model). ``val_every``: validate every this many
+    epochs and after the last (only validated epochs compete for ``best.pth``). ``finetune``: ``all``, ``head``
+    (the classifier only: RbA's fine-tuning) or ``decoder`` (all but the encoder, kept frozen with its BN
+    statistics)."""
 
 
 def data_section(name: str = "streethazards", root: str = "data/synthetic", options: dict | None = None,
@@ -341,14 +345,15 @@ def _train(cfg: dict, info: DistInfo, out: Path, progress: bool) -> dict:
             bar.set_postfix(loss=f"{loss.item() / info.world:.3f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
         train_loss = float(all_reduce_sum(torch.tensor([loss_sum], dtype=torch.float64, device=info.device)).item()) / steps_per_epoch
         entry = {"epoch": epoch + 1, "train_loss": train_loss, "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0}
-        if val_set is not None:
+        validated = val_set is not None and ((epoch + 1) % tc["val_every"] == 0 or epoch + 1 == tc["epochs"])
+        if validated:  # every val_every epochs and after the last: only validated epochs can be best
             entry["val_miou"], _ = evaluate_miou(model, val_set, info, tc["val_batch_size"], progress)
         history.append(entry)
         if info.is_main:
-            score = entry.get("val_miou", -entry["train_loss"])
+            score = entry.get("val_miou", -entry["train_loss"] if val_set is None else float("nan"))
             is_best = not math.isnan(score) and score > best
             best = max(best, score) if is_best else best
-            selected_by = "val_miou" if "val_miou" in entry else "-train_loss"
+            selected_by = "val_miou" if val_set is not None else "-train_loss"
             extra = {"optimizer": opt.state_dict(), "epoch": epoch, "best_score": best, "selected_by": selected_by,
                      "history": json.dumps(history)}
             if is_best:

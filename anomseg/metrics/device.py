@@ -22,10 +22,15 @@ per-map reductions are scatters: with the targets on the host (``host_anomaly``,
 where the anomaly pixels are found, nothing here waits for the device; without them, finding those pixels
 (``nonzero``) waits once per chunk.
 
-Why these sorts: on CPU, torch sorts a 1-D integer tensor with a parallel radix sort (fbgemm), which on this
-project's 2-core machine is 2.4-5x faster than ``np.sort`` of the float32 values (a 720x1280 map: 15 vs 36 ms
-in one run, 5.6 vs 29 ms in another); a batched sort along a dimension is not (33 ms a row). So on CPU the rows
-are sorted and searched one by one; on an accelerator in one batched call each.
+Why these sorts: on an accelerator the rows are sorted and searched in one batched call each. On CPU a batched
+sort along a dimension is slow (33 ms a 720x1280 row), so rows are sorted one by one, by whichever of two 1-D
+integer sorts is faster on this CPU (:func:`cpu_sort`): torch's parallel radix sort (fbgemm, on torch's
+intra-op threads) or numpy's SIMD sort (x86-simd-sort's AVX2 / AVX-512 kernels, one thread). Which wins depends
+on the CPU and on its load: measured on this project's machines, 2.4-5x in torch's favour on one (a map: 15 vs
+36 ms), numpy's ahead on an AVX2 machine without AVX-512, and torch's two threads stalling beside a busy core.
+So the choice is measured once per process, on the CPU as it is loaded at that moment (or set with
+``ANOMSEG_CPU_SORT=torch|numpy``). Both sort the same integer keys, and a sorted integer array is one array:
+every number after the sort is bit for bit the same whichever sorted it.
 
 Maps are processed in chunks of images that keep the working memory under ``memory_budget`` bytes: never by
 subsampling pixels.
@@ -33,6 +38,10 @@ subsampling pixels.
 
 from __future__ import annotations
 
+import os
+import time
+
+import numpy as np
 import torch
 
 RECALL_LEVEL = 0.95
@@ -53,12 +62,57 @@ def int32_keys(scores: torch.Tensor) -> torch.Tensor:
     return key
 
 
-def _sort_rows(keys: torch.Tensor, per_row: bool | None = None) -> torch.Tensor:
-    """Each row of int32 (B, N) sorted ascending: row by row (default on CPU) or in one batched call (elsewhere)."""
-    if keys.device.type == "cpu" if per_row is None else per_row:  # 1-D integer tensors: torch's parallel radix sort
+CPU_SORTS = ("torch", "numpy")
+_chosen_cpu_sort: dict[str, float] = {}  # the one-time measurement: {sort: seconds}
+
+
+def cpu_sort() -> str:
+    """``"torch"`` or ``"numpy"``: the faster 1-D sort of int32 keys on this CPU (module docstring), from
+    ``ANOMSEG_CPU_SORT`` if set, else measured once per process (:func:`measure_cpu_sorts`)."""
+    forced = os.environ.get("ANOMSEG_CPU_SORT")
+    if forced:
+        if forced not in CPU_SORTS:
+            raise ValueError(f"ANOMSEG_CPU_SORT={forced!r}: choose one of {', '.join(CPU_SORTS)} (or unset it to measure)")
+        return forced
+    if not _chosen_cpu_sort:
+        _chosen_cpu_sort.update(measure_cpu_sorts())
+    return min(_chosen_cpu_sort, key=_chosen_cpu_sort.get)
+
+
+def measure_cpu_sorts(n: int = 1 << 20, repeats: int = 3) -> dict[str, float]:
+    """Seconds (the best of ``repeats``) each CPU sort takes on ``n`` random int32 keys (a 720x1280 map is 0.92 M)."""
+    keys = torch.randint(-2**31, 2**31 - 1, (n,), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
+    dest = torch.empty_like(keys)
+    seconds = {}
+    for name in CPU_SORTS:
+        _sort_row(keys, dest, name)  # warm-up: allocations, thread pool
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            _sort_row(keys, dest, name)
+            times.append(time.perf_counter() - t0)
+        seconds[name] = min(times)
+    return seconds
+
+
+def _sort_row(row: torch.Tensor, dest: torch.Tensor, how: str, order: torch.Tensor | None = None) -> None:
+    """``dest`` := int32 ``row`` sorted ascending, on the CPU, by torch's radix sort or numpy's SIMD sort."""
+    if how == "numpy":
+        out = dest.numpy()
+        out[...] = row.numpy()
+        out.sort()  # in place: introsort dispatched to x86-simd-sort where the CPU has AVX2 / AVX-512
+    else:
+        torch.sort(row, out=(dest, order if order is not None else torch.empty(len(row), dtype=torch.long)))
+
+
+def _sort_rows(keys: torch.Tensor, per_row: bool | None = None, how: str | None = None) -> torch.Tensor:
+    """Each row of int32 (B, N) sorted ascending: row by row (default on CPU, by ``how``: default
+    :func:`cpu_sort`) or in one batched call (elsewhere)."""
+    if keys.device.type == "cpu" if per_row is None else per_row:
+        how = how or (cpu_sort() if keys.device.type == "cpu" else "torch")
         out, order = torch.empty_like(keys), torch.empty(keys.shape[1], dtype=torch.long, device=keys.device)
         for row, dest in zip(keys, out):
-            torch.sort(row, out=(dest, order))
+            _sort_row(row, dest, how, order)
         return out
     return torch.sort(keys, dim=1).values
 

@@ -8,6 +8,10 @@ band, images/s of each path on the same maps:
 
 * ``numpy``: what the evaluator computed per image before the device path (validation, masks,
   :func:`anomseg.metrics.curves.exact_metrics`), single-threaded as numpy is;
+* ``torch-cpu/torch``, ``torch-cpu/numpy``: the evaluator's CPU path with each of its row sorts forced
+  (``ANOMSEG_CPU_SORT``: torch's radix sort on torch's threads, numpy's SIMD sort on one), and ``torch-cpu`` as
+  the evaluator runs it (the sort measured once per process, :func:`anomseg.metrics.device.cpu_sort`); the
+  line before the table gives the SIMD level, the thread counts and the two sorts' times;
 * ``torch-cpu`` / ``cuda``: ``AnomalyMetrics("per_image").update`` on a batch of ``--batch`` maps, the
   evaluator's own path (:func:`anomseg.metrics.measure_batch`: one sort per map, validation, host copies), with
   torch's threads; on CUDA the maps are on the device and the time runs until the records are on the host;
@@ -23,12 +27,14 @@ under the PR curve rather than step-wise AP, with that trapezoid computed here. 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
 import torch
 
 from anomseg.metrics import AnomalyMetrics, exact_metrics
+from anomseg.metrics.device import CPU_SORTS, cpu_sort, measure_cpu_sorts
 
 H, W = 720, 1280
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -39,6 +45,16 @@ def make_maps(rng, n: int, dtype: str):
     a[:, :40] = 255  # a void band (ego vehicle)
     s = rng.normal(size=(n, H, W)).astype(np.float32) + 1.8 * (a == 1)
     return torch.from_numpy(s).to(DTYPES[dtype]), torch.from_numpy(a)
+
+
+def simd_level() -> str:
+    """The SIMD level torch's CPU kernels use, and the widest numpy found (x86-simd-sort's kernels follow it)."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as feats
+    except ImportError:  # numpy < 2
+        from numpy.core._multiarray_umath import __cpu_features__ as feats
+    widest = next((f for f in ("AVX512_SPR", "AVX512_ICL", "AVX512_SKX", "AVX512F", "AVX2", "SSE42") if feats.get(f)), "none")
+    return f"torch {torch.backends.cpu.get_cpu_capability()}, numpy {widest}"
 
 
 def numpy_path(s: np.ndarray, a: np.ndarray) -> dict:
@@ -86,8 +102,17 @@ def main(argv=None):
         return np.array([[r["auroc"], r["aupr"], r["fpr95"]] for r in ev.per_image()])
 
     worst = {}
+    # the torch CPU path with each of its row sorts (forced), then as the evaluator runs it: the sort measured once
+    for how in CPU_SORTS:
+        os.environ["ANOMSEG_CPU_SORT"] = how
+        t, got = timed(lambda: evaluator_path(S, A), a.repeats)
+        rate[f"torch-cpu/{how}"], worst[f"torch-cpu/{how}"] = a.images / t, float(np.abs(got - want).max())
+    os.environ.pop("ANOMSEG_CPU_SORT")
     t, got = timed(lambda: evaluator_path(S, A), a.repeats)
     rate["torch-cpu"], worst["torch-cpu"] = a.images / t, float(np.abs(got - want).max())
+    sorts = measure_cpu_sorts()
+    print(f"CPU: {simd_level()}; torch {torch.get_num_threads()} threads, numpy's sort 1 thread; one 1 M-key sort: "
+          + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in sorts.items()) + f"; the evaluator sorts with {cpu_sort()}")
     if torch.cuda.is_available():
         Sc, Ac = S.cuda(), A.cuda()
 
@@ -110,6 +135,7 @@ def main(argv=None):
         rate[name], worst[name] = n / t, float(np.abs(got - ref).max())
     for name, r in rate.items():
         diff = f", max |difference| to numpy {worst[name]:.1e}" if name in worst else ""
+        diff += " (the evaluator's choice)" if name == "torch-cpu" else ""
         diff += " (AUPR: to the trapezoid rule's)" if name == "pytorch-ood" else ""
         print(f"  {name:<16} {r:8.2f} maps/s  ({1000 / r:7.1f} ms/map){diff}")
     bench_pooled(rng, a.pooled_images)
