@@ -28,7 +28,8 @@ def test_the_full_profile_has_every_head_and_the_default_every_family():
 def tiny_config(tmp_path):
     cfg = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
     cfg["data"] = {"train": 6, "val": 3, "test": 4, "outliers": 4, "height": 64, "width": 128}
-    cfg["seg"]["model"]["options"] = {"encoder_depth": 3, "decoder_segmentation_channels": 32, "decoder_pyramid_channels": 32}
+    # the whole ResNet-18 encoder: the demo's Mask2Former starts from it (init_encoder: seg)
+    cfg["seg"]["model"]["options"] = {"decoder_segmentation_channels": 32, "decoder_pyramid_channels": 32}
     cfg["seg"]["data"] = {"crop": [64, 128], "scale": [0.9, 1.1]}
     cfg["seg"]["train"] = {"epochs": 1, "batch_size": 2, "max_steps_per_epoch": 2}
     for seg in cfg["segmenters"].values():
