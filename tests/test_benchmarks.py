@@ -34,10 +34,10 @@ def test_bench_metrics_runs_and_prints_its_ratio_line(capsys):
     bench_metrics.main(["--images", "2", "--batch", "2", "--repeats", "1", "--peer-images", "1", "--pooled-images", "1"])
     out = capsys.readouterr().out
     assert re.search(r"torch-cpu .* max \|difference\| to numpy 0\.0e\+00", out)  # the evaluator equals numpy
-    for path in ("torch-cpu/torch", "torch-cpu/numpy"):  # both CPU sorts, each equal to numpy
+    for path in ("cpu/torch", "cpu/numpy"):  # both CPU paths, each equal to numpy
         assert re.search(path + r" .* max \|difference\| to numpy 0\.0e\+00", out), path
-    assert re.search(r"CPU: torch \w+, numpy \w+; torch \d+ threads, numpy's sort 1 thread; .*the evaluator sorts with "
-                     r"(torch|numpy)", out)
+    assert re.search(r"CPU: torch \w+, numpy \w+; the torch path on \d+ threads, the numpy path on 1; the evaluator "
+                     r"takes the (torch|numpy) path here", out)
     assert "exact values inside the bounds: True" in out
     assert re.fullmatch(r"metrics/numpy: torch-cpu \d+\.\d\d cuda (\d+\.\d\d|n/a)", out.strip().splitlines()[-1])
 

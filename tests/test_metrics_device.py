@@ -7,7 +7,7 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from anomseg.metrics import exact_metrics
-from anomseg.metrics.device import CPU_SORTS, _sort_rows, cpu_sort, measure_cpu_sorts, per_image_metrics
+from anomseg.metrics.device import CPU_PATHS, cpu_path, measure_cpu_paths, per_image_metrics
 
 
 def random_batch(rng, b=50, h=24, w=32):
@@ -26,10 +26,11 @@ def random_batch(rng, b=50, h=24, w=32):
     return s.astype(np.float16 if rng.random() < 0.3 else np.float32), a
 
 
-@pytest.mark.parametrize("per_row", [None, False], ids=["cpu-path", "accelerator-path"])
+@pytest.mark.parametrize("per_row,path", [(None, "torch"), (False, "torch"), (None, "numpy")],
+                         ids=["cpu-path", "accelerator-path", "numpy-path"])
 @pytest.mark.parametrize("protocol", ["per_image", "caos"])
-def test_torch_equals_numpy_on_3000_maps(protocol, per_row):
-    """Both branches (CPU: row by row; the accelerator's: batched sorts and searches), half the batches with a
+def test_torch_equals_numpy_on_3000_maps(protocol, per_row, path):
+    """Every branch (CPU: row by row; the accelerator's: batched sorts and searches; the numpy path), half the batches with a
     shared (1, H, W) target, half with the targets also given on the host."""
     rng = np.random.default_rng(0 if protocol == "per_image" else 1)
     compared = 0
@@ -39,7 +40,7 @@ def test_torch_equals_numpy_on_3000_maps(protocol, per_row):
             a = np.broadcast_to(a[2:3], a.shape).copy()
         target = torch.from_numpy(a[:1] if k % 2 else a)
         got = per_image_metrics(torch.from_numpy(s), target, protocol, memory_budget=1 << 20, per_row=per_row,
-                                host_anomaly=target.clone() if k % 4 >= 2 else None)
+                                host_anomaly=target.clone() if k % 4 >= 2 else None, path=path)
         for i in range(len(s)):
             pos = s[i][a[i] == 1].astype(np.float32)
             neg = s[i][(a[i] != 1) if protocol == "caos" else (a[i] == 0)].astype(np.float32)
@@ -258,34 +259,57 @@ def test_the_accelerator_branches_on_cpu():
     assert torch.equal(label_counts(a, per_row=False), want) and torch.equal(label_counts(a, per_row=True), want)
 
 
-def test_both_cpu_sorts_give_the_same_metrics_bit_for_bit(monkeypatch):
-    """The CPU's row sorts (torch's radix sort, numpy's SIMD sort) sort the same int32 keys: the same arrays, so
-    the same metrics to the last bit, both equal to the numpy reference."""
-    keys = torch.randint(-2**31, 2**31 - 1, (3, 5000), dtype=torch.int32, generator=torch.Generator().manual_seed(1))
-    keys[:, :100] = 7  # ties
-    want = torch.from_numpy(np.sort(keys.numpy(), axis=1))
-    for how in CPU_SORTS:
-        assert torch.equal(_sort_rows(keys, per_row=True, how=how), want), how
+def test_both_cpu_paths_give_the_same_metrics_bit_for_bit(monkeypatch):
+    """On CPU the torch computation and the numpy reference (numpy_metrics) give every output to the last bit, the
+    AP terms in the same layout: whichever the one-time measurement picks, the numbers are the same."""
     rng = np.random.default_rng(5)
-    s, a = random_batch(rng)
-    got = {}
-    for how in CPU_SORTS:
-        monkeypatch.setenv("ANOMSEG_CPU_SORT", how)
-        assert cpu_sort() == how
-        got[how] = per_image_metrics(torch.from_numpy(s), torch.from_numpy(a), "per_image")
-    for k in ("auroc", "aupr", "fpr95", "ap_terms"):
-        assert torch.equal(got["torch"][k].nan_to_num(-1), got["numpy"][k].nan_to_num(-1)), k
-    for i in range(len(s)):
-        pos, neg = s[i][a[i] == 1].astype(np.float32), s[i][a[i] == 0].astype(np.float32)
-        if pos.size and neg.size:
-            assert float(got["numpy"]["auroc"][i]) == pytest.approx(exact_metrics(pos, neg)["auroc"], abs=1e-12)
+    for k in range(6):
+        s, a = random_batch(rng)
+        if k % 2:  # one target shared by every map
+            a = np.broadcast_to(a[2:3], a.shape).copy()
+        target = torch.from_numpy(a[:1] if k % 2 else a)
+        for protocol in ("per_image", "caos"):
+            got = {path: per_image_metrics(torch.from_numpy(s), target, protocol, path=path, check_finite=False,
+                                           host_anomaly=target.clone())
+                   for path in CPU_PATHS}
+            assert got["torch"].keys() == got["numpy"].keys()
+            for key, v in got["torch"].items():
+                w = got["numpy"][key]
+                assert v.dtype == w.dtype and v.shape == w.shape, key
+                if key == "aupr":  # the torch path's own sum is a scatter: equal up to rounding; the value the
+                    # evaluator records is numpy's sum of the terms, checked below to the last bit
+                    assert torch.allclose(v.nan_to_num(-1), w.nan_to_num(-1), rtol=0, atol=1e-12)
+                    continue
+                assert torch.equal(v.nan_to_num(-1) if v.is_floating_point() else v,
+                                   w.nan_to_num(-1) if w.is_floating_point() else w), (key, protocol)
+            for b in range(len(s)):  # the recorded AP: the same on both paths, and the numpy path's aupr itself
+                n = int(got["numpy"]["anomaly_px"][b])
+                if n and not np.isnan(float(got["numpy"]["aupr"][b])):
+                    part = slice(int(got["numpy"]["ap_start"][b]), int(got["numpy"]["ap_start"][b]) + n)
+                    sums = [float(np.sum(got[p]["ap_terms"][part].numpy()[got[p]["ap_last"][part].numpy()]))
+                            for p in CPU_PATHS]
+                    assert sums[0] == sums[1] == float(got["numpy"]["aupr"][b])
+    # the environment variable sets the path; a bad value is one line
+    monkeypatch.setenv("ANOMSEG_CPU_METRICS", "numpy")
+    assert cpu_path() == "numpy"
+    monkeypatch.setenv("ANOMSEG_CPU_METRICS", "quick")
+    with pytest.raises(ValueError, match="ANOMSEG_CPU_METRICS='quick': choose one of torch, numpy"):
+        cpu_path()
 
 
-def test_the_cpu_sort_is_measured_once_or_set(monkeypatch):
-    monkeypatch.delenv("ANOMSEG_CPU_SORT", raising=False)
-    seconds = measure_cpu_sorts(n=1 << 14, repeats=1)
-    assert set(seconds) == set(CPU_SORTS) and all(t > 0 for t in seconds.values())
-    assert cpu_sort() in CPU_SORTS and cpu_sort() == cpu_sort()
-    monkeypatch.setenv("ANOMSEG_CPU_SORT", "quick")
-    with pytest.raises(ValueError, match="ANOMSEG_CPU_SORT='quick': choose one of torch, numpy"):
-        cpu_sort()
+def test_the_numpy_path_refuses_non_finite_maps_as_the_torch_path_does():
+    s = torch.zeros((2, 8, 8))
+    s[1, 0, 0] = float("nan")  # on a void pixel: still refused, as finite_rows does over the whole map
+    a = torch.zeros((2, 8, 8), dtype=torch.uint8)
+    a[:, 0, 0], a[:, 4, 4] = 255, 1
+    for path in CPU_PATHS:
+        assert per_image_metrics(s, a, path=path, check_finite=False)["finite"].tolist() == [True, False]
+        with pytest.raises(ValueError, match="1 of 2 maps hold NaN"):
+            per_image_metrics(s, a, path=path)
+
+
+def test_the_cpu_path_is_measured_once(monkeypatch):
+    monkeypatch.delenv("ANOMSEG_CPU_METRICS", raising=False)
+    seconds = measure_cpu_paths((64, 96), repeats=1)
+    assert set(seconds) == set(CPU_PATHS) and all(t > 0 for t in seconds.values())
+    assert cpu_path() in CPU_PATHS and cpu_path() == cpu_path((8, 8))

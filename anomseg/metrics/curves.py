@@ -32,7 +32,8 @@ def group_metrics(pos: np.ndarray, neg: np.ndarray, recall_level: float = RECALL
     Args:
         pos, neg: int64 (G,) anomaly / inlier pixel counts per ascending score group.
     Returns:
-        ``{"auroc", "aupr", "fpr95", "fpr95_nearest", "pos", "neg"}`` (floats; ints for counts).
+        ``{"auroc", "aupr", "fpr95", "fpr95_nearest", "pos", "neg", "ap_terms"}`` (floats; ints for counts;
+        ``ap_terms`` float64 (m,): the AP terms of the m groups holding anomaly pixels, ascending, aupr their sum).
         Requires at least one anomaly and one inlier pixel.
     """
     pos = np.asarray(pos, np.int64)
@@ -51,7 +52,8 @@ def group_metrics(pos: np.ndarray, neg: np.ndarray, recall_level: float = RECALL
         auroc = float(np.dot(pos.astype(np.float64), 2.0 * neg_below + neg)) / (2.0 * P * N)
     g = np.flatnonzero(pos)  # groups where recall changes, ascending
     tp_g, fp_g = tp[g], fp[g]
-    aupr = float(np.sum(pos[g] / P * (tp_g / (tp_g + fp_g))))
+    terms = pos[g] / P * (tp_g / (tp_g + fp_g))  # one AP term per distinct anomaly score, ascending
+    aupr = float(np.sum(terms))
     recall = tp_g / P  # float64, as recall = tps / tps[-1] in the references
     reach = np.flatnonzero(recall >= recall_level)
     fpr_first = fp_g[reach[-1]] / N  # highest threshold whose TPR reaches the level
@@ -61,7 +63,7 @@ def group_metrics(pos: np.ndarray, neg: np.ndarray, recall_level: float = RECALL
     fp_low[1:] = fp_g[:-1] - neg[g[:-1]]
     k = int(np.argmin(np.abs(recall - recall_level)))
     return {"auroc": float(auroc), "aupr": aupr, "fpr95": float(fpr_first),
-            "fpr95_nearest": float(fp_low[k] / N), "pos": P, "neg": N}
+            "fpr95_nearest": float(fp_low[k] / N), "pos": P, "neg": N, "ap_terms": terms}
 
 
 def exact_groups(pos_scores: np.ndarray, neg_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

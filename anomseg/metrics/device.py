@@ -22,15 +22,18 @@ per-map reductions are scatters: with the targets on the host (``host_anomaly``,
 where the anomaly pixels are found, nothing here waits for the device; without them, finding those pixels
 (``nonzero``) waits once per chunk.
 
-Why these sorts: on an accelerator the rows are sorted and searched in one batched call each. On CPU a batched
-sort along a dimension is slow (33 ms a 720x1280 row), so rows are sorted one by one, by whichever of two 1-D
-integer sorts is faster on this CPU (:func:`cpu_sort`): torch's parallel radix sort (fbgemm, on torch's
-intra-op threads) or numpy's SIMD sort (x86-simd-sort's AVX2 / AVX-512 kernels, one thread). Which wins depends
-on the CPU and on its load: measured on this project's machines, 2.4-5x in torch's favour on one (a map: 15 vs
-36 ms), numpy's ahead on an AVX2 machine without AVX-512, and torch's two threads stalling beside a busy core.
-So the choice is measured once per process, on the CPU as it is loaded at that moment (or set with
-``ANOMSEG_CPU_SORT=torch|numpy``). Both sort the same integer keys, and a sorted integer array is one array:
-every number after the sort is bit for bit the same whichever sorted it.
+Why these sorts: on an accelerator the rows are sorted and searched in one batched call each; on CPU a batched
+sort along a dimension is slow (33 ms a 720x1280 row), so rows are sorted one by one with torch's parallel radix
+sort for 1-D integer tensors (fbgemm).
+
+Which path on CPU: this computation in torch, or the numpy reference itself (:func:`numpy_metrics`: per map
+:func:`~anomseg.metrics.curves.exact_metrics`, single-threaded, with the AP terms laid out as here). Which is
+faster depends on the CPU and its load: on one of this project's machines torch's radix sort made the torch
+path 1.7x faster than numpy's (25 vs 42 ms a 720x1280 map); on an AVX2 machine without AVX-512, numpy's SIMD
+sort made numpy's path 1.6-2.2x faster (14 vs 23-31 ms), and torch's two threads stall beside a busy core. So
+the CPU path is measured once per process, on maps of the size of the first it is given, on the CPU as it is
+loaded then (:func:`cpu_path`; ``ANOMSEG_CPU_METRICS=torch|numpy`` sets it). Both give every number to the last
+bit (the tests and ``tools/bench/bench_metrics.py`` check it), so the choice changes only the time.
 
 Maps are processed in chunks of images that keep the working memory under ``memory_budget`` bytes: never by
 subsampling pixels.
@@ -43,6 +46,8 @@ import time
 
 import numpy as np
 import torch
+
+from anomseg.metrics.curves import exact_groups, group_metrics
 
 RECALL_LEVEL = 0.95
 PROTOCOLS = ("per_image", "caos")
@@ -62,57 +67,53 @@ def int32_keys(scores: torch.Tensor) -> torch.Tensor:
     return key
 
 
-CPU_SORTS = ("torch", "numpy")
-_chosen_cpu_sort: dict[str, float] = {}  # the one-time measurement: {sort: seconds}
+CPU_PATHS = ("torch", "numpy")
+_measured_cpu_paths: dict[str, float] = {}  # the one-time measurement: {path: seconds}
 
 
-def cpu_sort() -> str:
-    """``"torch"`` or ``"numpy"``: the faster 1-D sort of int32 keys on this CPU (module docstring), from
-    ``ANOMSEG_CPU_SORT`` if set, else measured once per process (:func:`measure_cpu_sorts`)."""
-    forced = os.environ.get("ANOMSEG_CPU_SORT")
+def cpu_path(shape: tuple[int, int] = (720, 1280)) -> str:
+    """``"torch"`` or ``"numpy"``: the faster per-image metrics on this CPU (module docstring), from
+    ``ANOMSEG_CPU_METRICS`` if set, else measured once per process on two maps of ``shape``
+    (:func:`measure_cpu_paths`; later calls reuse the first measurement whatever their shape)."""
+    forced = os.environ.get("ANOMSEG_CPU_METRICS")
     if forced:
-        if forced not in CPU_SORTS:
-            raise ValueError(f"ANOMSEG_CPU_SORT={forced!r}: choose one of {', '.join(CPU_SORTS)} (or unset it to measure)")
+        if forced not in CPU_PATHS:
+            raise ValueError(f"ANOMSEG_CPU_METRICS={forced!r}: choose one of {', '.join(CPU_PATHS)} (or unset it to "
+                             f"measure)")
         return forced
-    if not _chosen_cpu_sort:
-        _chosen_cpu_sort.update(measure_cpu_sorts())
-    return min(_chosen_cpu_sort, key=_chosen_cpu_sort.get)
+    if not _measured_cpu_paths:
+        _measured_cpu_paths.update(measure_cpu_paths(shape))
+    return min(_measured_cpu_paths, key=_measured_cpu_paths.get)
 
 
-def measure_cpu_sorts(n: int = 1 << 20, repeats: int = 3) -> dict[str, float]:
-    """Seconds (the best of ``repeats``) each CPU sort takes on ``n`` random int32 keys (a 720x1280 map is 0.92 M)."""
-    keys = torch.randint(-2**31, 2**31 - 1, (n,), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
-    dest = torch.empty_like(keys)
+def measure_cpu_paths(shape: tuple[int, int] = (720, 1280), maps: int = 2, repeats: int = 2) -> dict[str, float]:
+    """Seconds (the best of ``repeats``) each CPU path takes for ``maps`` random maps of ``shape`` sharing one target
+    given on the host (as the evaluation loop calls :func:`per_image_metrics`); at most 1 M pixels a map."""
+    h, w = shape
+    if h * w > 1 << 20:
+        h, w = max(1, (1 << 20) // max(w, 1)), min(w, 1 << 20)
+    g = torch.Generator().manual_seed(0)
+    target = (torch.rand((1, h, w), generator=g) < 0.01).to(torch.uint8)
+    target[0, 0, 0], target[0, -1, -1] = 1, 0
+    scores = torch.randn((maps, h, w), generator=g) + 2 * target
     seconds = {}
-    for name in CPU_SORTS:
-        _sort_row(keys, dest, name)  # warm-up: allocations, thread pool
+    for path in CPU_PATHS:
         times = []
-        for _ in range(repeats):
+        for _ in range(repeats + 1):  # the first: warm-up (allocations, the thread pool)
             t0 = time.perf_counter()
-            _sort_row(keys, dest, name)
+            per_image_metrics(scores, target, host_anomaly=target, check_finite=False, path=path)
             times.append(time.perf_counter() - t0)
-        seconds[name] = min(times)
+        seconds[path] = min(times[1:])
     return seconds
 
 
-def _sort_row(row: torch.Tensor, dest: torch.Tensor, how: str, order: torch.Tensor | None = None) -> None:
-    """``dest`` := int32 ``row`` sorted ascending, on the CPU, by torch's radix sort or numpy's SIMD sort."""
-    if how == "numpy":
-        out = dest.numpy()
-        out[...] = row.numpy()
-        out.sort()  # in place: introsort dispatched to x86-simd-sort where the CPU has AVX2 / AVX-512
-    else:
-        torch.sort(row, out=(dest, order if order is not None else torch.empty(len(row), dtype=torch.long)))
-
-
-def _sort_rows(keys: torch.Tensor, per_row: bool | None = None, how: str | None = None) -> torch.Tensor:
-    """Each row of int32 (B, N) sorted ascending: row by row (default on CPU, by ``how``: default
-    :func:`cpu_sort`) or in one batched call (elsewhere)."""
+def _sort_rows(keys: torch.Tensor, per_row: bool | None = None) -> torch.Tensor:
+    """Each row of int32 (B, N) sorted ascending: row by row (default on CPU: torch's radix sort for 1-D integer
+    tensors) or in one batched call (elsewhere)."""
     if keys.device.type == "cpu" if per_row is None else per_row:
-        how = how or (cpu_sort() if keys.device.type == "cpu" else "torch")
         out, order = torch.empty_like(keys), torch.empty(keys.shape[1], dtype=torch.long, device=keys.device)
         for row, dest in zip(keys, out):
-            _sort_row(row, dest, how, order)
+            torch.sort(row, out=(dest, order))
         return out
     return torch.sort(keys, dim=1).values
 
@@ -237,10 +238,51 @@ def _chunk(scores: torch.Tensor, t: _Targets, caos: bool, per_row: bool | None) 
             "ap_terms": terms, "ap_last": is_last, "finite": finite}
 
 
+def numpy_metrics(scores: torch.Tensor, anomaly: torch.Tensor, caos: bool) -> dict[str, torch.Tensor]:
+    """:func:`per_image_metrics`' result computed by the numpy reference, map by map, on the CPU.
+
+    Args:
+        scores: float (B, n) CPU maps (cast to float32, as the torch path's keys are).
+        anomaly: uint8 (B, n) or (1, n) CPU targets.
+    Returns:
+        the same keys, dtypes and layout: per map :func:`~anomseg.metrics.curves.exact_metrics`' AUROC, AP and
+        FPR95 (``fpr95_nearest`` under ``caos``), its AP terms at the last pixel of each distinct anomaly score in
+        ascending order (``ap_last``), zeros elsewhere; NaN metrics for a map without anomaly or inlier pixels or
+        with a non-finite score (``finite`` False).
+    """
+    B = len(scores)
+    out = {k: torch.full((B,), float("nan"), dtype=torch.float64) for k in ("auroc", "aupr", "fpr95")}
+    out["anomaly_px"], out["inlier_px"] = torch.zeros(B, dtype=torch.int64), torch.zeros(B, dtype=torch.int64)
+    out["finite"] = torch.ones(B, dtype=torch.bool)
+    terms, last = [], []
+    for b in range(B):
+        s = scores[b].float().numpy()
+        a = anomaly[b if len(anomaly) > 1 else 0].numpy()
+        is_anomaly = a == 1
+        pos, neg = s[is_anomaly], s[~is_anomaly if caos else a == 0]
+        out["anomaly_px"][b], out["inlier_px"][b] = pos.size, neg.size
+        t, at = np.zeros(pos.size), np.zeros(pos.size, bool)
+        finite = bool(np.isfinite(s).all())  # every pixel, void too: as the torch path's finite_rows
+        out["finite"][b] = finite
+        if finite and pos.size and neg.size:
+            groups = exact_groups(pos, neg)
+            m = group_metrics(*groups)
+            ends = np.cumsum(groups[0][groups[0] > 0]) - 1  # the last pixel of each distinct anomaly score
+            t[ends], at[ends] = m["ap_terms"], True
+            out["auroc"][b], out["aupr"][b] = m["auroc"], m["aupr"]
+            out["fpr95"][b] = m["fpr95_nearest"] if caos else m["fpr95"]
+        terms.append(t)
+        last.append(at)
+    out["ap_terms"] = torch.from_numpy(np.concatenate(terms)) if B else torch.zeros(0, dtype=torch.float64)
+    out["ap_last"] = torch.from_numpy(np.concatenate(last)) if B else torch.zeros(0, dtype=torch.bool)
+    out["ap_start"] = torch.cumsum(out["anomaly_px"], 0) - out["anomaly_px"]
+    return out
+
+
 def per_image_metrics(scores: torch.Tensor, anomaly: torch.Tensor, protocol: str = "per_image",
                       memory_budget: int = 512 << 20, check_finite: bool = True,
                       counts: torch.Tensor | None = None, host_anomaly: torch.Tensor | None = None,
-                      per_row: bool | None = None) -> dict[str, torch.Tensor]:
+                      per_row: bool | None = None, path: str | None = None) -> dict[str, torch.Tensor]:
     """Exact per-image metrics of a batch of maps, on their device (see the module docstring).
 
     Args:
@@ -254,6 +296,8 @@ def per_image_metrics(scores: torch.Tensor, anomaly: torch.Tensor, protocol: str
         host_anomaly: the same targets on the host, when the caller has them: the anomaly pixels are found
             there, and the call does not wait for the device at all.
         per_row: sort and search row by row (the default on CPU) or batched (the default elsewhere).
+        path: on CPU, ``"torch"`` (this module's computation) or ``"numpy"`` (:func:`numpy_metrics`); default
+            :func:`cpu_path` (measured once). Maps elsewhere always take the torch path.
     Returns:
         on the maps' device: ``auroc``, ``aupr``, ``fpr95`` float64 (B,) (NaN for a map without anomaly or
         inlier pixels); ``anomaly_px``, ``inlier_px`` int64 (B,); ``finite`` bool (B,); ``ap_terms`` float64 and
@@ -277,6 +321,13 @@ def per_image_metrics(scores: torch.Tensor, anomaly: torch.Tensor, protocol: str
     caos = protocol == "caos"
     flat_s, flat_a = scores.reshape(B, -1), anomaly.reshape(len(anomaly), -1)
     flat_h = None if host_anomaly is None else host_anomaly.reshape(len(anomaly), -1)
+    if path not in (None, *CPU_PATHS):
+        raise ValueError(f"path={path!r}: choose one of {', '.join(CPU_PATHS)} (or None: measured)")
+    if scores.device.type == "cpu" and (path or cpu_path(tuple(scores.shape[1:]))) == "numpy":
+        out = numpy_metrics(flat_s, flat_h if flat_h is not None else flat_a, caos)
+        if check_finite and not bool(out["finite"].all()):
+            raise ValueError(f"{int((~out['finite']).sum())} of {B} maps hold NaN or infinite scores; scores must be finite")
+        return out
     counts = label_counts(flat_a) if counts is None else counts
     n = flat_s.shape[1]
     if len(flat_a) == 1:  # one target: its anomaly pixels, the per-pixel work of every map, known here

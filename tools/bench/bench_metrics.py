@@ -8,10 +8,10 @@ band, images/s of each path on the same maps:
 
 * ``numpy``: what the evaluator computed per image before the device path (validation, masks,
   :func:`anomseg.metrics.curves.exact_metrics`), single-threaded as numpy is;
-* ``torch-cpu/torch``, ``torch-cpu/numpy``: the evaluator's CPU path with each of its row sorts forced
-  (``ANOMSEG_CPU_SORT``: torch's radix sort on torch's threads, numpy's SIMD sort on one), and ``torch-cpu`` as
-  the evaluator runs it (the sort measured once per process, :func:`anomseg.metrics.device.cpu_sort`); the
-  line before the table gives the SIMD level, the thread counts and the two sorts' times;
+* ``cpu/torch``, ``cpu/numpy``: the evaluator (``AnomalyMetrics("per_image").update``) with each of its CPU
+  paths forced (``ANOMSEG_CPU_METRICS``: the torch computation on torch's threads, or the numpy reference on
+  one), and ``torch-cpu``: as the evaluator runs it, the path measured once per process
+  (:func:`anomseg.metrics.device.cpu_path`); the line before the table gives the SIMD level and thread counts;
 * ``torch-cpu`` / ``cuda``: ``AnomalyMetrics("per_image").update`` on a batch of ``--batch`` maps, the
   evaluator's own path (:func:`anomseg.metrics.measure_batch`: one sort per map, validation, host copies), with
   torch's threads; on CUDA the maps are on the device and the time runs until the records are on the host;
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from anomseg.metrics import AnomalyMetrics, exact_metrics
-from anomseg.metrics.device import CPU_SORTS, cpu_sort, measure_cpu_sorts
+from anomseg.metrics.device import CPU_PATHS, cpu_path
 
 H, W = 720, 1280
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -102,17 +102,16 @@ def main(argv=None):
         return np.array([[r["auroc"], r["aupr"], r["fpr95"]] for r in ev.per_image()])
 
     worst = {}
-    # the torch CPU path with each of its row sorts (forced), then as the evaluator runs it: the sort measured once
-    for how in CPU_SORTS:
-        os.environ["ANOMSEG_CPU_SORT"] = how
+    # the evaluator's CPU paths, each forced (ANOMSEG_CPU_METRICS), then as the evaluator runs: measured once
+    for path in CPU_PATHS:
+        os.environ["ANOMSEG_CPU_METRICS"] = path
         t, got = timed(lambda: evaluator_path(S, A), a.repeats)
-        rate[f"torch-cpu/{how}"], worst[f"torch-cpu/{how}"] = a.images / t, float(np.abs(got - want).max())
-    os.environ.pop("ANOMSEG_CPU_SORT")
+        rate[f"cpu/{path}"], worst[f"cpu/{path}"] = a.images / t, float(np.abs(got - want).max())
+    os.environ.pop("ANOMSEG_CPU_METRICS")
     t, got = timed(lambda: evaluator_path(S, A), a.repeats)
     rate["torch-cpu"], worst["torch-cpu"] = a.images / t, float(np.abs(got - want).max())
-    sorts = measure_cpu_sorts()
-    print(f"CPU: {simd_level()}; torch {torch.get_num_threads()} threads, numpy's sort 1 thread; one 1 M-key sort: "
-          + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in sorts.items()) + f"; the evaluator sorts with {cpu_sort()}")
+    print(f"CPU: {simd_level()}; the torch path on {torch.get_num_threads()} threads, the numpy path on 1; "
+          f"the evaluator takes the {cpu_path((H, W))} path here")
     if torch.cuda.is_available():
         Sc, Ac = S.cuda(), A.cuda()
 
