@@ -524,3 +524,34 @@ def test_a_pickle_naming_anything_but_arrays_is_refused_unrun(tmp_path):
     with pytest.raises(AnomsegError, match="names posix.system|names nt.system|not a numpy array"):
         load_checkpoint(build_backbone("mask2former", K, preset="tiny"), path)
     assert not marker.exists()
+
+
+def test_tiny_r18_encoder_computes_torchvisions_resnet18():
+    """The tiny_r18 preset's encoder (transformers' ResNetBackbone) started from an smp ResNet-18 encoder computes
+    what that encoder (torchvision's ResNet-18) computes, stage by stage, to 0 in float64; a file of another
+    encoder is refused in one line."""
+    import pytest as _pytest
+
+    from anomseg.errors import AnomsegError
+
+    fpn = build_backbone("smp:FPN:resnet18", 5, decoder_segmentation_channels=32, decoder_pyramid_channels=32)
+    enc = fpn.model.encoder.double().eval()
+    g = torch.Generator().manual_seed(3)
+    for m in enc.modules():  # BN statistics far from identity, so a mapped-wrong BN shows
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(generator=g)
+            m.running_var.uniform_(0.5, 2.0, generator=g)
+            m.weight.data.normal_(generator=g)
+            m.bias.data.normal_(generator=g)
+    m2f = build_backbone("mask2former", 5, preset="tiny_r18").double().eval()
+    assert m2f.load_resnet_encoder(enc.state_dict(), "fpn") == len(enc.state_dict())
+    x = torch.randn(2, 3, 64, 96, dtype=torch.float64, generator=g)
+    with torch.no_grad():
+        want = enc(x)[2:]  # smp returns the input, the stem, then the four stages
+        got = m2f.encoder()(x).feature_maps
+    assert len(got) == 4
+    for a, b in zip(want, got):
+        assert a.shape == b.shape and float((a - b).abs().max()) == 0.0
+    other = build_backbone("smp:FPN:resnet34", 5, decoder_segmentation_channels=32, decoder_pyramid_channels=32)
+    with _pytest.raises(AnomsegError, match="has no place in this Mask2Former's encoder"):
+        m2f.load_resnet_encoder(other.model.encoder.state_dict(), "r34.pth")
