@@ -93,9 +93,9 @@ def measure_cpu_paths(shape: tuple[int, int] = (720, 1280), maps: int = 2, repea
     if h * w > 1 << 20:
         h, w = max(1, (1 << 20) // max(w, 1)), min(w, 1 << 20)
     g = torch.Generator().manual_seed(0)
-    target = (torch.rand((1, h, w), generator=g) < 0.01).to(torch.uint8)
+    target = (torch.rand((1, h, w), generator=g, device="cpu") < 0.01).to(torch.uint8)
     target[0, 0, 0], target[0, -1, -1] = 1, 0
-    scores = torch.randn((maps, h, w), generator=g) + 2 * target
+    scores = torch.randn((maps, h, w), generator=g, device="cpu") + 2 * target
     seconds = {}
     for path in CPU_PATHS:
         times = []
@@ -251,9 +251,10 @@ def numpy_metrics(scores: torch.Tensor, anomaly: torch.Tensor, caos: bool) -> di
         with a non-finite score (``finite`` False).
     """
     B = len(scores)
-    out = {k: torch.full((B,), float("nan"), dtype=torch.float64) for k in ("auroc", "aupr", "fpr95")}
-    out["anomaly_px"], out["inlier_px"] = torch.zeros(B, dtype=torch.int64), torch.zeros(B, dtype=torch.int64)
-    out["finite"] = torch.ones(B, dtype=torch.bool)
+    out = {k: torch.full((B,), float("nan"), dtype=torch.float64, device="cpu") for k in ("auroc", "aupr", "fpr95")}
+    out["anomaly_px"] = torch.zeros(B, dtype=torch.int64, device="cpu")
+    out["inlier_px"] = torch.zeros(B, dtype=torch.int64, device="cpu")
+    out["finite"] = torch.ones(B, dtype=torch.bool, device="cpu")
     terms, last = [], []
     for b in range(B):
         s = scores[b].float().numpy()
@@ -273,8 +274,8 @@ def numpy_metrics(scores: torch.Tensor, anomaly: torch.Tensor, caos: bool) -> di
             out["fpr95"][b] = m["fpr95_nearest"] if caos else m["fpr95"]
         terms.append(t)
         last.append(at)
-    out["ap_terms"] = torch.from_numpy(np.concatenate(terms)) if B else torch.zeros(0, dtype=torch.float64)
-    out["ap_last"] = torch.from_numpy(np.concatenate(last)) if B else torch.zeros(0, dtype=torch.bool)
+    out["ap_terms"] = torch.from_numpy(np.concatenate(terms)) if B else torch.zeros(0, dtype=torch.float64, device="cpu")
+    out["ap_last"] = torch.from_numpy(np.concatenate(last)) if B else torch.zeros(0, dtype=torch.bool, device="cpu")
     out["ap_start"] = torch.cumsum(out["anomaly_px"], 0) - out["anomaly_px"]
     return out
 
