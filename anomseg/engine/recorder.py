@@ -59,7 +59,7 @@ class EvaluationRecorder:
         self.extra = {p: {n: make(n, p, (p,)) for n in self.names} for p in others}
         self.hists = {n: ScoreHistogram(HIST_MANTISSA_BITS, buffer_size=HIST_BUFFER) for n in self.names}
         k = max(num_classes, 1)
-        self.conf = torch.zeros(k, k, dtype=torch.int64)
+        self.conf = torch.zeros(k, k, dtype=torch.int64, device="cpu")  # accumulated on the host
         self.done: set[int] = set()
 
     # -- the loop ------------------------------------------------------------------------
