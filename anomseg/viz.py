@@ -125,13 +125,12 @@ def threshold_view(image: np.ndarray, anomaly: np.ndarray, score: np.ndarray, th
     view = (image * 0.5).astype(np.uint8)
     hit = score >= threshold
     share = float(hit.mean())
-    if share <= MAX_PAINTED_SHARE:
+    painted = share <= MAX_PAINTED_SHARE
+    if painted:
         view[hit] = (0.3 * view[hit] + 0.7 * np.array([255, 0, 0])).astype(np.uint8)
     contours, _ = cv2.findContours((anomaly == 1).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     cv2.drawContours(view, contours, -1, (0, 255, 0), max(1, image.shape[0] // 200))
-    if share > MAX_PAINTED_SHARE:
-        view = _note(view, f"not painted: the threshold flags {100 * share:.0f}% of the image")
-    return view
+    return view if painted else _note(view, f"not painted: the threshold flags {100 * share:.0f}% of the image")
 
 
 def _note(tile: np.ndarray, text: str) -> np.ndarray:

@@ -44,7 +44,8 @@ from anomseg.background import Background
 from anomseg.data import DatasetSection, build_dataset
 from anomseg.data.loader import sample_loader, spare_cores
 from anomseg.errors import DatasetError
-from anomseg.files import (StageClock, check_fingerprint, file_digest, output_lock, save_torch_atomic, write_json_atomic, write_text_atomic, write_timing, write_with)
+from anomseg.files import (StageClock, check_fingerprint, file_digest, output_lock, save_torch_atomic, write_json_atomic,
+                           write_text_atomic, write_timing, write_with)
 from anomseg.distributed import barrier, init_distributed
 from anomseg.engine.export import EXPORTS, SmiycExporter
 from anomseg.engine.recorder import EvaluationRecorder
@@ -567,7 +568,7 @@ def _write_export_report(cfg, out, dataset, backbone_name, names, exporter) -> d
 def _write_report(cfg, out, dataset, backbone_name, recorder: EvaluationRecorder, exporter=None) -> dict:
     report = _json_safe({
         "protocol": cfg["protocol"], "dataset": cfg["data"]["name"], "split": dataset.split,
-        "images": len(dataset), "methods": recorder.results(viz.tpr_threshold),
+        "images": len(dataset), "methods": recorder.results(),
         "miou": recorder.miou(),
         "checkpoint": cfg["backbone"].get("checkpoint"), "backbone": backbone_name,
         "anomseg_version": anomseg.__version__, "config": cfg,

@@ -167,15 +167,14 @@ class EvaluationRecorder:
         """Closed-set mIoU of the main backbone, or None without closed-set labels."""
         return miou(self.conf)[0] if self.num_classes and int(self.conf.sum()) > 0 else None
 
-    def results(self, tpr_threshold) -> dict:
+    def results(self) -> dict:
         """{method: the headline's metrics, its TPR-95 and best-F1 pixel thresholds on the split, and with
-        several protocols ``protocols``: {protocol: metrics} in the order asked}. ``tpr_threshold(hist)``
-        computes the TPR-95 threshold (:func:`anomseg.viz.tpr_threshold`)."""
+        several protocols ``protocols``: {protocol: metrics} in the order asked}."""
         results = {}
         for n in self.names:
             r = self.headline[n].compute()
             r.pop("skipped_reasons", None)
-            r["tpr95_threshold"] = tpr_threshold(self.hists[n])
+            r["tpr95_threshold"] = viz.tpr_threshold(self.hists[n])
             # the overlays' thresholds on this split (pooled pixels, `score >= t`)
             r["overlay_thresholds"] = {"best_f1": self.hists[n].best_f1_threshold()[0], "tpr95": r["tpr95_threshold"]}
             if self.extra:  # every protocol asked for, the headline first, each with its arithmetic

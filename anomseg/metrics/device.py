@@ -326,9 +326,16 @@ def per_image_metrics(scores: torch.Tensor, anomaly: torch.Tensor, protocol: str
         raise ValueError(f"path={path!r}: choose one of {', '.join(CPU_PATHS)} (or None: measured)")
     if scores.device.type == "cpu" and (path or cpu_path(tuple(scores.shape[1:]))) == "numpy":
         out = numpy_metrics(flat_s, flat_h if flat_h is not None else flat_a, caos)
-        if check_finite and not bool(out["finite"].all()):
-            raise ValueError(f"{int((~out['finite']).sum())} of {B} maps hold NaN or infinite scores; scores must be finite")
-        return out
+    else:
+        out = _torch_metrics(flat_s, flat_a, flat_h, counts, caos, memory_budget, per_row)
+    if check_finite and not bool(out["finite"].all()):
+        raise ValueError(f"{int((~out['finite']).sum())} of {B} maps hold NaN or infinite scores; scores must be finite")
+    return out
+
+
+def _torch_metrics(flat_s, flat_a, flat_h, counts, caos: bool, memory_budget: int, per_row) -> dict[str, torch.Tensor]:
+    """:func:`per_image_metrics` in torch on the maps' device: maps (B, n), targets and host targets (B or 1, n)."""
+    B = len(flat_s)
     counts = label_counts(flat_a) if counts is None else counts
     n = flat_s.shape[1]
     if len(flat_a) == 1:  # one target: its anomaly pixels, the per-pixel work of every map, known here
@@ -341,6 +348,4 @@ def per_image_metrics(scores: torch.Tensor, anomaly: torch.Tensor, protocol: str
              for i in range(0, B, step)]
     out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     out["ap_start"] = torch.cumsum(out["anomaly_px"], 0) - out["anomaly_px"]
-    if check_finite and not bool(out["finite"].all()):
-        raise ValueError(f"{int((~out['finite']).sum())} of {B} maps hold NaN or infinite scores; scores must be finite")
     return out

@@ -34,6 +34,7 @@ released models start from a pretrained encoder. The demo trains it that way.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from typing import Annotated, Literal
@@ -82,7 +83,7 @@ def mask2former_config(num_labels: int, preset: str = "swin_t", num_queries: int
     t = _transformers()
     if preset not in PRESETS:
         raise AnomsegError(f"mask2former preset {preset!r} is unknown; valid: {', '.join(PRESETS)}")
-    swin, head = PRESETS[preset]
+    encoder, head = PRESETS[preset]
     head = dict(head)
     if num_queries is not None:
         head["num_queries"] = int(num_queries)
@@ -92,12 +93,10 @@ def mask2former_config(num_labels: int, preset: str = "swin_t", num_queries: int
                                f"decoder layer per step after the first)")
         head["decoder_layers"] = int(decoder_layers)
     stages = ["stage1", "stage2", "stage3", "stage4"]
-    if "resnet" in swin:
-        backbone = t.ResNetConfig(**swin["resnet"], out_features=stages)
+    if "resnet" in encoder:
+        backbone = t.ResNetConfig(**encoder["resnet"], out_features=stages)
     else:
-        backbone = t.SwinConfig(**swin, drop_path_rate=drop_path_rate, out_features=stages)
-    import logging
-
+        backbone = t.SwinConfig(**encoder, drop_path_rate=drop_path_rate, out_features=stages)
     quiet = logging.getLogger("transformers.models.mask2former.configuration_mask2former")
     level, _ = quiet.level, quiet.setLevel(logging.ERROR)  # "Backbone resnet is not a supported model": it is,
     try:  # through the generic backbone API (feature maps of 4 stages); tested against torchvision's forward
