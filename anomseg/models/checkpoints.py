@@ -19,7 +19,8 @@ import torch
 
 from anomseg.errors import AnomsegError
 from anomseg.models.base import SegmentationBackbone
-from anomseg.models.formats import (HEAD_KEYS, csail, detect_format, detectron2, hrnet, load_strict, mismatch, own,
+from anomseg.models.formats import (HEAD_KEYS, csail, detect_format, detectron2, dinov2, hrnet, load_strict, mismatch,
+                                    own,
                                     read_file, state_of, strip, transformers)
 from anomseg.models.formats.own import save_checkpoint
 from anomseg.models.registry import ModelError, build_backbone
@@ -48,12 +49,16 @@ def load_checkpoint(model: SegmentationBackbone, path_or_paths, bn: str = "auto"
     if bn not in BN_MODES:
         raise ModelError(f"bn={bn!r}: choose one of {', '.join(BN_MODES)}")
     pair = isinstance(path_or_paths, (list, tuple))
+    if not pair and dinov2.recognise_folder(Path(path_or_paths)):
+        return dinov2.load_folder(model, Path(path_or_paths), dinov2.recognise_folder(Path(path_or_paths)))
     if not pair and transformers.recognise_folder(Path(path_or_paths)):
         return transformers.load_folder(model, Path(path_or_paths))
     obj, fmt, bn_mode = None, csail.NAME, None
     if not pair and not Path(path_or_paths).is_dir():
         obj = read_file(Path(path_or_paths))
         fmt, source = detect_format(obj), str(path_or_paths)
+    if fmt in (dinov2.NAME, dinov2.NAME_V3):  # encoder-only files: the decoder keeps its initialisation
+        return dinov2.load(model, state_of(obj), source, v3=fmt == dinov2.NAME_V3)
     if fmt.startswith(csail.NAME):  # either half, a pair or a folder: both halves
         enc, dec = csail.pair(path_or_paths)
         fmt, source = csail.NAME, f"{enc} + {dec}"
@@ -105,6 +110,13 @@ def load_pretrained(model: SegmentationBackbone, name: str, path: str | Path) ->
     the file may hold nothing else but the classification head (dropped). The segmentation head
     keeps its initialisation. Returns ``{"loaded": n, "dropped": m, "source": path}``.
     """
+    if name == "dinov2" or name.startswith(("dinov2:", "dinov3:")):  # the released encoder files (formats.dinov2)
+        info = load_checkpoint(model, path)
+        if info["format"] not in (dinov2.NAME, dinov2.NAME_V3, dinov2.NAME_HF):
+            raise ModelError(f"{path}: model.pretrained of a dinov2 backbone takes a released DINOv2 / DINOv3 encoder "
+                             f"file or transformers folder, not a {info['format']} file")
+        return {"loaded": sum(1 for k in model.state_dict() if k.startswith("encoder.")), "dropped": 0,
+                "source": str(path)}
     if name not in PRETRAINED:
         raise ModelError(f"model.pretrained: no ImageNet initialisation is defined for backbone {name!r} "
                          f"(defined for {', '.join(PRETRAINED)}); smp models take encoder_weights in model.options")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from anomseg.errors import AnomsegError
 from anomseg.models.base import SegmentationBackbone
+from anomseg.models.dinov2 import DINOv2
 from anomseg.models.hrnet import HRNetW48
 from anomseg.models.mask2former import Mask2Former
 from anomseg.models.pspnet import PSPNetR101
 from anomseg.options import OptionError, check_options
 from anomseg.models.smp_backbone import SMPBackbone
 
-BACKBONES = {"hrnet_w48": HRNetW48, "pspnet_r101": PSPNetR101, "mask2former": Mask2Former}
+BACKBONES = {"hrnet_w48": HRNetW48, "pspnet_r101": PSPNetR101, "mask2former": Mask2Former, "dinov2": DINOv2}
 
 
 class ModelError(AnomsegError, ValueError):
@@ -21,7 +22,8 @@ def build_backbone(name: str, num_classes: int, **options) -> SegmentationBackbo
     """Build a backbone by name.
 
     Names: ``hrnet_w48``, ``pspnet_r101``, ``mask2former`` (options ``preset``, ``num_queries``,
-    ``decoder_layers``, ``negative_class``; needs ``transformers``), or ``smp:<Arch>:<encoder>`` for any
+    ``decoder_layers``, ``negative_class``; needs ``transformers``), ``dinov2`` (options ``preset``, ``layers``,
+    ``decoder``, ``frozen``; ``dinov2:<preset>`` / ``dinov3:<preset>`` name the preset), or ``smp:<Arch>:<encoder>`` for any
     segmentation-models-pytorch model (e.g. ``smp:Unet:resnet18``, ``smp:FPN:tu-mobilenetv3_small_100``).
     The model returns :class:`~anomseg.models.base.SegOutput` (logits, features) on RGB uint8 or
     [0, 1] float batches.
@@ -34,6 +36,12 @@ def build_backbone(name: str, num_classes: int, **options) -> SegmentationBackbo
 def _build(name: str, num_classes: int, **options) -> SegmentationBackbone:
     if num_classes < 1:
         raise ModelError(f"num_classes={num_classes} must be positive")
+    if name.startswith(("dinov2:", "dinov3:")):  # dinov2:vitb14_reg, dinov3:vits16 = dinov2 with that preset
+        family, preset = name.split(":", 1)
+        preset = preset if family == "dinov2" or preset.startswith("dinov3_") else "dinov3_" + preset
+        if "preset" in options and options["preset"] != preset:
+            raise ModelError(f"backbone {name!r} names preset {preset!r}, but options.preset is {options['preset']!r}")
+        return _build("dinov2", num_classes, **{**options, "preset": preset})
     if name.startswith("smp:"):
         parts = name.split(":")
         if len(parts) != 3:
