@@ -11,16 +11,17 @@ import torch
 from tqdm import tqdm
 
 from anomseg.background import Background
-from anomseg.bank.store import KINDS, META, OPEN, BankError, FeatureBank, part_name, write_part
-from anomseg.data.base import resize_nearest
+from anomseg.bank.store import FIELDS, KINDS, META, OPEN, BankError, FeatureBank, part_name, write_part
+from anomseg.data.base import majority_labels, resize_nearest
+from anomseg.models.base import resize_logits
 from anomseg.data.loader import sample_loader, spare_cores
 from anomseg.distributed import DistInfo, barrier
 from anomseg.files import make_dirs, write_json_atomic, write_timing
 from anomseg.models.identity import weights_hash
 from anomseg.models.inference import AMP, autocast
 
-BANK_VERSION = 1
-_BEFORE = {"amp": "none"}  # attributes added later, as banks made before them had them
+BANK_VERSION = 2  # 2: rows carry the segmenter's logits; ViT patches their majority label
+_BEFORE = {"amp": "none", "labels": "nearest"}  # attributes added later, as banks made before them had them
 
 
 def _select(rng: np.random.Generator, idx: np.ndarray, cap: int | None) -> np.ndarray:
@@ -32,7 +33,10 @@ def _select(rng: np.random.Generator, idx: np.ndarray, cap: int | None) -> np.nd
 @torch.no_grad()
 def image_rows(model, sample: dict, image_index: int, *, seed: int, closed_per_image: int | None,
                open_per_image: int | None, device=None, amp: str = "none") -> dict[str, dict[str, np.ndarray]]:
-    """The bank rows of one image: features at the backbone's resolution, labels nearest-downsampled.
+    """The bank rows of one image: features at the backbone's resolution, with the segmenter's logits there
+    (bilinearly resized to the feature grid when they are at another resolution) and the labels of the grid:
+    nearest-downsampled, or, for a backbone with a ``label_agreement`` (a ViT's patches), the majority label of
+    each patch (:func:`~anomseg.data.base.majority_labels`; a patch without agreement is void).
 
     ``sample["image"]`` is the dataset's uint8 (H, W, 3) or a (1, H, W, 3) tensor; the backbone runs on
     ``device`` (default: the model's) under ``amp``; only the selected rows are copied to the host.
@@ -42,10 +46,11 @@ def image_rows(model, sample: dict, image_index: int, *, seed: int, closed_per_i
         image = torch.from_numpy(np.array(image))[None]  # a writable copy
     device = device if device is not None else next(model.parameters()).device
     with autocast(device, amp):
-        feat = model(image.to(device, non_blocking=True)).features[0]  # (D, h, w) on the device
+        out = model(image.to(device, non_blocking=True))
+    feat = out.features[0]  # (D, h, w) on the device
     d, h, w = feat.shape
-    sem = resize_nearest(sample["semantic"], (h, w))
-    anom = resize_nearest(sample["anomaly"], (h, w))
+    logits = resize_logits(out.logits[:1].float(), (h, w))[0].reshape(out.logits.shape[1], -1)
+    sem, anom = grid_labels(model, sample["semantic"], sample["anomaly"], (h, w))
     rng = np.random.default_rng([seed, image_index])
     closed = _select(rng, np.flatnonzero(((anom == 0) & (sem != 255)).ravel()), closed_per_image)
     opened = _select(rng, np.flatnonzero((anom == 1).ravel()), open_per_image)
@@ -53,11 +58,13 @@ def image_rows(model, sample: dict, image_index: int, *, seed: int, closed_per_i
     chosen = torch.from_numpy(np.concatenate([closed, opened])).to(flat.device)
     # gathered on the device, rounded to float16 there (the stored precision), then copied
     rows_host = flat.index_select(1, chosen).T.float().half().contiguous().cpu().numpy()
+    logits_host = logits.index_select(1, chosen).T.half().contiguous().cpu().numpy()
     rows = {}
-    for kind, idx, block in (("closed", closed, rows_host[:len(closed)]), ("open", opened, rows_host[len(closed):])):
+    for kind, idx, sl in (("closed", closed, slice(0, len(closed))), ("open", opened, slice(len(closed), None))):
         ys, xs = np.divmod(idx, w)
         rows[kind] = {
-            "features": block,
+            "features": rows_host[sl],
+            "logits": logits_host[sl],
             "labels": (sem.ravel()[idx] if kind == "closed" else np.full(len(idx), OPEN)).astype(np.int16),
             "image": np.full(len(idx), image_index, np.int32),
             "yx": np.stack([ys, xs], 1).astype(np.int16),
@@ -65,10 +72,24 @@ def image_rows(model, sample: dict, image_index: int, *, seed: int, closed_per_i
     return rows
 
 
+def grid_labels(model, semantic: np.ndarray, anomaly: np.ndarray, size: tuple[int, int]):
+    """(semantic, anomaly) (H, W) maps on the backbone's feature grid ``size``: nearest-downsampled, or for a backbone
+    with a ``label_agreement`` the majority of each cell over the joint label (class, open or void), void where
+    no label reaches the agreement."""
+    agreement = getattr(model, "label_agreement", None)
+    if agreement is None:
+        return resize_nearest(semantic, size), resize_nearest(anomaly, size)
+    joint = np.where(anomaly == 1, 256, np.where((anomaly == 0) & (semantic != 255), semantic.astype(np.int32), -1))
+    major = majority_labels(joint.astype(np.int32), size, agreement, void=-1)
+    sem = np.where((major >= 0) & (major < 256), major, 255).astype(semantic.dtype)
+    anom = np.where(major == 256, 1, np.where(major < 0, 255, 0)).astype(anomaly.dtype)
+    return sem, anom
+
+
 def _concat(parts: list[dict]) -> dict:
     out = {}
     for kind in KINDS:
-        out[kind] = {f: np.concatenate([p[kind][f] for p in parts]) for f in ("features", "labels", "image", "yx")}
+        out[kind] = {f: np.concatenate([p[kind][f] for p in parts]) for f in FIELDS}
     return out
 
 
@@ -107,6 +128,8 @@ def extract_bank(model, dataset, out: str | Path, *, backbone: str, layer: str =
         "num_classes": int(getattr(dataset, "num_classes", 0)), "closed_per_image": closed_per_image,
         "open_per_image": open_per_image, "chunk_images": chunk_images, "seed": seed, "config": config or {},
         "parts": -(-n // chunk_images), "amp": amp,
+        "labels": ("nearest" if getattr(model, "label_agreement", None) is None
+                   else f"majority >= {model.label_agreement:g}"),
     }
     meta_path = out / META
     if meta_path.is_file():

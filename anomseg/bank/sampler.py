@@ -21,21 +21,30 @@ class MixedBatchSampler:
         block: contiguous rows per random read from the bank (see :meth:`FeatureBank.sample`).
         seed: the sampler's random stream (batches are reproducible).
         device: where the batches' tensors are put (pinned host memory and an asynchronous copy on CUDA).
+        logits: the batches also carry the rows' segmenter logits (``closed_logits``, ``open_logits``; a bank of
+            version 2 or later).
     """
 
     def __init__(self, bank: FeatureBank, *, n_closed: int = 5000, n_open: int = 2500, closed_source: str = "bank",
                  model=None, dataset=None, block: int = 64, seed: int = 0,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", logits: bool = False):
         if closed_source not in ("bank", "image"):
             raise ValueError(f"closed_source={closed_source!r}: choose 'bank' or 'image'")
         if closed_source == "image" and (model is None or dataset is None):
             raise ValueError("closed_source='image' needs the backbone (model) and the training dataset")
         if n_open > 0 and bank.counts["open"] == 0:
-            raise BankError(f"{bank.root}: the bank holds no open pixels but the head needs {n_open} per batch "
-                            f"(lambda_o > 0); use OpenGAN-0 (lambda_o = 0, no open pixels) or a split with open pixels")
+            hint = ("; its rows are ViT patches, open only where outliers cover label_agreement "
+                    f"({bank.meta.get('labels')}) of a patch: paste larger outliers or lower the backbone's "
+                    "label_agreement" if str(bank.meta.get("labels", "")).startswith("majority") else "")
+            raise BankError(f"{bank.root}: the bank holds no open pixels but the head needs {n_open} per batch (OpenGAN-fea, "
+                            f"CLS-fea and UEM train on them; OpenGAN-0 needs none){hint}")
         if closed_source == "bank" and bank.counts["closed"] == 0:
             raise BankError(f"{bank.root}: the bank holds no closed pixels")
-        self.bank, self.n_closed, self.n_open = bank, n_closed, n_open
+        if logits:
+            bank.require("logits", "a head fused with the segmenter's logits")
+            if closed_source == "image":
+                raise ValueError("closed_source='image' cannot give the segmenter's logits; use closed_source='bank'")
+        self.bank, self.n_closed, self.n_open, self.logits = bank, n_closed, n_open, logits
         self.closed_source, self.model, self.dataset, self.block = closed_source, model, dataset, block
         self.rng = np.random.default_rng(seed)
         self.seed = seed
@@ -58,15 +67,20 @@ class MixedBatchSampler:
         return rows
 
     def next(self) -> dict[str, torch.Tensor]:
-        """``{"closed": float32 (n_closed, D), "closed_labels": int64 (n_closed,), "open": float32 (n_open, D)}``,
-        on the sampler's device."""
+        """``{"closed": float32 (n_closed, D), "closed_labels": int64 (n_closed,), "open": float32 (n_open, D)}``
+        (+ ``closed_logits`` / ``open_logits`` float32 (n, K) with ``logits``), on the sampler's device."""
+        fields = ("features", "labels", "logits") if self.logits else ("features", "labels")
         if self.closed_source == "bank":
-            c = self.bank.sample("closed", self.n_closed, self.rng, self.block)
+            c = self.bank.sample("closed", self.n_closed, self.rng, self.block, fields)
         else:
             c = self._closed_from_image()
         batch = {"closed": c["features"].astype(np.float32), "closed_labels": c["labels"].astype(np.int64)}
         if self.n_open > 0:
-            batch["open"] = self.bank.sample("open", self.n_open, self.rng, self.block)["features"].astype(np.float32)
+            o = self.bank.sample("open", self.n_open, self.rng, self.block, fields)
+            batch["open"] = o["features"].astype(np.float32)
         else:
+            o = {"logits": np.zeros((0, c["logits"].shape[1] if self.logits else 0), np.float16)}
             batch["open"] = np.zeros((0, self.bank.feature_dim), np.float32)
+        if self.logits:
+            batch["closed_logits"], batch["open_logits"] = c["logits"].astype(np.float32), o["logits"].astype(np.float32)
         return {k: to_device(v, self.device) for k, v in batch.items()}

@@ -4,8 +4,11 @@ Layout of a bank folder::
 
     meta.json            what built it (backbone, weights hash, layer, stride, dataset, split, config)
     part-00000.h5        images [0, chunk) ; groups "closed" and "open", each with
-    part-00001.h5        features (n, D) float16, labels (n,) int16, image (n,) int32, yx (n, 2) int16
-    ...
+    part-00001.h5        features (n, D) float16, logits (n, K) float16, labels (n,) int16, image (n,) int32,
+    ...                  yx (n, 2) int16
+
+``logits`` are the segmenter's class scores at the row's pixel (what UEM fuses and PixOOD tests); banks of
+version 1 have none, and the heads that need them say so.
 
 Closed rows carry their closed-set class id; open rows the open mark -1. Void pixels are never
 stored. Every part is written to a temporary name and renamed when complete, so a killed
@@ -26,6 +29,7 @@ from anomseg.files import write_with
 
 OPEN = -1  #: label of open-set rows
 KINDS = ("closed", "open")
+FIELDS = ("features", "logits", "labels", "image", "yx")  #: per row (``logits`` from version 2)
 META = "meta.json"
 
 
@@ -53,8 +57,9 @@ def write_part(path: Path, rows: dict[str, dict[str, np.ndarray]], attrs: dict) 
                 r = rows[kind]
                 n, d = r["features"].shape
                 g.create_dataset("features", data=r["features"], chunks=(min(max(n, 1), 256), d) if n else None)
-                for name in ("labels", "image", "yx"):
-                    g.create_dataset(name, data=r[name])
+                for name in FIELDS[1:]:
+                    if name in r:
+                        g.create_dataset(name, data=r[name])
 
     write_with(path, write)
 
@@ -87,7 +92,8 @@ class FeatureBank:
         self.feature_dim = int(self.meta["feature_dim"])
         self._files = [self._open_part(i) for i in range(n_parts)]
         # dataset handles cached per (kind, field): h5py name lookups dominate small random reads
-        self._ds = {k: {f: [fh[k][f] for fh in self._files] for f in ("features", "labels", "image", "yx")} for k in KINDS}
+        self.fields = tuple(f for f in FIELDS if all(f in fh[k] for fh in self._files for k in KINDS))
+        self._ds = {k: {f: [fh[k][f] for fh in self._files] for f in self.fields} for k in KINDS}
         self._offsets = {k: np.cumsum([0] + [d.shape[0] for d in self._ds[k]["labels"]]) for k in KINDS}
         self.counts = {k: int(self._offsets[k][-1]) for k in KINDS}
         self._check_images()
@@ -144,8 +150,17 @@ class FeatureBank:
             raise BankError(f"{self.root}: bank was built with backbone {self.meta.get('backbone')!r}, not {backbone!r}; "
                             f"use another bank folder or delete this one to rebuild it")
 
+    def require(self, field: str, why: str) -> None:
+        """Raise BankError unless the bank's rows carry ``field`` (``logits`` came with bank version 2)."""
+        if field not in self.fields:
+            raise BankError(f"{self.root}: this bank's rows carry no {field} (bank version {self.meta.get('version')}), "
+                            f"which {why} needs; extract the bank again into a new folder")
+
     def read(self, kind: str, start: int, stop: int, fields=("features", "labels")) -> dict[str, np.ndarray]:
         """Rows [start, stop) of ``kind`` across parts, as arrays."""
+        missing = [f for f in fields if f not in self.fields]
+        if missing:
+            self.require(missing[0], "this read")
         offs = self._offsets[kind]
         out = {f: [] for f in fields}
         first = int(np.searchsorted(offs, start, side="right") - 1)
@@ -170,7 +185,8 @@ class FeatureBank:
         for start in range(0, self.counts[kind], chunk):
             yield self.read(kind, start, min(start + chunk, self.counts[kind]), fields)
 
-    def sample(self, kind: str, n: int, rng: np.random.Generator, block: int = 64) -> dict[str, np.ndarray]:
+    def sample(self, kind: str, n: int, rng: np.random.Generator, block: int = 64,
+               fields=("features", "labels")) -> dict[str, np.ndarray]:
         """``n`` random rows of ``kind``, read as ``ceil(n / block)`` random contiguous blocks.
 
         Blocks keep reads sequential (fast on a bank larger than memory); rows of a block come from
@@ -181,6 +197,6 @@ class FeatureBank:
             raise BankError(f"{self.root}: the bank holds no {kind} pixels")
         block = max(1, min(block, total))
         starts = np.sort(rng.integers(0, total - block + 1, -(-n // block)))
-        parts = [self.read(kind, int(s), int(s) + block) for s in starts]
+        parts = [self.read(kind, int(s), int(s) + block, fields) for s in starts]
         out = {k: np.concatenate([p[k] for p in parts])[:n] for k in parts[0]}
         return out

@@ -118,6 +118,28 @@ def resize_nearest(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return label[rows[:, None], cols[None, :]]
 
 
+def majority_labels(label: np.ndarray, size: tuple[int, int], agreement: float, void: int = 255) -> np.ndarray:
+    """The most frequent value of each cell when a (H, W) map is cut into a ``size`` = (h, w) grid (cell i covers
+    rows floor(i H / h) .. floor((i + 1) H / h) - 1, columns likewise), ``void`` where it covers less than
+    ``agreement`` of the cell (PixOOD ``net/models/grood.py``: per 14 x 14 patch the most frequent label, void
+    included, fraction < PATCH_MAJORITY_VOTE_THR 0.9 -> 255; ../shared/docs/FORMATS.md). Ties go to the smaller
+    value. Returns (h, w) of ``label``'s dtype."""
+    h, w = size
+    H, W = label.shape[:2]
+    if h > H or w > W:
+        raise ValueError(f"a {H} x {W} map cannot be cut into a finer {h} x {w} grid")
+    rows, cols = (np.arange(h) * H) // h, (np.arange(w) * W) // w
+    area = np.outer(np.diff(np.append(rows, H)), np.diff(np.append(cols, W)))
+    best = np.full((h, w), void, label.dtype)
+    count = np.zeros((h, w), np.int64)
+    for v in np.unique(label):
+        c = np.add.reduceat(np.add.reduceat((label == v).astype(np.int64), rows, 0), cols, 1)
+        better = c > count
+        best[better], count[better] = v, c[better]
+    best[count < agreement * area] = void
+    return best
+
+
 @dataclass(frozen=True)
 class Record:
     """One sample on disk: its name, image file and label file.

@@ -7,6 +7,8 @@ from anomseg.options import check_options
 from anomseg.heads.base import Head
 from anomseg.heads.dias import DIASHead
 from anomseg.heads.opengan import OpenGANHead
+from anomseg.heads.pixood import PixOODHead
+from anomseg.heads.uem import UEMHead
 from anomseg.heads.statistical import GaussianHead, GMMHead, KNNHead
 
 # name -> (class, fixed options); OpenGAN-0 and CLS-fea are settings of OpenGAN's trainer
@@ -19,6 +21,8 @@ HEADS = {
     "gaussian": (GaussianHead, {}),
     "gmm": (GMMHead, {}),
     "knn": (KNNHead, {}),
+    "uem": (UEMHead, {}),
+    "pixood": (PixOODHead, {}),
 }
 
 
@@ -30,7 +34,8 @@ def check_head_options(name: str, options: dict) -> dict:
 
 
 def build_head(name: str, feat_dim: int, **options) -> Head:
-    """Build a head by name (see :data:`HEADS`); ``gaussian`` also needs ``num_classes``."""
+    """Build a head by name (see :data:`HEADS`); ``gaussian``, ``dias_fea``, ``uem`` and ``pixood`` also need
+    ``num_classes``."""
     if name not in HEADS:
         raise ConfigError(f"unknown head {name!r}; valid: {', '.join(HEADS)}")
     cls, fixed = HEADS[name]

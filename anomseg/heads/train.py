@@ -19,6 +19,7 @@ from anomseg.heads import HEADS
 from anomseg.heads.io import HeadError, make_head, save_head
 from anomseg.heads.dias import DIASHead
 from anomseg.heads.opengan import OpenGANHead, as_column
+from anomseg.heads.uem import UEMHead
 from anomseg.heads.statistical import GaussianHead, KNNHead
 from anomseg.metrics.curves import exact_metrics
 
@@ -28,8 +29,13 @@ def score_bank(head, bank: FeatureBank, kind: str, chunk: int = 65536) -> np.nda
     scored on the head's device."""
     was = head.training
     head.eval()
-    out = [head.score_rows(to_device(c["features"], head.device).float()).double().cpu().numpy()
-           for c in bank.iter_chunks(kind, chunk, fields=("features",))]
+    fields = ("features", "logits") if head.uses_logits else ("features",)
+    if head.uses_logits:
+        bank.require("logits", f"head {getattr(head, 'name', type(head).__name__)!r}")
+    out = [head.score_rows(to_device(c["features"], head.device).float(),
+                           to_device(c["logits"], head.device).float() if head.uses_logits else None
+                           ).double().cpu().numpy()
+           for c in bank.iter_chunks(kind, chunk, fields=fields)]
     head.train(was)
     return np.concatenate(out) if out else np.zeros(0)
 
@@ -207,7 +213,7 @@ def train_head(name: str, options: dict, train_bank: FeatureBank, val_bank: Feat
     if name not in HEADS:
         raise HeadError(f"unknown head {name!r}; valid: {', '.join(HEADS)}")
     feat_dim = train_bank.feature_dim
-    if name in ("gaussian", "dias_fea"):
+    if name in ("gaussian", "dias_fea", "uem", "pixood"):
         options = {"num_classes": int(train_bank.meta.get("num_classes") or 0), **options}
     torch.manual_seed(seed)  # the head's initialisation depends on the seed only
     head = make_head(name, feat_dim, **options).to(device)
@@ -215,6 +221,22 @@ def train_head(name: str, options: dict, train_bank: FeatureBank, val_bank: Feat
     fingerprint = {"version": 1, "head": name, "options": options, "seed": seed, "train_bank": bank_id(train_bank),
                    "val_bank": bank_id(val_bank), "train": {k: v for k, v in train.items() if k != "steps"},
                    "sampler": {k: v for k, v in (sampler_kwargs or {}).items() if isinstance(v, (str, int, float))}}
+    if isinstance(head, UEMHead):  # mixed batches of closed (target 0) and open (target 1) rows with their logits
+        head.total_steps = train.get("steps", 2000)
+        sampler = MixedBatchSampler(train_bank, n_closed=train.get("n_closed", 5000), n_open=train.get("n_open", 2500),
+                                    seed=seed, device=device, logits=True, **(sampler_kwargs or {}))
+        torch.manual_seed(seed)
+        optimizers = head.make_optimizers()
+        result = train_sampled(head, sampler, val_bank, optimizers, lambda b: head.train_step(b, optimizers),
+                               out=out, steps=train.get("steps", 2000), eval_every=train.get("eval_every", 100),
+                               progress=progress, info=info, fingerprint=fingerprint)
+        return {"head": name, **result}
+    if hasattr(head, "fit_bank"):  # fitted on the bank's closed rows in one call (pixood)
+        fitted = head.fit_bank(train_bank, seed=seed, progress=progress)
+        auroc = validation_auroc(head, val_bank)
+        save_head(out / "best.pth", head, {**(info or {}), "val_auroc": auroc})
+        write_text_atomic(out / "log.jsonl", json.dumps({"fitted": name, "val_auroc": auroc, **fitted}) + "\n")
+        return {"head": name, "best_auroc": auroc}
     if isinstance(head, (OpenGANHead, DIASHead)):  # trained on mixed batches
         if isinstance(head, DIASHead) and head.init == "segmenter":
             if classifier is None:

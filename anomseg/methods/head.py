@@ -11,6 +11,7 @@ from anomseg.files import file_digest
 from anomseg.heads import HEADS
 from anomseg.heads.io import HeadError, head_from_payload, head_payload, load_head
 from anomseg.methods.base import Method, Observation, register_method
+from anomseg.models.base import resize_logits
 from anomseg.models.identity import weights_hash
 
 
@@ -49,6 +50,8 @@ class HeadMethod(Method):
         self.head.to(next(model.parameters()).device).eval()
 
     def score(self, obs: Observation):
+        if getattr(self.head, "uses_logits", False):
+            return self.head.score_map(obs.prediction.features, size=obs.size, logits=obs.prediction.grid_logits)
         return self.head.score_map(obs.prediction.features, size=obs.size)
 
     def state_dict(self) -> dict:
@@ -65,3 +68,25 @@ class HeadMethod(Method):
 for _name in HEADS:
     register_method(_name)(type(_name, (HeadMethod,), {"__doc__": f"The trained {_name} head."}))
 register_method("head")(type("head", (HeadMethod,), {"__doc__": "Any trained head (its file names its kind)."}))
+
+
+@register_method("uem")
+class UEMMethod(HeadMethod):
+    """UEM's likelihood ratio (``anomseg.heads.uem``), fused as the release's test_step does: the head's (inlier,
+    outlier) maps and the segmenter's logits each at the label size, then s = o_1 - max_c l_c - o_0
+    (NazirNayal8/UEM-likelihood-ratio ``modeling/ood_segmentation.py``)."""
+
+    def score(self, obs: Observation):
+        o = resize_logits(self.head.outputs(obs.prediction.features), tuple(obs.size))
+        return o[:, 1] - obs.prediction.logits.to(o).max(1).values - o[:, 0]
+
+
+@register_method("pixood")
+class PixOODMethod(HeadMethod):
+    """PixOOD (``anomseg.heads.pixood``) as the release evaluates it (vojirt/PixOOD ``pixood.py``): score_c maps on
+    the feature grid (features and the segmenter's logits there), bilinearly resized to the label size, then
+    anomaly = 1 - max_c score_c over the head's eval_labels."""
+
+    def score(self, obs: Observation):
+        scores = self.head.class_scores(obs.prediction.features, obs.prediction.grid_logits)
+        return 1.0 - resize_logits(scores, tuple(obs.size)).max(1).values

@@ -45,15 +45,19 @@ class Prediction:
         inputs: ``{module: its input tensor}`` in the scale-1, unflipped pass for the modules :func:`predict`
             was asked to tap (a method's :meth:`~anomseg.methods.Method.taps`), so that a method reading
             inner responses needs no backbone pass of its own; {} otherwise.
+        grid_logits: float32 (N, K, h, w): the scale-1, unflipped pass's logits on the features' grid (bilinearly
+            resized when the backbone gives them at another resolution: what the feature bank stores beside
+            each row), or None with ``features``.
     """
 
-    __slots__ = ("logits", "features", "_probs", "queries", "inputs")
+    __slots__ = ("logits", "features", "_probs", "queries", "inputs", "grid_logits")
 
     def __init__(self, logits: torch.Tensor, probs: torch.Tensor | None, features: torch.Tensor | None,
-                 queries: list | None = None, inputs: dict | None = None):
+                 queries: list | None = None, inputs: dict | None = None, grid_logits: torch.Tensor | None = None):
         self.logits, self._probs, self.features = logits, probs, features
         self.queries = queries or []
         self.inputs = inputs or {}
+        self.grid_logits = grid_logits
 
     @property
     def probs(self) -> torch.Tensor:
@@ -145,7 +149,7 @@ def predict(model, images: torch.Tensor, size: tuple[int, int] | None = None, sc
     try:
         if size is None:
             size = tuple(images.shape[1:3] if images.shape[1] != 3 and images.shape[-1] == 3 else images.shape[-2:])
-        logit_sum = prob_sum = features = None
+        logit_sum = prob_sum = features = grid_logits = None
         n, queries, inputs = 0, [], {}
         for x, unresized in _passes(images, scales, preset):
             for flipped in ((False, True) if flip else (False,)):
@@ -167,10 +171,11 @@ def predict(model, images: torch.Tensor, size: tuple[int, int] | None = None, sc
                     logit_sum, prob_sum = logit_sum + logits, prob_sum + torch.softmax(logits, 1)
                 if unresized and not flipped:
                     features = out.features
+                    grid_logits = resize_logits(out.logits.float(), tuple(features.shape[-2:]))
                 if getattr(out, "queries", None) is not None:
                     queries.append((out.queries, flipped))
         return Prediction(logit_sum / n if n > 1 else logit_sum, prob_sum / n if n > 1 else None, features, queries,
-                          inputs)
+                          inputs, grid_logits)
     finally:
         model.train(was)
 
