@@ -96,10 +96,13 @@ def _frozen_part(model, finetune: str, name: str):
     if finetune == "head":
         return model.classifier()
     if finetune == "decoder":
-        if not hasattr(model, "encoder") or not callable(model.encoder):
+        encoder = getattr(model, "encoder", None)
+        if isinstance(encoder, torch.nn.Module):  # a dinov2 backbone's ViT
+            return encoder
+        if not callable(encoder):
             raise ConfigError(f"train.finetune=decoder: backbone {name!r} names no encoder to freeze; use it with "
-                              f"mask2former, or finetune: all")
-        return model.encoder()
+                              f"mask2former or dinov2, or finetune: all")
+        return encoder()
     return None
 
 
