@@ -126,10 +126,12 @@ class PixOODHead(Head):
         if not bool(self.fitted):
             raise RuntimeError("PixOODHead is not fitted: train it with tools/train_head.py (head pixood)")
         sims = 1.0 / (1.0 + SIM_SLOPE * self.distances(x.float(), self.eval_labels))
-        out = []
-        for j, c in enumerate(self.eval_labels):
-            ratio = self._log_ratio(logits[:, c], sims[:, j], c).exp()
-            out.append(_interp(ratio, self.knots_x[c], self.knots_y[c]))
+        return self.scores_from(logits[:, self.eval_labels], sims, self.eval_labels)
+
+    def scores_from(self, logits: torch.Tensor, sims: torch.Tensor, classes: list[int]) -> torch.Tensor:
+        """(l_c, s_c) pairs (n, len(classes)) each -> float32 F_c(R_c) (n, len(classes))."""
+        out = [_interp(self._log_ratio(logits[:, j], sims[:, j], c).exp(), self.knots_x[c], self.knots_y[c])
+               for j, c in enumerate(classes)]
         return torch.stack(out, 1).float()
 
     def _score_chunk(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -176,8 +178,7 @@ class PixOODHead(Head):
         c_n, k = self.num_classes, s["prototypes"]
         order = torch.from_numpy(rng.permutation(len(xs))).to(dev)
         init = torch.cat([order[labels[order] == c][: s["init_rows"] + 1] for c in range(c_n)])
-        med = xs[init].median(0).values
-        std = xs[init].std(0).clamp_min(1e-12)
+        med, std = xs[init].median(0).values, xs[init].std(0).clamp_min(1e-12)
         white = (xs - med) / std
         mu = torch.rand(c_n, k, self.dim, device=dev) - 0.5
         for c in range(c_n):
@@ -186,66 +187,36 @@ class PixOODHead(Head):
                 mu[c] = own[torch.from_numpy(rng.choice(len(own), k, replace=False)).to(dev)]
             elif len(own):
                 mu[c] = own[torch.from_numpy(rng.choice(len(own), k)).to(dev)] + 0.1 * (torch.rand(k, self.dim, device=dev) - 0.5)
-        mu = torch.nn.Parameter(mu)
-        theta = torch.nn.Parameter(torch.full((c_n, k), -TAU_SIG * math.log((1 - s["init_tau"] / TAU_MAX) /
-                                                                            (s["init_tau"] / TAU_MAX)), device=dev))
-        opt = torch.optim.AdamW([mu, theta], lr=s["lr"], weight_decay=0.0)
+        state = Condensation(mu, s["init_tau"])
+        opt = torch.optim.AdamW(state.parameters(), lr=s["lr"], weight_decay=0.0)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, s["epochs"])
-        assign = torch.ones(c_n, k, device=dev)
-        batch_size = torch.ones(c_n, device=dev)
-        t = torch.zeros(c_n, dtype=torch.long)
         n_batches = max(1, -(-len(white) // s["batch_rows"]))
         every = max(1, int(0.5 * n_batches))
-        scale = 100.0 / math.sqrt(self.dim)
         iteration, losses = 0, []
         for epoch in tqdm(range(s["epochs"]), desc="pixood condensation", disable=not progress):
-            temp = 0.5 + (2.0 - 0.5) * 0.5 * (1.0 - math.cos(math.pi * epoch / s["epochs"]))
+            temp = condensation_temperature(epoch, s["epochs"])
             perm = torch.from_numpy(rng.permutation(len(white))).to(dev)
             for b in range(n_batches):
                 idx = perm[b * s["batch_rows"]:(b + 1) * s["batch_rows"]]
-                xb, yb = white[idx], labels[idx]
-                thr = RESET_SHARE * batch_size / k
-                loss = torch.zeros((), device=dev)
-                tau = torch.sigmoid(theta / TAU_SIG) * TAU_MAX + 1.0 / TAU_MAX
-                for c in yb.unique().tolist():
-                    xc = xb[yb == c]
-                    sim = -torch.cdist(xc[None], mu[c][None])[0] * scale
-                    sim = sim.masked_fill(~(assign[c] > thr[c]), -1e12)
-                    r = torch.softmax(temp * sim, 1)
-                    with torch.no_grad():  # the running statistics, before the step (kmeans.py update_stats)
-                        t[c] += 1
-                        q = DECAY / (1 - (1 - DECAY) ** int(t[c]))
-                        assign[c] = (1 - q) * assign[c] + q * r.sum(0)
-                        batch_size[c] = (1 - q) * batch_size[c] + q * len(xc)
-                    logp = sim / tau[c] - tau[c].log()
-                    loss = loss - (logp * r).sum(1).mean()
+                loss = state.loss(white[idx], labels[idx], temp)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 losses.append(float(loss.detach()))
                 iteration += 1
                 if s["reset"] and epoch >= 1 and iteration % every == 0 and epoch < 0.9 * s["epochs"]:
-                    with torch.no_grad():
-                        thr = RESET_SHARE * batch_size / k
-                        for c in yb.unique().tolist():
-                            dead = (assign[c] < thr[c]).nonzero().flatten()
-                            if len(dead):
-                                pool = xb[yb == c]
-                                pick = torch.from_numpy(rng.choice(len(pool), len(dead))).to(dev)
-                                mu[c, dead] = pool[pick] + (1e-6 / math.sqrt(self.dim)) * torch.rand(
-                                    len(dead), self.dim, device=dev)
-                                assign[c, dead] = 1.1 * thr[c]
+                    state.reset(white[idx], labels[idx], rng)
             sched.step()
         with torch.no_grad():
-            valid = assign > (RESET_SHARE * batch_size / k)[:, None]
+            valid = state.valid()
             hits = torch.zeros(c_n, k, device=dev)
             for c in labels.unique().tolist():
                 v = valid[c].nonzero().flatten()
                 if len(v):
-                    nearest = torch.cdist(white[labels == c][None], mu[c, v][None])[0].argmin(1)
+                    nearest = torch.cdist(white[labels == c][None], state.mu[c, v][None])[0].argmin(1)
                     hits[c, v] += torch.bincount(nearest, minlength=len(v)).float()
             self.valid.copy_(valid & (hits > 0))
-            self.prototypes.copy_(mu.detach() * std + med)
+            self.prototypes.copy_(state.mu.detach() * std + med)
         return {"loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
                 "valid_prototypes": [int(v) for v in self.valid.sum(1).tolist()]}
 
@@ -285,6 +256,74 @@ class PixOODHead(Head):
         self.knots_y = ky.to(self.prototypes.device)
 
 
+def condensation_temperature(epoch: int, epochs: int) -> float:
+    """The softmax temperature of an epoch: 0.5 -> 2 on a half cosine (grood.py temperature_scheduler)."""
+    return 0.5 + (2.0 - 0.5) * 0.5 * (1.0 - math.cos(math.pi * epoch / epochs))
+
+
+class Condensation(torch.nn.Module):
+    """The trainable state of the condensation on WHITENED rows: prototypes mu (C, K, D), tau logits theta (C, K),
+    and the running soft-assignment counts / class batch sizes that decide validity and resets (module docstring;
+    kmeans.py DiffKMeansMultiClassv2 forward, update_stats, reset_clusters, mu_valid)."""
+
+    def __init__(self, mu: torch.Tensor, init_tau: float = 10.0):
+        super().__init__()
+        c, k, _ = mu.shape
+        self.mu = torch.nn.Parameter(mu.clone())
+        self.theta = torch.nn.Parameter(torch.full((c, k), -TAU_SIG * math.log((1 - init_tau / TAU_MAX) / (init_tau / TAU_MAX)),
+                                                   device=mu.device, dtype=mu.dtype))
+        self.register_buffer("assign", torch.ones(c, k, device=mu.device, dtype=mu.dtype))
+        self.register_buffer("batch", torch.ones(c, device=mu.device, dtype=mu.dtype))
+        self.t = [0] * c
+
+    def threshold(self) -> torch.Tensor:
+        return RESET_SHARE * self.batch / self.mu.shape[1]
+
+    def valid(self) -> torch.Tensor:
+        return self.assign > self.threshold()[:, None]
+
+    def tau(self) -> torch.Tensor:
+        return torch.sigmoid(self.theta / TAU_SIG) * TAU_MAX + 1.0 / TAU_MAX
+
+    def loss(self, white: torch.Tensor, labels: torch.Tensor, temp: float) -> torch.Tensor:
+        """The batch's loss sum_c mean_i [-sum_k r log p]; the running statistics are updated first (as the release
+        does, with the validity of the previous state masking the similarities)."""
+        k, dim = self.mu.shape[1], self.mu.shape[2]
+        valid, tau = self.valid(), self.tau()
+        c_n = self.mu.shape[0]
+        # one distance matrix to every prototype of every class, as the release computes it (kmeans.py sim_fnc): the
+        # same operation gives the same rounding (rows that coincide with a prototype have a rounding-level distance
+        # whose gradient direction depends on it)
+        dist = -torch.cdist(white[None], self.mu.reshape(c_n * k, dim)[None])[0] * (100.0 / math.sqrt(dim))
+        dist = dist.masked_fill(~valid.reshape(-1), -1e12).reshape(len(white), c_n, k)
+        loss = white.new_zeros(())
+        for c in labels.unique().tolist():
+            xc = white[labels == c]
+            sim = dist[labels == c, c]
+            r = torch.softmax(temp * sim, 1)
+            with torch.no_grad():
+                self.t[c] += 1
+                # the release computes this rate in float32 (torch.pow of a float and a long tensor)
+                q = DECAY / (1 - torch.pow(1 - DECAY, torch.tensor(self.t[c])))
+                self.assign[c] = (1 - q) * self.assign[c] + q * r.sum(0)
+                self.batch[c] = (1 - q) * self.batch[c] + q * len(xc)
+            loss = loss - ((sim / tau[c] - tau[c].log()) * r).sum(1).mean()
+        return loss
+
+    @torch.no_grad()
+    def reset(self, white: torch.Tensor, labels: torch.Tensor, rng: np.random.Generator) -> None:
+        """Prototypes under the threshold restart at random rows of their class in the batch."""
+        dim, thr = self.mu.shape[2], self.threshold()
+        for c in labels.unique().tolist():
+            dead = (self.assign[c] < thr[c]).nonzero().flatten()
+            if len(dead):
+                pool = white[labels == c]
+                pick = torch.from_numpy(rng.choice(len(pool), len(dead))).to(white.device)
+                self.mu[c, dead] = pool[pick] + (1e-6 / math.sqrt(dim)) * torch.rand(len(dead), dim, device=white.device,
+                                                                                    dtype=white.dtype)
+                self.assign[c, dead] = 1.1 * thr[c]
+
+
 def _log_gauss(pts: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
     """log N(pts; mean, cov) of 2-D points (n, 2), float64."""
     d = pts - mean.to(pts)
@@ -306,15 +345,15 @@ def _interp(r: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor
 
 
 def neyman_pearson(own_logit: np.ndarray, own_sim: np.ndarray, labels: np.ndarray, classes: list[int],
-                   logit_max: float, grid: int, knots: int) -> dict:
+                   logit_max: float, grid: int, knots: int, alt_cov: np.ndarray | None = None) -> dict:
     """The Neyman-Pearson stage on float64 arrays: per class c the mean / covariance of (l_c, s_c) over rows of
-    c, the shared alternative covariance, and the CDF knots (xs, ys) of F_c (thinned to ``knots`` points
-    evenly spaced in value; 0 keeps all)."""
+    c, the shared alternative covariance (``alt_cov``, default its expectation), and the CDF knots (xs, ys) of F_c
+    (thinned to ``knots`` points evenly spaced in value; 0 keeps all)."""
     from scipy.stats import multivariate_normal
 
     q_l = [np.quantile(own_logit[labels == c], 0.9) for c in classes]
     q_s = [np.quantile(own_sim[labels == c], 0.9) for c in classes]
-    alt = np.diag([(np.mean(q_l) / 4.0) ** 2, (np.mean(q_s) / 8.0) ** 2])
+    alt = np.diag([(np.mean(q_l) / 4.0) ** 2, (np.mean(q_s) / 8.0) ** 2]) if alt_cov is None else np.asarray(alt_cov)
     ls, ss = np.meshgrid(np.linspace(-logit_max - 5, logit_max + 5, num=grid), np.linspace(0.0, 1.0, num=grid))
     pts = np.stack([ls, ss], -1).reshape(-1, 2)
     p_alt = multivariate_normal.pdf(pts, mean=np.zeros(2), cov=alt, allow_singular=True)
