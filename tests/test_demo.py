@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import demo  # noqa: E402
 
-PIXEL = ["msp", "max_logit", "entropy", "energy", "sml", "kl_matching", "cores", "opengan_fea", "cls_fea"]
+PIXEL = ["msp", "max_logit", "entropy", "energy", "sml", "kl_matching", "cores", "opengan_fea", "cls_fea", "uem",
+         "pixood"]
 MASKS = ["rba", "eam", "m2a", "rba_finetuned"]  # on the demo's Mask2Former and its RbA fine-tuning
 METHODS = PIXEL + MASKS
 FULL_METHODS = PIXEL + ["opengan0_fea", "dias_fea"] + MASKS + ["uno"]  # `anomseg demo --full` (configs/demo_full.yaml)
@@ -19,7 +20,8 @@ FULL_METHODS = PIXEL + ["opengan0_fea", "dias_fea"] + MASKS + ["uno"]  # `anomse
 def test_the_full_profile_has_every_head_and_the_default_every_family():
     full = yaml.safe_load((ROOT / "configs" / "demo_full.yaml").read_text())
     assert [m["name"] for m in full["eval"]["methods"]] == FULL_METHODS
-    assert [h["name"] for h in full["heads"]["heads"]] == ["opengan_fea", "cls_fea", "opengan0_fea", "dias_fea"]
+    assert [h["name"] for h in full["heads"]["heads"]] == ["opengan_fea", "cls_fea", "uem", "pixood", "opengan0_fea",
+                                                           "dias_fea"]
     default = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
     # post-hoc, fitted, CORES and trained heads, each evaluated
     assert {"msp", "sml", "kl_matching", "cores", "opengan_fea"} <= {m["name"] for m in default["eval"]["methods"]}
@@ -37,6 +39,8 @@ def tiny_config(tmp_path):
         seg["train"].update(epochs=1, batch_size=2, max_steps_per_epoch=2)
     cfg["heads"]["bank"] = {"closed_per_image": 100, "chunk_images": 4}
     cfg["heads"]["train"] = {"steps": 4, "eval_every": 2, "n_closed": 200, "n_open": 100, "n_fake": 100}
+    for head in cfg["heads"]["heads"]:  # the shared tiny settings for every head
+        head.pop("train", None)
     cfg["eval"]["overlays"] = {"images": 2, "threshold": "tpr95"}
     path = tmp_path / "demo.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -40,7 +40,7 @@ DEFAULTS = {
 SCHEMA = schema_from_defaults(DEFAULTS, {
     "device": OPTIONAL_STR, "workers": (int, str), "data.options": ANY, "data.paste": ANY, "backbone": BACKBONE_SCHEMA, "bank.dir": OPTIONAL_STR,
     "bank.open_per_image": OPTIONAL_INT, "bank.val_closed_per_image": OPTIONAL_INT,
-    "heads": [{"name": str, "options": ANY}],
+    "heads": [{"name": str, "options": ANY, "train": ANY}],
 })
 
 
@@ -66,6 +66,10 @@ def check_settings(cfg: dict) -> None:
         raise ConfigError(f"heads: names must be unique, got {names}")
     for h in cfg["heads"]:
         check_head_options(h["name"], h.get("options", {}))
+        if h.get("train") is not None:  # a head's own training settings over the shared section
+            if not isinstance(h["train"], dict):
+                raise ConfigError(f"heads.{h['name']}.train={h['train']!r}: give a mapping of train settings")
+            check_options(f"heads.{h['name']}.train", train_section, {**cfg["train"], **h["train"]})
 
 
 def build_banks(cfg: dict, progress: bool = True):
@@ -127,7 +131,7 @@ def _train_heads(cfg, out, train_bank, val_bank, model, name, train_set, progres
                 "stride": train_bank.meta["stride"]}
         started = time.perf_counter()
         summary[h["name"]] = train_head(h["name"], dict(h.get("options", {})), train_bank, val_bank, out=head_out,
-                                        train=tc, seed=cfg["seed"], progress=progress, info=info,
+                                        train={**tc, **(h.get("train") or {})}, seed=cfg["seed"], progress=progress, info=info,
                                         sampler_kwargs=sampler_kwargs, device=device,
                                         classifier=model.classifier() if model is not None else None)
         seconds[h["name"]] = round(time.perf_counter() - started, 1)  # this run's share (resumed: less)

@@ -28,8 +28,10 @@ Facts (../shared/docs/FORMATS.md "PixOOD"; vojirt/PixOOD @ c52fdb0, ``code/net/m
   The CDF is kept at ``cdf_knots`` points chosen evenly in its value (the full grid has up to grid^2 knots):
   the interpolation is then within 1 / cdf_knots of the release's; ``cdf_knots=0`` keeps every knot.
 * ``eval_labels``: the release's default is [0, 1] (Cityscapes road and sidewalk: the road-obstacle mode); an
-  empty list there means all 19 classes. Here None (the default) means every class: the class-agnostic mode;
-  the configs for RoadObstacle21 set [0, 1]. ``proto_channels``: the prototypes and distances use only the last
+  empty list there means all 19 classes. Here None (the default) means every class with a fitted test: the
+  class-agnostic mode; the configs for RoadObstacle21 set [0, 1]. The test is fitted for every class with 10
+  rows and a valid prototype, so the ``pixood`` method's own ``eval_labels`` option picks another subset at
+  scoring time without refitting. ``proto_channels``: the prototypes and distances use only the last
   this many feature channels (PixOOD: the last 1024 of its 4 x 1024 concatenated blocks, i.e. block 23).
 * ``scale_factor`` f (``eval_scale_factor``, default 1): features and logits bilinearly upsampled by f before
   the statistics (the paper used 7).
@@ -86,13 +88,27 @@ class PixOODHead(Head):
         self.register_buffer("alt_cov", torch.eye(2, dtype=torch.float64))
         self.register_buffer("knots_x", torch.zeros(num_classes, 1, dtype=torch.float64))
         self.register_buffer("knots_y", torch.zeros(num_classes, 1, dtype=torch.float64))
-        self.register_buffer("evaluated", torch.zeros(num_classes, dtype=torch.bool))  # the eval_labels, once fitted
+        self.register_buffer("tested", torch.zeros(num_classes, dtype=torch.bool))  # the classes with a fitted test
         self.register_buffer("fitted", torch.tensor(False))
 
     @property
+    def tested_classes(self) -> list[int]:
+        """The classes whose Neyman-Pearson test was fitted (enough rows and a valid prototype)."""
+        return self.tested.nonzero().flatten().tolist()
+
+    @property
     def eval_labels(self) -> list[int]:
-        """The classes whose score_c enters the anomaly score (fixed at fitting)."""
-        return self.evaluated.nonzero().flatten().tolist()
+        """The classes whose score_c enters the anomaly score: the ``eval_labels`` option, else every tested class."""
+        return list(self.requested) if self.requested is not None else self.tested_classes
+
+    def check_labels(self, labels: list[int]) -> list[int]:
+        """``labels`` if every one has a fitted test, else ValueError naming the others."""
+        missing = [c for c in labels if c not in self.tested_classes]
+        if missing or not labels:
+            raise ValueError(f"pixood eval_labels {labels}: classes {missing or '(none given)'} have no fitted test "
+                             f"(fitted: {self.tested_classes}; a class needs {MIN_ROWS} training rows and a valid "
+                             f"prototype)")
+        return list(labels)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name in ("knots_x", "knots_y"):  # their length is the fitted CDF's
@@ -121,12 +137,14 @@ class PixOODHead(Head):
         return _log_gauss(pts, self.class_mean[c], self.class_cov[c]) - _log_gauss(pts, torch.zeros_like(
             self.class_mean[c]), self.alt_cov)
 
-    def class_scores_rows(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """Rows (n, D) and logits (n, K) -> float32 (n, len(eval_labels)) score_c = F_c(R_c) in [0, 1]."""
+    def class_scores_rows(self, x: torch.Tensor, logits: torch.Tensor, classes: list[int] | None = None) -> torch.Tensor:
+        """Rows (n, D) and logits (n, K) -> float32 (n, len(classes)) score_c = F_c(R_c) in [0, 1]
+        (``classes``: default ``eval_labels``)."""
         if not bool(self.fitted):
             raise RuntimeError("PixOODHead is not fitted: train it with tools/train_head.py (head pixood)")
-        sims = 1.0 / (1.0 + SIM_SLOPE * self.distances(x.float(), self.eval_labels))
-        return self.scores_from(logits[:, self.eval_labels], sims, self.eval_labels)
+        classes = self.eval_labels if classes is None else classes
+        sims = 1.0 / (1.0 + SIM_SLOPE * self.distances(x.float(), classes))
+        return self.scores_from(logits[:, classes], sims, classes)
 
     def scores_from(self, logits: torch.Tensor, sims: torch.Tensor, classes: list[int]) -> torch.Tensor:
         """(l_c, s_c) pairs (n, len(classes)) each -> float32 F_c(R_c) (n, len(classes))."""
@@ -138,9 +156,11 @@ class PixOODHead(Head):
         return 1.0 - self.class_scores_rows(x, logits).max(1).values
 
     @torch.no_grad()
-    def class_scores(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """Features (N, D, h, w) and logits (N, K, h, w) on one grid -> float32 (N, len(eval_labels), f h, f w)
-        (f = ``scale_factor``: both upsampled bilinearly first), in row chunks under the memory budget."""
+    def class_scores(self, features: torch.Tensor, logits: torch.Tensor, classes: list[int] | None = None) -> torch.Tensor:
+        """Features (N, D, h, w) and logits (N, K, h, w) on one grid -> float32 (N, len(classes), f h, f w)
+        (``classes``: default ``eval_labels``; f = ``scale_factor``: both upsampled bilinearly first), in row chunks
+        under the memory budget."""
+        classes = self.eval_labels if classes is None else self.check_labels(list(classes))
         if self.scale_factor > 1:
             size = (features.shape[-2] * self.scale_factor, features.shape[-1] * self.scale_factor)
             features = F.interpolate(features.float(), size=size, mode="bilinear", align_corners=False)
@@ -150,7 +170,7 @@ class PixOODHead(Head):
         lrows = logits.permute(0, 2, 3, 1).reshape(-1, logits.shape[1])
         step = self.chunk_rows()
         out = torch.cat([self.class_scores_rows(rows[i:i + step].to(self.device, torch.float32),
-                                                lrows[i:i + step].to(self.device, torch.float32))
+                                                lrows[i:i + step].to(self.device, torch.float32), classes)
                          for i in range(0, len(rows), step)])
         return out.reshape(n, h, w, -1).permute(0, 3, 1, 2)
 
@@ -169,7 +189,7 @@ class PixOODHead(Head):
         info = self.condense(x, labels, rng, progress=progress)
         self.fit_neyman_pearson(x, labels, logits)
         self.fitted.fill_(True)
-        return {**info, "eval_labels": self.eval_labels}
+        return {**info, "tested_classes": self.tested_classes, "eval_labels": self.eval_labels}
 
     def condense(self, x: torch.Tensor, labels: torch.Tensor, rng: np.random.Generator, progress: bool = True) -> dict:
         """The condensation of the module docstring on rows ``x`` (n, D) with class ``labels`` (n,)."""
@@ -225,16 +245,12 @@ class PixOODHead(Head):
         features, labels and logits."""
         counts = torch.bincount(labels, minlength=self.num_classes)
         present = [c for c in range(self.num_classes) if counts[c] >= MIN_ROWS and self.valid[c].any()]
-        if self.requested is not None:
-            missing = [c for c in self.requested if c not in present]
-            if missing:
-                raise ValueError(f"pixood: eval_labels {missing} have fewer than {MIN_ROWS} training rows or no valid "
-                                 f"prototype; their test cannot be fitted: drop them from eval_labels or use a bank "
-                                 f"that holds them")
         if not present:
             raise ValueError(f"pixood: no class has {MIN_ROWS} training rows and a valid prototype; use a larger bank")
-        self.evaluated.zero_()
-        self.evaluated[self.requested if self.requested is not None else present] = True
+        self.tested.zero_()
+        self.tested[present] = True
+        if self.requested is not None:
+            self.check_labels(self.requested)
         lab = labels.cpu().numpy()
         own_logit = logits.gather(1, labels[:, None])[:, 0].double().cpu().numpy()
         own_sim = np.zeros(len(x))

@@ -85,8 +85,21 @@ class UEMMethod(HeadMethod):
 class PixOODMethod(HeadMethod):
     """PixOOD (``anomseg.heads.pixood``) as the release evaluates it (vojirt/PixOOD ``pixood.py``): score_c maps on
     the feature grid (features and the segmenter's logits there), bilinearly resized to the label size, then
-    anomaly = 1 - max_c score_c over the head's eval_labels."""
+    anomaly = 1 - max_c score_c over ``eval_labels`` (default: the head's; [0, 1] = Cityscapes road and sidewalk,
+    the release's road-obstacle mode)."""
+
+    def __init__(self, head: Any = None, eval_labels: list[int] | None = None):
+        super().__init__(head)
+        self.eval_labels = list(eval_labels) if eval_labels else None
+
+    def setup(self, model):
+        super().setup(model)
+        if self.eval_labels is not None:
+            try:
+                self.head.check_labels(self.eval_labels)
+            except ValueError as exc:
+                raise HeadError(f"method 'pixood': {exc}") from None
 
     def score(self, obs: Observation):
-        scores = self.head.class_scores(obs.prediction.features, obs.prediction.grid_logits)
+        scores = self.head.class_scores(obs.prediction.features, obs.prediction.grid_logits, self.eval_labels)
         return 1.0 - resize_logits(scores, tuple(obs.size)).max(1).values
