@@ -106,7 +106,7 @@ def test_interrupted_evaluation_resumes(setup, monkeypatch):
 
     def dying(*a, **k):
         calls["n"] += 1
-        if calls["n"] == 5 + 4:  # 5 calls fit SML (3 train images) and KL matching (2 val images)
+        if calls["n"] == 2 + 4:  # 2 batched calls fit SML (3 train images) and KL matching (2 val images)
             raise KeyboardInterrupt("killed")  # then images 0-2 are done and image 3 dies
         return real_predict(*a, **k)
 

@@ -243,3 +243,53 @@ def test_uem_and_pixood_through_eval_segmenter_and_visualizer(runs, tag):
     seg.save(r["tmp"] / f"pixood_{tag}.pt")
     again = AnomalySegmenter.load(r["tmp"] / f"pixood_{tag}.pt", device="cpu")
     np.testing.assert_array_equal(again(image), got)
+
+
+def test_window_origins_follow_uem():
+    from anomseg.models.inference import window_origins
+
+    assert window_origins(720, 518, 140) == [0, 140, 202]  # FORMATS.md: 720x1280 -> rows 0, 140, 202
+    assert window_origins(1280, 1036, 140) == [0, 140, 244]  # cols 0, 140, 244
+    assert len(window_origins(1024, 518, 140)) * len(window_origins(2048, 1036, 140)) == 5 * 9  # 1024x2048 -> 5x9
+    assert window_origins(798, 518, 140) == [0, 140, 280]  # (798 - 518) % 140 == 0: the last window ends at the edge
+    with pytest.raises(ValueError, match="shorter than the inference window"):
+        window_origins(400, 518, 140)
+
+
+@pytest.mark.parametrize("tag", ["vit"])
+def test_sliding_windows_average_logits_and_uem_maps(runs, tag):
+    from anomseg.methods.base import Observation, build_method
+    from anomseg.models.inference import check_inference_settings, predict_with
+
+    r = runs[tag]
+    model, _ = build_from_checkpoint(r["ckpt"])
+    model.eval()
+    image = torch.from_numpy(np.array(build_dataset("streethazards", r["data"], "test")[0]["image"]))[None]
+    inf = check_inference_settings({"window": [70, 140], "window_stride": [40, 60]})
+    pred = predict_with(model, image, (128, 256), inf)
+    rows, cols = [0, 40, 58], [0, 60, 116]  # 128 - 70 = 58, 256 - 140 = 116
+    assert [(w.y, w.x) for w in pred.windows] == [(y, x) for y in rows for x in cols]
+    total = torch.zeros(1, 13, 128, 256)
+    count = torch.zeros(1, 1, 128, 256)
+    o_total = torch.zeros(1, 2, 128, 256)
+    uem, _ = load_head(r["heads"] / "uem" / "best.pth")
+    with torch.no_grad():
+        for y in rows:
+            for x in cols:
+                out = model(image.permute(0, 3, 1, 2)[..., y:y + 70, x:x + 140])
+                total[..., y:y + 70, x:x + 140] += resize_logits(out.logits.float(), (70, 140))
+                o_total[..., y:y + 70, x:x + 140] += resize_logits(uem.outputs(out.features), (70, 140))
+                count[..., y:y + 70, x:x + 140] += 1
+    torch.testing.assert_close(pred.logits, total / count, atol=1e-5, rtol=1e-5)
+    method = build_method("uem", head=str(r["heads"] / "uem" / "best.pth"))
+    method.setup(model)
+    got = method.score(Observation(pred, image, model, (128, 256)))
+    o = o_total / count
+    torch.testing.assert_close(got, o[:, 1] - (total / count).max(1).values - o[:, 0], atol=1e-4, rtol=1e-4)
+    pix = build_method("pixood", head=str(r["heads"] / "pixood" / "best.pth"))
+    pix.setup(model)
+    scores = pix.score(Observation(pred, image, model, (128, 256)))
+    assert scores.shape == (1, 128, 256) and bool(torch.isfinite(scores).all())
+    from anomseg.options import OptionError
+    with pytest.raises(OptionError, match="scale 1.0 without flip"):
+        check_inference_settings({"window": [70, 140], "flip": True})

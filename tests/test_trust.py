@@ -108,10 +108,10 @@ def test_4_fitted_scores_are_fitted_under_the_evaluations_inference(data, tmp_pa
 
     ref = StandardizedMaxLogit(13)
     ds = build_dataset("streethazards", data, "train")
-    for i in range(2):
-        s = ds[i]
-        out = predict(model, torch.from_numpy(np.array(s["image"]))[None], size=s["semantic"].shape, scales=(0.5, 1.0), flip=True)
-        ref.update(out.logits, torch.from_numpy(s["semantic"])[None])
+    samples = [ds[i] for i in range(2)]  # the evaluation fits on batches of equally sized images (FIT_BATCH)
+    images = torch.from_numpy(np.stack([np.array(s["image"]) for s in samples]))
+    out = predict(model, images, size=samples[0]["semantic"].shape, scales=(0.5, 1.0), flip=True)
+    ref.update(out.logits, torch.from_numpy(np.stack([s["semantic"] for s in samples])))
     for key, value in ref.state_dict().items():
         torch.testing.assert_close(saved["state"][key], value)
     assert saved["fingerprint"]["inference"] == {**inference, "amp": "none"}

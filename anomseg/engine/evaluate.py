@@ -174,13 +174,14 @@ def check_methods(cfg: dict) -> None:
 
 SCHEMA = schema_from_defaults(DEFAULTS, {
     "device": OPTIONAL_STR, "workers": (int, str), "data.options": ANY, "data.split": OPTIONAL_STR, "backbone": BACKBONE_SCHEMA,
-    "inference.scales": list, "fit.data": ANY, "overlays.threshold": (str, int, float), "protocol": (str, list),
+    "inference.scales": list, "inference.window": (list, type(None)), "inference.window_stride": list, "fit.data": ANY, "overlays.threshold": (str, int, float), "protocol": (str, list),
     "methods": [{"name": str, "score": str, "options": ANY, "head": OPTIONAL_STR, "backbone": BACKBONE_SCHEMA,
                  "fit": {"data": ANY, "split": str, "images": int}}],
 })
 
 EVAL_STATE_VERSION = 2  # 2: data-only state files (npz + JSON), per-method spill folders
 FIT_VERSION = 1
+FIT_BATCH = 8  # images per backbone call while fitting
 
 
 def prepare(spec: dict, model, cfg: dict, out: Path, dist_info, progress: bool = True) -> Method:
@@ -220,12 +221,22 @@ def fit(method: Method, spec: dict, model, cfg: dict, out: Path, dist_info, prog
         dev, inf = dist_info.device, cfg["inference"]
         loader = sample_loader(ds, range(n), workers=cfg["workers"], device=dev)
 
-        def batches():
+        def observe(group):
+            images = torch.cat([s["image"] for s in group]).to(dev, non_blocking=True)
+            size = group[0]["semantic"].shape
+            semantic = torch.from_numpy(np.stack([s["semantic"] for s in group])).to(dev)
+            return Observation(predict_with(model, images, size, inf), images, model, size, inf["amp"]), semantic
+
+        def batches():  # up to FIT_BATCH equally sized images per backbone call (the fitted statistics are sums)
+            group = []
             for s in tqdm(loader, desc=f"fit {name} on {split}", leave=False, disable=not progress):
-                images = s["image"].to(dev, non_blocking=True)
-                size = s["semantic"].shape
-                yield (Observation(predict_with(model, images, size, inf), images, model, size, inf["amp"]),
-                       torch.from_numpy(s["semantic"])[None].to(dev))
+                if group and (len(group) == FIT_BATCH or s["semantic"].shape != group[0]["semantic"].shape
+                              or s["image"].shape != group[0]["image"].shape):
+                    yield observe(group)
+                    group = []
+                group.append(s)
+            if group:
+                yield observe(group)
         method.fit(batches())
         save_torch_atomic(path, {"fingerprint": fingerprint, "state": method.state_dict()})
     barrier()

@@ -397,6 +397,8 @@ def np_cdf(p_c: np.ndarray, ratio: np.ndarray, knots: int = 0) -> tuple[np.ndarr
     # release's interp1d stays flat beyond its last finite one, as this does without them
     finite = np.isfinite(xs)
     xs, ys = xs[finite], ys[finite]
+    if not len(xs):  # one ratio value over the whole grid: no threshold, F = 0 everywhere (never an inlier)
+        return np.array([np.inf]), np.array([0.0])
     if knots and len(xs) > knots:
         keep = np.unique(np.append(np.searchsorted(ys, np.linspace(0.0, ys[-1], knots)).clip(0, len(ys) - 1),
                                    len(ys) - 1))

@@ -103,6 +103,9 @@ def check_consumable(consumes: str, inference: dict) -> str | None:
     or None when they can (with the fix in the message)."""
     scales = [float(s) for s in inference.get("scales", [1.0])]
     preset, flip = inference.get("preset", "none"), inference.get("flip", False)
+    if inference.get("window") and consumes not in ("logits", "probs", "features"):
+        return (f"it consumes {consumes}, which sliding-window inference (inference.window) does not give; evaluate it "
+                f"in a run without windows")
     if consumes == "features" and (preset == "caos" or 1.0 not in scales):
         return (f"it consumes backbone features of the unresized image, but the inference settings (preset {preset}, "
                 f"scales {scales}) have no scale-1.0 pass; add 1.0 to inference.scales or evaluate it in a run of its own")

@@ -12,6 +12,7 @@ from anomseg.heads import HEADS
 from anomseg.heads.io import HeadError, head_from_payload, head_payload, load_head
 from anomseg.methods.base import Method, Observation, register_method
 from anomseg.models.base import resize_logits
+from anomseg.models.inference import window_average
 from anomseg.models.identity import weights_hash
 
 
@@ -50,9 +51,26 @@ class HeadMethod(Method):
         self.head.to(next(model.parameters()).device).eval()
 
     def score(self, obs: Observation):
+        if obs.prediction.windows:  # sliding windows: each window's map at its size, averaged where they overlap
+            maps = [(w, self.window_map(w)[:, None]) for w in obs.prediction.windows]
+            return self.averaged(maps, obs)[:, 0]
+        return self.map_on(obs.prediction.features, obs.prediction.grid_logits, obs.size)
+
+    def map_on(self, features, grid_logits, size):
+        """The head's score map on one feature grid, resized to ``size``: float32 (N, *size)."""
         if getattr(self.head, "uses_logits", False):
-            return self.head.score_map(obs.prediction.features, size=obs.size, logits=obs.prediction.grid_logits)
-        return self.head.score_map(obs.prediction.features, size=obs.size)
+            return self.head.score_map(features, size=size, logits=grid_logits)
+        return self.head.score_map(features, size=size)
+
+    def window_map(self, window):
+        return self.map_on(window.features, window.grid_logits, None)
+
+    @staticmethod
+    def averaged(maps, obs: Observation):
+        """Per-window maps averaged over the image (UEM's rule), then resized to the label size."""
+        windows = obs.prediction.windows
+        image = (max(w.y + w.height for w in windows), max(w.x + w.width for w in windows))
+        return resize_logits(window_average(maps, image), tuple(obs.size))
 
     def state_dict(self) -> dict:
         return {"head": head_payload(self.head, {k: v for k, v in self.info.items() if k not in ("format", "name",
@@ -77,7 +95,10 @@ class UEMMethod(HeadMethod):
     (NazirNayal8/UEM-likelihood-ratio ``modeling/ood_segmentation.py``)."""
 
     def score(self, obs: Observation):
-        o = resize_logits(self.head.outputs(obs.prediction.features), tuple(obs.size))
+        if obs.prediction.windows:  # o averaged over the windows as the segmenter's logits are (the release)
+            o = self.averaged([(w, self.head.outputs(w.features)) for w in obs.prediction.windows], obs)
+        else:
+            o = resize_logits(self.head.outputs(obs.prediction.features), tuple(obs.size))
         return o[:, 1] - obs.prediction.logits.to(o).max(1).values - o[:, 0]
 
 
@@ -101,5 +122,10 @@ class PixOODMethod(HeadMethod):
                 raise HeadError(f"method 'pixood': {exc}") from None
 
     def score(self, obs: Observation):
-        scores = self.head.class_scores(obs.prediction.features, obs.prediction.grid_logits, self.eval_labels)
-        return 1.0 - resize_logits(scores, tuple(obs.size)).max(1).values
+        if obs.prediction.windows:
+            scores = self.averaged([(w, self.head.class_scores(w.features, w.grid_logits, self.eval_labels))
+                                    for w in obs.prediction.windows], obs)
+        else:
+            scores = resize_logits(self.head.class_scores(obs.prediction.features, obs.prediction.grid_logits,
+                                                          self.eval_labels), tuple(obs.size))
+        return 1.0 - scores.max(1).values

@@ -15,14 +15,14 @@ antialiases when shrinking); on 720x1280 that gives 304x536 ... 568x1000.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image
 
 from anomseg.models.base import resize_logits, to_model_input
-from anomseg.options import NonEmpty, Positive, check_options
+from anomseg.options import NonEmpty, OptionError, Positive, PositiveInt, check_options
 
 # hendrycks/anomaly-seg defaults.py: DATASET.imgSizes, imgMaxSize, padding_constant
 CAOS_SHORT_SIDES = (300, 375, 450, 525, 600)
@@ -48,16 +48,20 @@ class Prediction:
         grid_logits: float32 (N, K, h, w): the scale-1, unflipped pass's logits on the features' grid (bilinearly
             resized when the backbone gives them at another resolution: what the feature bank stores beside
             each row), or None with ``features``.
+        windows: under sliding-window inference (:func:`window_origins`), one :class:`Window` per window (its
+            features and grid logits; ``features`` is then None and ``logits`` the window average); else [].
     """
 
-    __slots__ = ("logits", "features", "_probs", "queries", "inputs", "grid_logits")
+    __slots__ = ("logits", "features", "_probs", "queries", "inputs", "grid_logits", "windows")
 
     def __init__(self, logits: torch.Tensor, probs: torch.Tensor | None, features: torch.Tensor | None,
-                 queries: list | None = None, inputs: dict | None = None, grid_logits: torch.Tensor | None = None):
+                 queries: list | None = None, inputs: dict | None = None, grid_logits: torch.Tensor | None = None,
+                 windows: list | None = None):
         self.logits, self._probs, self.features = logits, probs, features
         self.queries = queries or []
         self.inputs = inputs or {}
         self.grid_logits = grid_logits
+        self.windows = windows or []
 
     @property
     def probs(self) -> torch.Tensor:
@@ -67,19 +71,97 @@ class Prediction:
 
 
 AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# UEM's evaluation windows (NazirNayal8/UEM-likelihood-ratio sliding_window_inference, EVAL_WINDOW_SIZE / EVAL_STRIDE)
+UEM_WINDOW, UEM_STRIDE = (518, 1036), (140, 140)
+
+
+class Window(NamedTuple):
+    """One window of sliding-window inference: its top-left corner and size in the image, and the backbone's
+    features (N, D, h, w) and grid logits (N, K, h, w) on it."""
+
+    y: int
+    x: int
+    height: int
+    width: int
+    features: torch.Tensor
+    grid_logits: torch.Tensor
 
 
 def inference_settings(preset: Literal["none", "caos"] = "none",
                        scales: Annotated[list[Positive], NonEmpty()] = (1.0,), flip: bool = False,
-                       amp: Literal["none", "bf16", "fp16"] = "none") -> dict:
+                       amp: Literal["none", "bf16", "fp16"] = "none",
+                       window: Annotated[list[PositiveInt], NonEmpty()] | None = None,
+                       window_stride: Annotated[list[PositiveInt], NonEmpty()] = UEM_STRIDE) -> dict:
     """The ``inference`` section, declared (:mod:`anomseg.options`): ``preset``, input ``scales`` (each > 0,
-    at least one), ``flip`` and ``amp``."""
-    return {"preset": preset, "scales": list(scales), "flip": flip, "amp": amp}
+    at least one), ``flip``, ``amp``, and sliding windows: ``window`` [height, width] (None: the whole image;
+    UEM: [518, 1036]) moved by ``window_stride`` [rows, columns] (UEM: [140, 140])."""
+    out = {"preset": preset, "scales": list(scales), "flip": flip, "amp": amp}
+    if window is not None:
+        if len(window) != 2 or len(window_stride) != 2:
+            raise OptionError(f"inference.window {list(window)} / window_stride {list(window_stride)}: give "
+                              f"[height, width] and [rows, columns]")
+        if preset != "none" or list(scales) != [1.0] or flip:
+            raise OptionError("inference.window: sliding windows run at scale 1.0 without flip or preset; drop "
+                              "inference.scales / flip / preset, or the window")
+        out.update(window=list(window), window_stride=list(window_stride))
+    return out
 
 
 def check_inference_settings(inference: dict, owner: str = "inference") -> dict:
     """``inference`` checked against :func:`inference_settings` and completed with its defaults."""
     return inference_settings(**check_options(owner, inference_settings, inference))
+
+
+def window_origins(length: int, window: int, stride: int) -> list[int]:
+    """Window starts along one axis: 0, stride, 2 stride ... below length - window, then length - window (UEM's
+    rule: 720 rows, window 518, stride 140 -> 0, 140, 202). Where (length - window) is a multiple of the stride the
+    release adds no last window and leaves the strip after the last one uncovered (a NaN map); here the
+    last window always ends at the edge. A length shorter than the window: ValueError."""
+    if length < window:
+        raise ValueError(f"the image side {length} is shorter than the inference window {window}; lower "
+                         f"inference.window or drop it")
+    starts = list(range(0, length - window, stride))
+    if not starts or starts[-1] != length - window:
+        starts.append(length - window)
+    return starts
+
+
+def predict_windows(model, images: torch.Tensor, size: tuple[int, int], window, stride, amp: str = "none") -> Prediction:
+    """Sliding-window inference as UEM evaluates (``sliding_window_inference``): each window's logits bilinearly
+    resized to the window, summed over the windows, divided by the per-pixel window count; the windows' features
+    and grid logits kept for the methods that score per window."""
+    x = to_model_input(images)
+    n, _, h, w = x.shape
+    device = next(model.parameters()).device
+    total = count = None
+    windows = []
+    for y0 in window_origins(h, window[0], stride[0]):
+        for x0 in window_origins(w, window[1], stride[1]):
+            with autocast(device, amp):
+                out = model(x[..., y0:y0 + window[0], x0:x0 + window[1]])
+            logits = resize_logits(out.logits.float(), tuple(window))
+            if total is None:
+                total = logits.new_zeros((n, logits.shape[1], h, w))
+                count = logits.new_zeros((1, 1, h, w))
+            total[..., y0:y0 + window[0], x0:x0 + window[1]] += logits
+            count[..., y0:y0 + window[0], x0:x0 + window[1]] += 1
+            windows.append(Window(y0, x0, window[0], window[1], out.features,
+                                  resize_logits(out.logits.float(), tuple(out.features.shape[-2:]))))
+    return Prediction(resize_logits(total / count, tuple(size)), None, None, windows=windows)
+
+
+def window_average(maps: list[tuple["Window", torch.Tensor]], image_size: tuple[int, int]) -> torch.Tensor:
+    """Per-window maps (N, C, h, w), each bilinearly resized to its window, averaged where windows overlap, at
+    ``image_size``: float32 (N, C, H, W)."""
+    total = count = None
+    for win, m in maps:
+        m = resize_logits(m.float(), (win.height, win.width))
+        if total is None:
+            total = m.new_zeros((m.shape[0], m.shape[1], *image_size))
+            count = m.new_zeros((1, 1, *image_size))
+        total[..., win.y:win.y + win.height, win.x:win.x + win.width] += m
+        count[..., win.y:win.y + win.height, win.x:win.x + win.width] += 1
+    return total / count
 
 
 def autocast(device: torch.device | str, amp: str = "none"):
@@ -181,6 +263,16 @@ def predict(model, images: torch.Tensor, size: tuple[int, int] | None = None, sc
 
 
 def predict_with(model, images: torch.Tensor, size: tuple[int, int], inference: dict, taps=()) -> Prediction:
-    """:func:`predict` under an ``inference`` section ``{preset, scales, flip, amp}`` (missing keys: defaults)."""
+    """:func:`predict` (or :func:`predict_windows` with ``window``) under an ``inference`` section ``{preset, scales,
+    flip, amp, window, window_stride}`` (missing keys: defaults)."""
+    if inference.get("window"):
+        was = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return predict_windows(model, images, size, inference["window"],
+                                       inference.get("window_stride", UEM_STRIDE), inference.get("amp", "none"))
+        finally:
+            model.train(was)
     return predict(model, images, size=size, scales=inference.get("scales", (1.0,)), flip=inference.get("flip", False),
                    preset=inference.get("preset", "none"), amp=inference.get("amp", "none"), taps=taps)
