@@ -43,11 +43,11 @@ def test_bench_metrics_runs_and_prints_its_ratio_line(capsys):
 
 
 @pytest.mark.slow
-def test_bench_pipeline_runs_the_eleven_methods_and_prints_its_ratio_line(capsys, tmp_path):
+def test_bench_pipeline_runs_the_thirteen_methods_and_prints_its_ratio_line(capsys, tmp_path):
     import bench_pipeline
 
     bench_pipeline.main(["--height", "64", "--width", "128", "--images", "2", "--repeats", "1", "--dir", str(tmp_path)])
     out = capsys.readouterr().out
-    assert "11 methods: msp, max_logit, entropy, energy, sml, kl_matching, cores, opengan_fea, cls_fea" in out
+    assert "13 methods: msp, max_logit, entropy, energy, sml, kl_matching, cores, opengan_fea, cls_fea, uem, pixood" in out
     assert "score dias_fea" in out and "metrics" in out  # the per-stage breakdown
     assert re.fullmatch(r"pipeline/forward: evaluation \d+\.\d\d extraction \d+\.\d\d", out.strip().splitlines()[-1])

@@ -94,3 +94,30 @@ def test_a_frozen_encoder_stays_bitwise_unchanged(data, tmp_path):
     for k, v in encoder.items():
         assert torch.equal(trained["net." + ENCODER + resnet_key(k)], v), k
     assert len(encoder) == 120  # every ResNet-18 tensor, BN statistics included
+
+
+def test_dinov2_decoder_trains_under_torchrun_on_a_frozen_released_encoder(data, tmp_path):
+    """A dinov2:tiny started from an official-layout file (model.pretrained): 2 gloo processes train the same
+    decoder as one, and the encoder is the file's, bit for bit, after training."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from dinov2_reference import official_state_dict
+
+    torch.save(official_state_dict("tiny"), tmp_path / "dinov2_tiny_pretrain.pth")
+    args = lambda out: [f"data.root={data}", f"out={out}", "train.epochs=1", "train.batch_size=4",  # noqa: E731
+                        "train.max_steps_per_epoch=2", "train.freeze_bn=true", "data.crop=[56,112]",
+                        "model.backbone=dinov2:tiny", "model.options={layers: [1, 3], decoder: linear}",
+                        f"model.pretrained={tmp_path / 'dinov2_tiny_pretrain.pth'}", "train.optimizer=adamw",
+                        "train.lr=0.01"]
+    run(args(tmp_path / "one"))
+    run(args(tmp_path / "two"), nproc=2)
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=lambda m: f"{k}: {m}")
+    from anomseg.models import build_backbone
+    from anomseg.models.formats import dinov2 as fmt
+
+    model = build_backbone("dinov2", 13, preset="tiny", layers=[1, 3])
+    released = fmt.convert(model, official_state_dict("tiny"), "test")
+    for k, v in released.items():
+        assert torch.equal(a[k], v), k
+    assert not torch.equal(a["decoder.1.weight"], model.state_dict()["decoder.1.weight"])  # the decoder trained
