@@ -69,15 +69,24 @@ def load_strict(model: torch.nn.Module, sd: dict, source: str, head_key: str | N
             if head_key == "net.class_predictor.weight":  # K + 1 rows: the known classes and "no object"
                 trained = (f"; the file's class head has {rows} rows (K + 1 with 'no object'), the model's "
                            f"{model.state_dict()[head_key].shape[0]}: check num_classes, negative_class, preset")
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys ({', '.join(unexpected[:5])}{', ...' if len(unexpected) > 5 else ''})")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatches ({'; '.join(shapes[:3])})")
-        raise ModelError(f"{source}: does not fit {type(model).__name__}: {'; '.join(parts)}{trained}")
+        raise ModelError(f"{source}: does not fit {type(model).__name__}: {mismatch_text(missing, unexpected, shapes)}"
+                         f"{trained}")
     model.load_state_dict(sd, strict=True)
+
+
+def mismatch_text(missing: list, unexpected: list, shapes: list, extra: str = "unexpected keys") -> str:
+    """'n missing keys (a, b, ...); n <extra> (...); n shape mismatches (...)': the parts that are not empty."""
+    def some(keys, n):
+        return f"{', '.join(keys[:n])}{', ...' if len(keys) > n else ''}"
+
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys ({some(missing, 5)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} {extra} ({some(unexpected, 5)})")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatches ({'; '.join(shapes[:3])})")
+    return "; ".join(parts)
 
 
 def mask2former_net(model, source: str):

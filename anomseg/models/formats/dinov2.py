@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from anomseg.models.formats.common import mismatch
+from anomseg.models.formats.common import mismatch, mismatch_text
 from anomseg.models.registry import ModelError
 
 NAME = "dinov2_official"
@@ -131,15 +131,9 @@ def convert(model, sd: dict, source: str, v3: bool = False) -> dict:
     missing, unexpected, shapes = mismatch(own, out)
     unexpected = left + unexpected
     if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing ({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} left over ({', '.join(unexpected[:4])}{', ...' if len(unexpected) > 4 else ''})")
-        if shapes:
-            parts.append(f"{len(shapes)} of another shape ({'; '.join(shapes[:2])})")
         raise ModelError(f"{source}: does not fit the dinov2 preset {getattr(model, 'preset', '?')!r} encoder: "
-                         f"{'; '.join(parts)}; check the preset (sizes, _reg, dinov3_*) against the file")
+                         f"{mismatch_text(missing, unexpected, shapes, 'keys left over')}; check the preset (sizes, "
+                         f"_reg, dinov3_*) against the file")
     return {"encoder." + k: v for k, v in out.items()}
 
 
@@ -171,9 +165,9 @@ def load_folder(model, folder: Path, kind: str) -> dict:
     own = {k: v for k, v in model.state_dict().items() if k.startswith("encoder.")}
     missing, unexpected, shapes = mismatch(own, sd)
     if missing or unexpected or shapes:
-        raise ModelError(f"{folder}: does not fit the dinov2 preset {model.preset!r} encoder ({len(missing)} missing "
-                         f"{missing[:3]}, {len(unexpected)} left over {unexpected[:3]}, shapes {shapes[:2]}); check "
-                         f"the preset against the folder's config.json")
+        raise ModelError(f"{folder}: does not fit the dinov2 preset {model.preset!r} encoder: "
+                         f"{mismatch_text(missing, unexpected, shapes, 'keys left over')}; check the preset against "
+                         f"the folder's config.json")
     load_encoder(model, sd, str(folder))
     return {"format": NAME_HF, "num_classes": model.num_classes, "source": str(folder), "bn": None,
             "decoder": "not in the file (initialised)"}
