@@ -68,20 +68,32 @@ class _Loader(yaml.SafeLoader):
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _Loader.construct_yaml_map)
 
 
+class _Recursive(Exception):
+    def __init__(self, line: int):
+        self.line = line
+
+
 def _expanded_size(node, memo: dict) -> int:
-    """Values under ``node`` with every alias expanded (shared nodes counted once per use), iteratively."""
-    stack = [(node, False)]
+    """Values under ``node`` with every alias expanded (shared nodes counted once per use), iteratively; an alias
+    inside the node it names (a recursive anchor, an endless value) raises :class:`_Recursive`."""
+    stack, open_nodes = [(node, False)], set()  # open: on the path from the root to the node being expanded
     while stack:
         n, done = stack.pop()
-        if id(n) in memo:
-            continue
         children = [c for kv in n.value for c in kv] if isinstance(n, yaml.MappingNode) else \
             (n.value if isinstance(n, yaml.SequenceNode) else [])
         if done:
+            open_nodes.discard(id(n))
             memo[id(n)] = min(1 + sum(memo[id(c)] for c in children), MAX_NODES + 1)
-        else:
-            stack.append((n, True))
-            stack.extend((c, False) for c in children if id(c) not in memo)
+            continue
+        if id(n) in memo:
+            continue
+        open_nodes.add(id(n))
+        stack.append((n, True))
+        for c in children:
+            if id(c) in open_nodes:
+                raise _Recursive(c.start_mark.line + 1)
+            if id(c) not in memo:
+                stack.append((c, False))
     return memo[id(node)]
 
 
@@ -111,6 +123,9 @@ def read_yaml(text: str, source: str = "<text>"):
             loader.dispose()
     except _DuplicateKey as dup:
         raise ConfigError(f"{source}: key {dup.key!r} is given twice (line {dup.line}); keep one") from None
+    except _Recursive as rec:
+        raise ConfigError(f"{source}: an alias refers to the value that contains it (a recursive anchor, line "
+                          f"{rec.line}): the value would never end; write it out") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML ({' '.join(str(exc).split())})") from None
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -27,6 +28,31 @@ log = logging.getLogger(__name__)
 class OutputError(AnomsegError, OSError):
     """An output cannot be written (disk full, not writable, a folder in the way)."""
 
+
+
+#: what a method / file name may hold: a letter or digit first (so never "." or ".."), then letters, digits, "_",
+#: ".", "+", "-"; at most 100 characters. Names become folder and file names (score files, histograms, state).
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # OWASP "CSV Injection": what a spreadsheet reads as a formula
+
+
+def csv_cell(value):
+    """A CSV cell that no spreadsheet runs: text starting with = + - @ tab or carriage return gets a leading ``'``
+    (OWASP's advice for CSV injection); numbers stay numbers."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def check_safe_name(name, what: str = "method name") -> str:
+    """``name`` if it matches :data:`SAFE_NAME`, else ValueError in one line with the rule."""
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+        shown = repr(name) if len(repr(name)) <= 60 else repr(name)[:57] + "..."
+        raise ValueError(f"{what} {shown}: use 1-100 letters, digits and _ . + - (a letter or digit first; never "
+                         f"'.' or '..')")
+    return name
 
 def _reason(exc: BaseException) -> str:
     """One line saying why a write failed (torch and h5py wrap the OS error in text of their own)."""

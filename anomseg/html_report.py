@@ -17,6 +17,7 @@ import json
 import math
 from pathlib import Path
 
+from anomseg.errors import AnomsegError
 from anomseg.files import write_text_atomic
 from anomseg.viz import safe_name
 
@@ -66,7 +67,9 @@ SCRIPT = """
 
 
 def _pct(v) -> str:
-    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{100 * v:.2f}"
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return f"{100 * v:.2f}" if math.isfinite(v) else "-"
+    return "-" if v is None else str(v)  # a report.json read back may hold anything: shown as text, escaped
 
 
 def _cell(v, text: str | None = None) -> str:
@@ -78,10 +81,22 @@ def read_per_image(path: Path) -> dict[str, dict[int, dict]]:
     """method -> image index -> its row of ``per_image.csv``."""
     out: dict[str, dict[int, dict]] = {}
     if path.is_file():
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                out.setdefault(row["method"], {})[int(row["image"])] = row
+        with open(path, newline="", errors="replace") as f:
+            for line, row in enumerate(csv.DictReader(f), start=2):
+                try:
+                    out.setdefault(str(row["method"]), {})[int(row["image"])] = row
+                except (KeyError, TypeError, ValueError):
+                    raise AnomsegError(f"{path}: row {line} has no method or image index of its own (not the file the "
+                                       f"evaluation wrote); run the evaluation again to rewrite it") from None
     return out
+
+
+def _number(v) -> float | None:
+    """A CSV cell as a number, or None when it is not one (a file read back may hold anything)."""
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
 
 
 def _metrics_table(report: dict) -> str:
@@ -92,8 +107,8 @@ def _metrics_table(report: dict) -> str:
     head = ['<th data-key="method">method</th>']
     for p in protocols:
         prefix = f"{p} " if len(protocols) > 1 else ""
-        head += [f'<th data-key="{p}.{k}">{html.escape(prefix + label)}</th>' for k, label in COLUMNS]
-    head += [f'<th data-key="{k}">{label}</th>' for k, label in components]
+        head += [f'<th data-key="{html.escape(f"{p}.{k}")}">{html.escape(prefix + label)}</th>' for k, label in COLUMNS]
+    head += [f'<th data-key="{html.escape(k)}">{html.escape(label)}</th>' for k, label in components]
     head += ['<th data-key="images">images</th>']
     rows = []
     for name, r in methods.items():
@@ -118,7 +133,7 @@ def _image_metrics(per_image: dict, index: int, methods) -> str:
             rows.append(f'<tr><td>{html.escape(m)}</td><td colspan="3">skipped (no anomaly or no inlier pixel)</td></tr>')
             continue
         rows.append(f'<tr data-method="{html.escape(m)}"><td>{html.escape(m)}</td>'
-                    + "".join(_cell(float(rec[k])) for k, _ in COLUMNS) + "</tr>")
+                    + "".join(_cell(_number(rec.get(k))) for k, _ in COLUMNS) + "</tr>")
     head = "".join(f"<th>{label}</th>" for _, label in COLUMNS)
     return f'<table class="image-metrics"><tr><th>method</th>{head}</tr>{"".join(rows)}</table>'
 
@@ -137,7 +152,7 @@ def write_html_report(eval_dir: str | Path, worst: dict[str, list[int]] | None =
     if worst is None:
         worst = worst_images(per_image, names)
     title = f"anomseg: {report['dataset']} / {report.get('split') or 'all'}"
-    info = [f"protocol <code>{html.escape(str(report['protocol']))}</code>", f"{report['images']} images"]
+    info = [f"protocol <code>{html.escape(str(report['protocol']))}</code>", f"{html.escape(str(report['images']))} images"]
     if report.get("miou") is not None:
         info.append(f"closed-set mIoU {100 * report['miou']:.1f}")
     info.append(f"backbone <code>{html.escape(str(report.get('backbone')))}</code>")
@@ -161,6 +176,8 @@ def write_html_report(eval_dir: str | Path, worst: dict[str, list[int]] | None =
                  f'above its <code>{html.escape(str(threshold))}</code> threshold (red); anomalies outlined in green, '
                  f'void grey.</p><div class="gallery">')
     for png in sorted((eval_dir / "overlays").glob("*.png")):
+        if not png.stem.split("_", 1)[0].isdigit():  # not a panel the evaluation wrote: not shown
+            continue
         index = int(png.stem.split("_", 1)[0])
         parts.append(f'<figure data-image="{index}"><img src="overlays/{html.escape(png.name)}" alt="{html.escape(png.name)}" '
                      f'width="600"><figcaption>image {index} ({html.escape(png.stem.split("_", 1)[-1])})</figcaption>'
@@ -176,7 +193,7 @@ def write_html_report(eval_dir: str | Path, worst: dict[str, list[int]] | None =
                 continue
             png = f"worst/{safe_name(m)}_{i}.png"
             img = f'<img src="{html.escape(png)}" alt="{html.escape(png)}" width="360">' if (eval_dir / png).is_file() else ""
-            vals = "".join(_cell(float(rec[k])) for k, _ in COLUMNS)
+            vals = "".join(_cell(_number(rec.get(k))) for k, _ in COLUMNS)
             items.append(f'<figure data-method="{html.escape(m)}" data-image="{i}">{img}<figcaption>image {i} '
                          f'({html.escape(rec["name"])})</figcaption><table class="image-metrics"><tr>'
                          + "".join(f"<th>{label}</th>" for _, label in COLUMNS) + f"</tr><tr>{vals}</tr></table></figure>")
@@ -193,5 +210,7 @@ def worst_images(per_image: dict[str, dict[int, dict]], methods, k: int = 3) -> 
     out = {}
     for m in methods:
         recs = per_image.get(m, {})
-        out[m] = sorted(recs, key=lambda i: (float(recs[i]["auroc"]), i))[:k]
+        auroc = {i: _number(recs[i].get("auroc")) for i in recs}  # a cell that is not a number ranks last
+        out[m] = sorted(recs, key=lambda i: (auroc[i] if auroc[i] is not None and math.isfinite(auroc[i]) else math.inf,
+                                             i))[:k]
     return out

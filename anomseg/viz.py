@@ -22,7 +22,8 @@ from anomseg.metrics.histogram import ScoreHistogram  # noqa: E402
 
 
 def safe_name(name: str) -> str:
-    """A method name usable as a file name (``energy_ft/msp`` -> ``energy_ft_msp``)."""
+    """A name usable as a file name (any character outside letters, digits, ``_ . -`` becomes ``_``); method names are
+    already restricted at the config check (:data:`anomseg.files.SAFE_NAME`)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 

@@ -230,3 +230,24 @@ def test_road_anomaly_frame_list_and_rgb_labels(tmp_path):
     (base / "frame_list.json").write_text("{not json")
     with pytest.raises(DatasetError, match="frame_list.json: not a readable JSON list"):
         build_dataset("road_anomaly", base, "test", check_size=False)
+
+
+def test_listed_paths_may_not_leave_the_dataset(tmp_path):
+    """A frame list (RoadAnomaly), an odgt index (StreetHazards) or a split list (BDD-Anomaly) naming a file outside
+    the dataset root is refused in one line naming the list, even when the file exists."""
+    outside = tmp_path / "outside"
+    rng = np.random.default_rng(0)
+    write_jpg(outside / "x.jpg", random_image(rng, H, W))
+    write_png(outside / "x.labels" / "labels_semantic.png", np.stack([tiled_label([0, 2], H, W)] * 3, -1))
+    base = tmp_path / "ra" / "RoadAnomaly_jpg"
+    (base / "frames").mkdir(parents=True)
+    (base / "frame_list.json").write_text(json.dumps(["../../../outside/x.jpg"]))
+    with pytest.raises(DatasetError) as e:
+        build_dataset("road_anomaly", tmp_path / "ra", "test", check_size=False)
+    assert "frame_list.json: lists" in str(e.value) and "leads outside the dataset root" in str(e.value)
+    assert "\n" not in str(e.value)
+    sh = tmp_path / "sh"  # the odgt index in the root (CAOS / CSAIL layout)
+    sh.mkdir()
+    (sh / "training.odgt").write_text(json.dumps([{"fpath_img": "../outside/x.jpg", "fpath_segm": "../outside/x.jpg"}]))
+    with pytest.raises(DatasetError, match="training.odgt: lists .* leads outside the dataset root"):
+        build_dataset("streethazards", sh, "train")

@@ -104,6 +104,18 @@ def _ranges(values: Sequence[int]) -> str:
     return ", ".join(out)
 
 
+def inside(root, path: Path, listing) -> Path:
+    """``path`` if it stays inside ``root`` once resolved (symbolic links and ``..`` followed), else a
+    DatasetError naming the file that listed it: a frame list, split file or index may name only files of its
+    dataset."""
+    base = Path(root).resolve()
+    resolved = Path(path).resolve()
+    if resolved != base and base not in resolved.parents:
+        raise DatasetError(f"{listing}: lists {path}, which leads outside the dataset root {base} (to {resolved}); "
+                           f"a listed path must stay inside the dataset: fix or replace the list")
+    return path
+
+
 def resize_nearest(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of a (H, W) map to ``size`` = (h, w).
 

@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from anomseg.files import make_dirs, write_text_atomic
-from anomseg.data.base import LabelTable, Record, SegmentationDataset
+from anomseg.data.base import LabelTable, Record, SegmentationDataset, inside
 from anomseg.data.io import read_label
 from anomseg.errors import DatasetError
 
@@ -162,12 +162,12 @@ class BDDAnomalyDataset(SegmentationDataset):
         records = []
         for image_id in ids:
             for source in SOURCE_SPLITS:
-                label = layout.label_path(root, source, image_id)
+                label = inside(root, layout.label_path(root, source, image_id), list_file)
                 if label.is_file():
                     break
             else:
                 raise DatasetError(f"{list_file}: image id {image_id!r} has no label map in train or val; re-run the preparation")
-            image = layout.image_path(root, source, image_id)
+            image = inside(root, layout.image_path(root, source, image_id), list_file)
             if not image.is_file():
                 raise DatasetError(f"{image}: image not found for id {image_id!r} listed in {list_file}")
             records.append(Record(name=image_id, image=image, label=label))

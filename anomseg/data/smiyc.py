@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from anomseg.data import smiyc_frames as frames
-from anomseg.data.base import LabelTable, Record, SegmentationDataset, require_dir
+from anomseg.data.base import LabelTable, Record, SegmentationDataset, inside, require_dir
 from anomseg.data.io import read_label
 from anomseg.errors import DatasetError
 
@@ -274,8 +274,8 @@ class RoadAnomalyDataset(_SmiycDataset):
         _check_count("RoadAnomaly", len(names), 60, check_size)
         records = []
         for name in sorted(names):
-            image = base / "frames" / name
-            label = base / "frames" / f"{Path(name).stem}.labels" / "labels_semantic.png"
+            image = inside(base, base / "frames" / name, listing)
+            label = inside(base, base / "frames" / f"{Path(name).stem}.labels" / "labels_semantic.png", listing)
             for p in (image, label):
                 if not p.is_file():
                     raise DatasetError(f"{p}: listed in {listing} but not found; expected layout: {self.EXPECTED}")

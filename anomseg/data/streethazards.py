@@ -19,7 +19,7 @@ import json
 import re
 from pathlib import Path
 
-from anomseg.data.base import LabelTable, Record, SegmentationDataset, require_dir
+from anomseg.data.base import LabelTable, Record, SegmentationDataset, inside, require_dir
 from anomseg.errors import DatasetError
 
 CLASS_NAMES = [
@@ -85,7 +85,7 @@ def _records_from_odgt(root: Path, odgt: Path) -> list[Record]:
     records = []
     for i, entry in enumerate(read_odgt(odgt)):
         try:
-            img, seg = root / entry["fpath_img"], root / entry["fpath_segm"]
+            img, seg = inside(root, root / entry["fpath_img"], odgt), inside(root, root / entry["fpath_segm"], odgt)
         except (KeyError, TypeError):
             raise DatasetError(f"{odgt}: entry {i} lacks 'fpath_img' / 'fpath_segm'; regenerate the index or delete it to walk the folders") from None
         for p in (img, seg):

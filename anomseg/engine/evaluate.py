@@ -44,8 +44,8 @@ from anomseg.background import Background
 from anomseg.data import DatasetSection, build_dataset
 from anomseg.data.loader import sample_loader, spare_cores
 from anomseg.errors import DatasetError
-from anomseg.files import (StageClock, check_fingerprint, file_digest, output_lock, save_torch_atomic, write_json_atomic,
-                           write_text_atomic, write_timing, write_with)
+from anomseg.files import (StageClock, check_fingerprint, check_safe_name, csv_cell, file_digest, output_lock,
+                           save_torch_atomic, write_json_atomic, write_text_atomic, write_timing, write_with)
 from anomseg.distributed import barrier, init_distributed
 from anomseg.engine.export import EXPORTS, SmiycExporter
 from anomseg.engine.recorder import EvaluationRecorder
@@ -159,6 +159,10 @@ def check_methods(cfg: dict) -> None:
     the fix)."""
     check_options("fit", fit_section, cfg["fit"])
     for spec in cfg["methods"]:
+        try:  # a method's name names its files and columns: the report, the CSV, the score files
+            check_safe_name(spec["name"], "method name")
+        except ValueError as exc:
+            raise ConfigError(f"methods: {exc}") from None
         name = spec_method_name(spec)
         check_method_options(name, spec.get("options", {}))
         if "fit" in spec:
@@ -589,7 +593,7 @@ def _write_report(cfg, out, dataset, backbone_name, recorder: EvaluationRecorder
     rows = [["image", "name", "method", "auroc", "aupr", "fpr95", "anomaly_px", "inlier_px"]]
     rows += recorder.per_image_rows(lambda i: dataset.records[i].name)
     buf = io.StringIO()
-    csv.writer(buf).writerows(rows)
+    csv.writer(buf).writerows([[csv_cell(v) for v in row] for row in rows])
     write_text_atomic(out / "per_image.csv", buf.getvalue())
     write_text_atomic(out / "report.md", markdown_table(report) + "\n")
     viz.plot_curves(recorder.hists, out)

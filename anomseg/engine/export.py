@@ -25,7 +25,7 @@ from anomseg.files import write_with
 from anomseg.metrics.smiyc import to_float16
 
 EXPORTS = ("none", "smiyc")
-_SAFE = re.compile(r"^[A-Za-z0-9._+-]+$")
+_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")  # never "." or "..": a name is a folder
 
 
 class ExportError(AnomsegError, ValueError):
