@@ -14,6 +14,7 @@ stderr (``error: ...``) and exit code 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import sysconfig
 import time
@@ -90,9 +91,25 @@ def config_tool(description: str, run: Callable[[dict], object], defaults: dict 
     except errors as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if not _path_too_long(exc):
+            raise
+        return 2
     finally:
         cleanup()
     return 0
+
+
+def _path_too_long(exc: OSError) -> bool:
+    """Print one line for a path the system cannot take (a name over 255 bytes, a path over 4096); False for any
+    other OSError (the caller re-raises it)."""
+    if getattr(exc, "errno", None) != errno.ENAMETOOLONG:
+        return False
+    name = str(exc.filename or "")
+    shown = name if len(name) <= 80 else f"{name[:40]}...{name[-20:]} ({len(name)} characters)"
+    print(f"error: {shown}: a path or name too long for the file system (at most 255 characters a name); choose a "
+          f"shorter out / path", file=sys.stderr)
+    return True
 
 
 # -- the subcommands ---------------------------------------------------------------------------------------
@@ -156,6 +173,10 @@ def visualize_main(argv=None, prog: str | None = None) -> int:
     except (AnomsegError, FileNotFoundError, IndexError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if not _path_too_long(exc):
+            raise
+        return 2
     print(f"wrote {len(paths)} panels to {paths[0].parent if paths else a.out}")
     return 0
 
@@ -178,6 +199,10 @@ def demo_main(argv=None, prog: str | None = None) -> int:
         report = run_demo(load_config(config, a.overrides, schema=SCHEMA), a.out, seed=a.seed, workers=a.workers)
     except AnomsegError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if not _path_too_long(exc):
+            raise
         return 2
     print()
     print_report(report)

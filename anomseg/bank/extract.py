@@ -81,6 +81,11 @@ def _rows(model, sample, image_index, feat, logits, seed, closed_per_image, open
     # gathered on the device, rounded to float16 there (the stored precision), then copied
     rows_host = flat.index_select(1, chosen).T.float().half().contiguous().cpu().numpy()
     logits_host = logits.index_select(1, chosen).T.half().contiguous().cpu().numpy()
+    bad = ~(np.isfinite(rows_host).all(1) & np.isfinite(logits_host).all(1))
+    if bad.any():  # checked when written: a bank never holds a row no head can use
+        raise BankError(f"image {image_index} ({sample.get('name', '?')}): the backbone gave {int(bad.sum())} NaN or "
+                        f"infinite feature / logit rows (of {len(bad)}; float16 holds up to 65504); nothing was written "
+                        f"for its part: check the checkpoint's weights, or extract without amp")
     rows = {}
     for kind, idx, sl in (("closed", closed, slice(0, len(closed))), ("open", opened, slice(len(closed), None))):
         ys, xs = np.divmod(idx, w)

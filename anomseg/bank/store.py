@@ -180,6 +180,16 @@ class FeatureBank:
         return {f: (np.concatenate(v) if v else np.zeros((0,) + self._ds[kind][f][0].shape[1:], self._ds[kind][f][0].dtype))
                 for f, v in out.items()}
 
+    def check_finite(self) -> None:
+        """Read every row once (features, and logits where stored) and raise BankError naming the first part with a
+        NaN or infinite value: rows a sampler would never draw are checked too (one pass, chunk by chunk)."""
+        fields = tuple(f for f in ("features", "logits") if f in self.fields)
+        for kind in KINDS:
+            for c in self.iter_chunks(kind, fields=fields):
+                if "logits" in c and not np.isfinite(c["logits"]).all():
+                    raise BankError(f"{self.root}: {int((~np.isfinite(c['logits']).all(1)).sum())} {kind} rows hold NaN "
+                                    f"or infinite logits; delete the bank's parts and extract it again")
+
     def iter_chunks(self, kind: str, chunk: int = 65536, fields=("features", "labels")):
         """Iterate over all rows of ``kind`` in order, ``chunk`` rows at a time."""
         for start in range(0, self.counts[kind], chunk):

@@ -242,6 +242,10 @@ def _train(cfg: dict, info: DistInfo, out: Path, progress: bool) -> dict:
     if loss_name not in LOSSES and loss_name not in MASK_LOSSES:
         raise ConfigError(f"train.loss.name={loss_name!r} is unknown; valid: {', '.join(LOSSES)} (pixel backbones), "
                           f"{', '.join(MASK_LOSSES)} (mask2former)")
+    if loss_name in ("rba", "uno") and not dc.get("paste"):
+        raise ConfigError(f"train.loss.name={loss_name!r} learns from outlier pixels ({'RbA: its outlier term' if loss_name == 'rba' else 'UNO: the negative class'} "
+                          f"acts only on them), but data.paste is not set: add data.paste: {{pool: <outlier folder>}} "
+                          f"(the synthetic set's: <root>/outliers)")
     if dc.get("paste"):  # outlier pixels from pasted objects (outlier exposure)
         p = dc["paste"]
         train_set = PastedDataset(train_set, p["pool"], count=p.get("count", (1, 3)),

@@ -213,6 +213,7 @@ def train_head(name: str, options: dict, train_bank: FeatureBank, val_bank: Feat
     if name not in HEADS:
         raise HeadError(f"unknown head {name!r}; valid: {', '.join(HEADS)}")
     feat_dim = train_bank.feature_dim
+    train_bank.check_finite()  # every row, drawn or not (a part planted or damaged after extraction)
     if name in ("gaussian", "dias_fea", "uem", "pixood"):
         options = {"num_classes": int(train_bank.meta.get("num_classes") or 0), **options}
     torch.manual_seed(seed)  # the head's initialisation depends on the seed only

@@ -46,7 +46,7 @@ class HeadMethod(Method):
                             f"(tools/train_head.py writes <out>/heads/{self.name}/best.pth)")
         weights = self.info.get("weights")
         if weights and weights != weights_hash(model):
-            raise ValueError(f"method {self.name!r}: head {self.path or '(payload)'} was trained on other backbone "
+            raise HeadError(f"method {self.name!r}: head {self.path or '(payload)'} was trained on other backbone "
                              f"weights ({weights}); use it with the backbone it was trained on")
         self.head.to(next(model.parameters()).device).eval()
 

@@ -37,6 +37,10 @@ class QueryMethod(Method):
             want = "a K + 2-class head (backbone option negative_class: true, trained as configs/seg_synthetic_m2f_uno.yaml)" \
                 if self.needs_negative_class else "a K + 1-class head (negative_class: false); score that model with uno"
             raise ConfigError(f"method {self.name!r} needs {want}")
+        if self.needs_negative_class and getattr(model, "negative_row_untrained", False):
+            raise ConfigError(f"method {self.name!r}: the checkpoint has no trained negative class (a K + 1-class file, "
+                              f"its negative row added as zeros at load); fine-tune it with train_seg loss uno "
+                              f"(configs/seg_synthetic_m2f_uno.yaml) and score that checkpoint")
 
     @abc.abstractmethod
     def score_pass(self, queries, size) -> torch.Tensor:

@@ -314,6 +314,11 @@ def per_image_metrics(scores: torch.Tensor, anomaly: torch.Tensor, protocol: str
                          f"(B, H, W) or (1, H, W)")
     if not scores.is_floating_point():
         raise ValueError(f"scores have dtype {scores.dtype}; pass float scores")
+    if scores.shape[0] == 0:
+        raise ValueError("scores hold no map (an empty batch): pass at least one (B >= 1)")
+    if scores.dtype == torch.float64:  # the keys are float32's: refused where the cast would change the ranking
+        from anomseg.metrics.evaluator import exactly_float32
+        scores = exactly_float32(scores, list(range(len(scores))))
     if anomaly.dtype != torch.uint8:
         raise ValueError(f"anomaly has dtype {anomaly.dtype}; pass uint8 targets (0 inlier, 1 anomaly, 255 void)")
     if host_anomaly is not None and tuple(host_anomaly.shape) != tuple(anomaly.shape):

@@ -76,7 +76,28 @@ def _prepare(ev, s: torch.Tensor, target: torch.Tensor, ids) -> tuple:
                                f"{tuple(target.shape[1:])}; resize the score map to the label size first")
     if not s.is_floating_point():
         raise MetricInputError(f"image {batch_ids[0]}: scores have dtype {s.dtype}; pass float scores")
-    return ev, s, batch_ids
+    return ev, exactly_float32(s, batch_ids), batch_ids
+
+
+def exactly_float32(s: torch.Tensor, ids) -> torch.Tensor:
+    """float64 maps as float32 when that changes no ranking, else :class:`MetricInputError` in one line: the metrics
+    sort float32 keys, and a float64 map whose values differ below float32 precision (or exceed its range) would be
+    measured wrong (two scores 1e-9 apart become one: a per-image AUROC of 0.5 instead of 1.0)."""
+    if s.dtype != torch.float64:
+        return s
+    s32 = s.float()
+    over = torch.isfinite(s) & ~torch.isfinite(s32)
+    if bool(over.any()):
+        b = int(over.reshape(len(s), -1).any(1).nonzero()[0])
+        raise MetricInputError(f"image {ids[b]}: float64 scores beyond float32's range (e.g. {s[b][over[b]][0].item():g}); "
+                               f"the metrics are computed in float32: rescale the scores (e.g. a logarithm) first")
+    for b in range(len(s)):
+        n64, n32 = torch.unique(s[b]).numel(), torch.unique(s32[b]).numel()
+        if n64 != n32:
+            raise MetricInputError(f"image {ids[b]}: float64 scores that differ below float32 precision ({n64} distinct "
+                                   f"values, {n32} once float32); the metrics are computed in float32: subtract their "
+                                   f"mean and divide by their spread (or cast to float32 yourself) first")
+    return s32
 
 
 def measure_batch(jobs, anomaly, ids=None, *, host_anomaly=None) -> list[Measured]:
@@ -255,7 +276,11 @@ class AnomalyMetrics:
     # -- input ---------------------------------------------------------------------------
     def update(self, scores, anomaly, ids=None) -> None:
         """Add a batch: scores float (N, H, W) or (H, W), anomaly uint8 of the same shape (numpy or torch,
-        on any device: per-image metrics and histograms are computed where the maps are)."""
+        on any device: per-image metrics and histograms are computed where the maps are). An empty batch (N = 0)
+        adds nothing."""
+        if getattr(scores, "ndim", 0) == 3 and len(scores) == 0 and getattr(anomaly, "ndim", 0) == 3 \
+                and len(anomaly) == 0:
+            return
         self.commit(measure_batch([(self, scores)], anomaly, ids)[0])
 
     def needs_host_maps(self) -> bool:

@@ -57,6 +57,7 @@ def load_checkpoint(model: SegmentationBackbone, path_or_paths, bn: str = "auto"
     if not pair and not Path(path_or_paths).is_dir():
         obj = read_file(Path(path_or_paths))
         fmt, source = detect_format(obj), str(path_or_paths)
+        check_tensors(state_of(obj), source)
     if fmt in (dinov2.NAME, dinov2.NAME_V3):  # encoder-only files: the decoder keeps its initialisation
         return dinov2.load(model, state_of(obj), source, v3=fmt == dinov2.NAME_V3)
     if fmt.startswith(csail.NAME):  # either half, a pair or a folder: both halves
@@ -71,14 +72,33 @@ def load_checkpoint(model: SegmentationBackbone, path_or_paths, bn: str = "auto"
         sd = transformers.convert(model, state_of(obj), source)
     else:
         sd = own.convert(obj)
+    if fmt == own.NAME:  # our files say how their head was built: a UNO head (K + 2 rows) is not K + 1 classes
+        options = (obj.get("backbone") or {}).get("options") or {}
+        if options.get("negative_class") and not getattr(model, "negative_class", False):
+            raise ModelError(f"{source}: holds a UNO head (a negative class: K + 2 rows) but the model was built "
+                             f"without one, so the negative row would become known class K; build it with backbone "
+                             f"option negative_class: true (or give the checkpoint alone: it rebuilds its model)")
+    grown = False
     if getattr(model, "negative_class", False):
+        before = sd
         sd = grow_negative_class(sd, model, source)
+        grown = sd is not before
+    model.negative_row_untrained = grown  # UNO's score on an untrained zero row would mean nothing (methods refuse)
     load_strict(model, sd, source, HEAD_KEYS.get(fmt))
     info = {"format": fmt, "num_classes": getattr(model, "num_classes", None), "source": source, "bn": bn_mode}
     if fmt == own.NAME:
         info["config"] = obj.get("config", {})
         info["backbone"] = obj.get("backbone")
     return info
+
+
+def check_tensors(sd: dict, source: str) -> None:
+    """Every entry of a state dict a string name and a tensor, else one ModelError naming the first that is not."""
+    for k, v in sd.items():
+        if not isinstance(k, str) or not torch.is_tensor(v):
+            what = "not named by a string" if not isinstance(k, str) else f"a {type(v).__name__}, not a tensor"
+            raise ModelError(f"{source}: state dict entry {k!r} is {what}; a checkpoint's weights are tensors under "
+                             f"string names: is it the right file?")
 
 
 def grow_negative_class(sd: dict, model, source: str) -> dict:
@@ -95,7 +115,8 @@ def grow_negative_class(sd: dict, model, source: str) -> dict:
     e = sd.get("net.criterion.empty_weight")
     if e is not None:
         sd["net.criterion.empty_weight"] = torch.cat([e[:-1], torch.ones_like(e[:1]), e[-1:]])
-    log.info("%s: K + 1-class head grown to UNO's K + 2 (a zero row for the negative class)", source)
+    log.warning("%s: K + 1-class head grown to UNO's K + 2 (an untrained zero row for the negative class: train it "
+                "with train_seg loss uno before scoring with uno)", source)
     return sd
 
 

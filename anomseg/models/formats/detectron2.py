@@ -118,6 +118,10 @@ def read_pickle(path: Path) -> dict:
     sd = obj.get("model", obj) if isinstance(obj, dict) else None
     if not isinstance(sd, dict) or not all(isinstance(v, np.ndarray) for v in sd.values()):
         raise ModelError(f"{path}: a pickle without a {{name: numpy array}} model; expected a detectron2 model-zoo file")
+    for k, v in sd.items():
+        if not isinstance(k, str) or v.dtype.kind not in "biuf":
+            raise ModelError(f"{path}: entry {k!r} is {'not named by a string' if not isinstance(k, str) else f'an array of {v.dtype}'}"
+                             f"; a detectron2 model-zoo file holds numeric arrays under string names: refused")
     return {"model": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}}
 
 
