@@ -201,6 +201,35 @@ def _pixel_batch_loss(net, images, target, outlier, loss_name: str, loss_opts: d
     return loss * info.world / max(valid, 1.0)
 
 
+def rng_state(device) -> dict:
+    """Every random stream a training step may draw from, as tensors and lists (``torch.load(weights_only=True)``
+    reads them back): torch's CPU generator (and the device's on CUDA), NumPy's and Python's global ones. Data
+    order, crops and pasting are seeded per (seed, epoch, image) and need no state."""
+    import random
+
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+             "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+             "python": [py_state[0], list(py_state[1]), py_state[2]]}
+    if torch.device(device).type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device) -> None:
+    """Restore :func:`rng_state`'s streams."""
+    import random
+
+    torch.set_rng_state(state["torch"])
+    name, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, state["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
 def _check_loss_fits(loss_name: str, model, backbone: str) -> None:
     """Mask losses train mask-classification backbones and only them; ``uno`` needs the negative class."""
     masked = getattr(model, "mask_classification", False)
@@ -305,6 +334,8 @@ def _train(cfg: dict, info: DistInfo, out: Path, progress: bool) -> dict:
                           "set train.resume=false (or choose a new out) to train from scratch")
         model.load_state_dict(state["state_dict"])
         opt.load_state_dict(state["optimizer"])
+        if "rng" in state:  # the random streams as the epoch ended: the set loss's points, drop path, workers
+            set_rng_state(state["rng"], info.device)
         start_epoch, best = state["epoch"] + 1, state.get("best_score", float("-inf"))
         history = json.loads(state.get("history", "[]"))
     net = model
@@ -362,7 +393,7 @@ def _train(cfg: dict, info: DistInfo, out: Path, progress: bool) -> dict:
             best = max(best, score) if is_best else best
             selected_by = "val_miou" if val_set is not None else "-train_loss"
             extra = {"optimizer": opt.state_dict(), "epoch": epoch, "best_score": best, "selected_by": selected_by,
-                     "history": json.dumps(history)}
+                     "history": json.dumps(history), "rng": rng_state(info.device)}
             if is_best:
                 save_checkpoint(out / "checkpoints" / "best.pth", model, cfg, epoch=epoch, best_score=best,
                                 selected_by=selected_by)
