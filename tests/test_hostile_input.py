@@ -487,6 +487,36 @@ NOTHING_MADE.update({"empty-config", "seg-batch-size-0", "seg-epochs-0", "seg-mo
 PATCHES = {"read-only-state": read_only("out/state"), "seg-read-only-checkpoints": read_only("seg/checkpoints")}
 CASES += SECOND_WAVE
 
+# The third wave (issue 33): hangs, names that become files or formulas, outlier losses without outliers, paths
+THIRD_WAVE = [
+    ("yaml-recursive-anchor", E, lambda e, t: ["--config", _yaml(t, "r.yaml", "methods: &m [*m]\n")],
+     "a recursive anchor"),
+    ("yaml-recursive-anchor-nested", E, lambda e, t: ["--config", _yaml(t, "r2.yaml", "methods: &m [{name: msp, options: "
+                                                      "{x: *m}}]\n")], "a recursive anchor"),
+    ("yaml-recursive-anchor-override", E, lambda e, t: ["--config", _eval_cfg(e, t), "methods=&m [*m]"],
+     "a recursive anchor"),
+    ("method-name-formula", E, lambda e, t: ["--config", _eval_cfg(e, t, methods=[
+        {"name": "=cmd|' /C calc'!A0", "score": "msp"}])], "use 1-100 letters, digits and _ . + -"),
+    ("method-name-dotdot", E, lambda e, t: ["--config", _eval_cfg(e, t, methods=[{"name": "..", "score": "msp"}])],
+     "never '.' or '..'"),
+    ("method-name-slash", E, lambda e, t: ["--config", _eval_cfg(e, t, methods=[{"name": "a/../../b", "score": "msp"}])],
+     "use 1-100 letters"),
+    ("seg-rba-without-paste", "seg", lambda e, t: seg_cfg(e, t, "model.backbone=mask2former",
+                                                         "model.options={preset: tiny}", "train.loss.name=rba"),
+     "data.paste is not set"),
+    ("eval-out-too-long", E, lambda e, t: ["--config", _eval_cfg(e, t), "out=" + "x" * 120000],
+     "too long for the file system"),
+    ("heads-out-too-long", "heads", lambda e, t: heads_cfg(e, t, "out=" + "y" * 120000), "too long for the file system"),
+    ("eval-window-with-flip", E, lambda e, t: ["--config", _eval_cfg(e, t, inference={"window": [32, 64], "flip": True})],
+     "sliding windows run at scale 1.0 without flip"),
+    ("heads-pixood-eval-labels", "heads", lambda e, t: heads_cfg(e, t, "heads=[{name: pixood, options: {eval_labels: [99]}}]"),
+     "eval_labels [99] are not classes"),
+]
+NOTHING_MADE.update({"yaml-recursive-anchor", "yaml-recursive-anchor-nested", "yaml-recursive-anchor-override",
+                     "method-name-formula", "method-name-dotdot", "method-name-slash", "seg-rba-without-paste",
+                     "eval-window-with-flip"})
+CASES += THIRD_WAVE
+
 
 def _snapshot(root: Path) -> dict:
     return {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
@@ -523,7 +553,7 @@ def test_bad_input_gives_one_line(case, env, tmp_path, capsys, monkeypatch):
 
 
 def test_the_table_is_large_enough():
-    assert len(CASES) >= 85
+    assert len(CASES) >= 96
 
 
 # -- the library API: AnomalySegmenter, the evaluator, the loaders (one line each, or the correct result) -----
@@ -625,6 +655,69 @@ def api_bn(env, tmp):
     load_checkpoint(build_backbone("smp:FPN:resnet18", 13, **SMALL), str(env / "seg13.pth"), bn="garbage")
 
 
+
+def api_float64_ties(env, tmp):
+    from anomseg.metrics import AnomalyMetrics
+    s = np.ones((8, 8))
+    s[0, 0] += 1e-9  # a distinct float64 value, the same float32 one
+    a = np.zeros((8, 8), np.uint8)
+    a[0, 0] = 1
+    AnomalyMetrics(protocol="per_image").update(s, a)
+
+
+def api_float64_huge(env, tmp):
+    from anomseg.metrics import AnomalyMetrics
+    a = np.zeros((8, 8), np.uint8)
+    a[0, 0] = 1
+    AnomalyMetrics(protocol="per_image").update(np.full((8, 8), 1e300), a)
+
+
+def api_empty_update(env, tmp):
+    from anomseg.metrics import AnomalyMetrics
+    m = AnomalyMetrics(protocol="per_image")
+    m.update(np.zeros((0, 8, 8), np.float32), np.zeros((0, 8, 8), np.uint8))  # adds nothing
+    a = np.zeros((8, 8), np.uint8)
+    a[0, 0] = 1
+    s = np.zeros((8, 8))
+    s[0, 0] = 1.0  # float64 whose ranking float32 keeps: measured, 1.0
+    m.update(s, a)
+    assert m.compute()["auroc"] == 1.0 and m.compute()["images"] == 1
+
+
+def api_int_value(env, tmp):
+    from anomseg.models import build_backbone
+    from anomseg.models.checkpoints import load_checkpoint
+    torch.save({"model": {"sem_seg_head.predictor.class_embed.weight": torch.zeros(4, 64), "iteration_x": 3}},
+               tmp / "d2.pth")
+    load_checkpoint(build_backbone("mask2former", 3, preset="tiny"), tmp / "d2.pth")
+
+
+def api_object_array(env, tmp):
+    import pickle
+    from anomseg.models import build_backbone
+    from anomseg.models.checkpoints import load_checkpoint
+    with open(tmp / "zoo.pkl", "wb") as f:
+        pickle.dump({"model": {"sem_seg_head.predictor.class_embed.weight": np.array([1, "x"], dtype=object)}}, f)
+    load_checkpoint(build_backbone("mask2former", 3, preset="tiny"), tmp / "zoo.pkl")
+
+
+def api_uno_into_normal(env, tmp):
+    from anomseg.models import build_backbone
+    from anomseg.models.checkpoints import load_checkpoint, save_checkpoint
+    save_checkpoint(tmp / "uno.pth", build_backbone("mask2former", 13, preset="tiny", negative_class=True))
+    load_checkpoint(build_backbone("mask2former", 14, preset="tiny"), tmp / "uno.pth")  # 15 rows either way
+
+
+def api_uno_untrained(env, tmp):
+    from anomseg.methods import build_method
+    from anomseg.models import build_backbone
+    from anomseg.models.checkpoints import load_checkpoint, save_checkpoint
+    save_checkpoint(tmp / "m2f.pth", build_backbone("mask2former", 13, preset="tiny"))
+    model = build_backbone("mask2former", 13, preset="tiny", negative_class=True)
+    load_checkpoint(model, tmp / "m2f.pth")  # grown by an untrained zero row
+    build_method("uno").setup(model)
+
+
 API_CASES = [
     # (id, call(env, tmp[, monkeypatch]), words of the one-line error, or None: the call must give the correct result)
     ("head-of-another-kind", lambda e, t: AnomalySegmenter.from_files(
@@ -650,7 +743,17 @@ API_CASES = [
     ("bn-garbage", api_bn, "bn='garbage'"),
     ("method-option-range", lambda e, t: __import__("anomseg").methods.build_method("energy", temperature=0),
      "option temperature = 0 must be a number > 0"),
+    ("float64-below-float32-precision", api_float64_ties, "differ below float32 precision"),
+    ("float64-beyond-float32-range", api_float64_huge, "beyond float32's range"),
+    ("empty-batch-per-image-metrics", lambda e, t: __import__("anomseg.metrics.device", fromlist=["x"]).per_image_metrics(
+        torch.zeros(0, 4, 4), torch.zeros(0, 4, 4, dtype=torch.uint8)), "an empty batch"),
+    ("empty-batch-update", api_empty_update, None),
+    ("state-dict-int-value", api_int_value, "is a int, not a tensor"),
+    ("model-zoo-object-array", api_object_array, "an array of object"),
+    ("uno-file-into-a-normal-model", api_uno_into_normal, "holds a UNO head"),
+    ("uno-on-an-untrained-negative-row", api_uno_untrained, "no trained negative class"),
 ]
+
 
 
 @pytest.mark.parametrize("case", API_CASES, ids=[c[0] for c in API_CASES])

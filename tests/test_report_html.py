@@ -122,3 +122,27 @@ def test_chromium_renders_the_page_and_runs_its_script(evaluation, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert 'data-ready="1"' in proc.stdout  # the inline script ran to its end: no JavaScript error before it
     assert 'id="metrics-table"' in proc.stdout
+
+
+def test_what_the_page_and_the_csv_read_back_is_escaped(evaluation, tmp_path):
+    """A report.json / per_image.csv planted in a shared folder: every field reaches the page escaped (no tag, no
+    attribute break-out), and the CSV the evaluation writes neutralises cells a spreadsheet would run (OWASP)."""
+    from anomseg.files import csv_cell
+    from anomseg.html_report import write_html_report
+
+    planted = tmp_path / "planted"
+    shutil.copytree(evaluation, planted)
+    report = json.loads((planted / "report.json").read_text())
+    attack = '"><script>alert(1)</script>'
+    report["protocol"], report["images"], report["backbone"] = attack, attack, attack
+    first = next(iter(report["methods"].values()))
+    first["auroc"] = attack
+    (planted / "report.json").write_text(json.dumps(report))
+    page = write_html_report(planted).read_text()
+    assert "<script>alert(1)" not in page and '"><script' not in page
+    assert page.count("<script>") == 1  # the page's own sorting script only
+    Page().feed(page)  # still parses
+    assert [csv_cell(v) for v in ("=HYPERLINK(1)", "+1", "-2", "@x", "\tx", "\rx", "name", 0.5, -0.5)] == \
+        ["'=HYPERLINK(1)", "'+1", "'-2", "'@x", "'\tx", "'\rx", "name", 0.5, -0.5]
+    rows = list(csv.reader((evaluation / "per_image.csv").open()))
+    assert rows[0][:3] == ["image", "name", "method"]

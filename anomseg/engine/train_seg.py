@@ -256,6 +256,12 @@ def train_segmentation(cfg: dict, progress: bool = True) -> dict:
     for key, n in (("crop", 2), ("scale", 2)):
         if len(cfg["data"][key]) != n:
             raise ConfigError(f"data.{key}={cfg['data'][key]!r}: give {n} values")
+    loss_name = (cfg["train"].get("loss") or {}).get("name")
+    if loss_name in ("rba", "uno") and not cfg["data"].get("paste"):
+        what = "its outlier term" if loss_name == "rba" else "the negative class"
+        raise ConfigError(f"train.loss.name={loss_name!r} learns from outlier pixels ({what} acts only on them), but "
+                          f"data.paste is not set: add data.paste: {{pool: <outlier folder>}} (the synthetic set's: "
+                          f"<root>/outliers)")
     info = init_distributed(cfg.get("device"))
     out = Path(cfg["out"])
     with output_lock(out) if info.is_main else contextlib.nullcontext():  # one run per output folder
@@ -271,10 +277,6 @@ def _train(cfg: dict, info: DistInfo, out: Path, progress: bool) -> dict:
     if loss_name not in LOSSES and loss_name not in MASK_LOSSES:
         raise ConfigError(f"train.loss.name={loss_name!r} is unknown; valid: {', '.join(LOSSES)} (pixel backbones), "
                           f"{', '.join(MASK_LOSSES)} (mask2former)")
-    if loss_name in ("rba", "uno") and not dc.get("paste"):
-        raise ConfigError(f"train.loss.name={loss_name!r} learns from outlier pixels ({'RbA: its outlier term' if loss_name == 'rba' else 'UNO: the negative class'} "
-                          f"acts only on them), but data.paste is not set: add data.paste: {{pool: <outlier folder>}} "
-                          f"(the synthetic set's: <root>/outliers)")
     if dc.get("paste"):  # outlier pixels from pasted objects (outlier exposure)
         p = dc["paste"]
         train_set = PastedDataset(train_set, p["pool"], count=p.get("count", (1, 3)),

@@ -47,5 +47,7 @@ def build_head(name: str, feat_dim: int, **options) -> Head:
         head = cls(feat_dim, **{**options, **fixed})
     except TypeError as exc:
         raise ConfigError(f"head {name!r}: bad option ({exc})") from None
+    except ValueError as exc:  # an option that does not fit the bank (its classes, its channels)
+        raise ConfigError(f"head {name!r}: {exc}") from None
     head.name = name
     return head

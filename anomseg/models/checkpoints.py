@@ -56,8 +56,10 @@ def load_checkpoint(model: SegmentationBackbone, path_or_paths, bn: str = "auto"
     obj, fmt, bn_mode = None, csail.NAME, None
     if not pair and not Path(path_or_paths).is_dir():
         obj = read_file(Path(path_or_paths))
-        fmt, source = detect_format(obj), str(path_or_paths)
-        check_tensors(state_of(obj), source)
+        source = str(path_or_paths)
+        if isinstance(state_of(obj), dict):
+            check_tensors(state_of(obj), source)
+        fmt = detect_format(obj)
     if fmt in (dinov2.NAME, dinov2.NAME_V3):  # encoder-only files: the decoder keeps its initialisation
         return dinov2.load(model, state_of(obj), source, v3=fmt == dinov2.NAME_V3)
     if fmt.startswith(csail.NAME):  # either half, a pair or a folder: both halves
