@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from tqdm import tqdm
 from anomseg.config import ANY, ConfigError, OPTIONAL_INT, OPTIONAL_STR, save_config, schema_from_defaults
 from anomseg.data import build_dataset
 from anomseg.metrics.segmentation import confusion_matrix, miou
-from anomseg.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from anomseg.distributed import DistInfo, all_reduce_sum, barrier, gather_objects, init_distributed
 from anomseg.files import check_fingerprint, output_lock, write_text_atomic
 from anomseg.models import ModelError, build_backbone, load_checkpoint, load_pretrained, save_checkpoint
 from anomseg.models.checkpoints import init_encoder
@@ -37,6 +38,8 @@ from anomseg.train.augment import SegAugment, sample_seed
 from anomseg.train.losses import LOSSES, pixel_loss
 from anomseg.train.mask_losses import MASK_LOSSES, check_mask_loss_options, mask_loss
 from anomseg.options import NonEmpty, NonNegative, NonNegativeInt, Positive, PositiveInt, Range, check_options
+
+log = logging.getLogger(__name__)
 
 DEFAULTS = {
     "seed": 0,
@@ -337,7 +340,11 @@ def _train(cfg: dict, info: DistInfo, out: Path, progress: bool) -> dict:
         model.load_state_dict(state["state_dict"])
         opt.load_state_dict(state["optimizer"])
         if "rng" in state:  # the random streams as the epoch ended: the set loss's points, drop path, workers
-            set_rng_state(state["rng"], info.device)
+            streams = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+            if len(streams) != info.world:  # resumable still, but no longer the same random draws
+                log.warning("%s: saved by %d processes, resumed by %d: each rank resumes rank 0's random streams, so "
+                            "the run is not bitwise the uninterrupted one", last_path, len(streams), info.world)
+            set_rng_state(streams[info.rank] if len(streams) == info.world else streams[0], info.device)
         start_epoch, best = state["epoch"] + 1, state.get("best_score", float("-inf"))
         history = json.loads(state.get("history", "[]"))
     net = model
@@ -389,13 +396,14 @@ def _train(cfg: dict, info: DistInfo, out: Path, progress: bool) -> dict:
         if validated:  # every val_every epochs and after the last: only validated epochs can be best
             entry["val_miou"], _ = evaluate_miou(model, val_set, info, tc["val_batch_size"], progress)
         history.append(entry)
+        streams = gather_objects(rng_state(info.device))  # every rank's: each resumes its own
         if info.is_main:
             score = entry.get("val_miou", -entry["train_loss"] if val_set is None else float("nan"))
             is_best = not math.isnan(score) and score > best
             best = max(best, score) if is_best else best
             selected_by = "val_miou" if val_set is not None else "-train_loss"
             extra = {"optimizer": opt.state_dict(), "epoch": epoch, "best_score": best, "selected_by": selected_by,
-                     "history": json.dumps(history), "rng": rng_state(info.device)}
+                     "history": json.dumps(history), "rng": streams}
             if is_best:
                 save_checkpoint(out / "checkpoints" / "best.pth", model, cfg, epoch=epoch, best_score=best,
                                 selected_by=selected_by)
