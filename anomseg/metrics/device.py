@@ -47,6 +47,7 @@ import time
 import numpy as np
 import torch
 
+from anomseg.errors import AnomsegError
 from anomseg.metrics.curves import exact_groups, group_metrics
 
 RECALL_LEVEL = 0.95
@@ -54,6 +55,31 @@ PROTOCOLS = ("per_image", "caos")
 _ABOVE = 0x7FFFFFFF  # int32 key above every finite float32's (+inf is 0x7F800000)
 BYTES_PER_PIXEL = 48  # working memory of one pixel: keys, masks, sorted keys, sort indices, the rows' int64 search copy
 BYTES_PER_ANOMALY_PIXEL = 256  # and of one anomaly pixel: its pair, searches, counts and terms
+
+
+class MetricInputError(AnomsegError, ValueError):
+    """Scores or targets given to the evaluator are malformed."""
+
+
+def exactly_float32(s: torch.Tensor, ids) -> torch.Tensor:
+    """float64 maps as float32 when that changes no ranking, else :class:`MetricInputError` in one line: the metrics
+    sort float32 keys, and a float64 map whose values differ below float32 precision (or exceed its range) would be
+    measured wrong (two scores 1e-9 apart become one: a per-image AUROC of 0.5 instead of 1.0)."""
+    if s.dtype != torch.float64:
+        return s
+    s32 = s.float()
+    over = torch.isfinite(s) & ~torch.isfinite(s32)
+    if bool(over.any()):
+        b = int(over.reshape(len(s), -1).any(1).nonzero()[0])
+        raise MetricInputError(f"image {ids[b]}: float64 scores beyond float32's range (e.g. {s[b][over[b]][0].item():g}); "
+                               f"the metrics are computed in float32: rescale the scores (e.g. a logarithm) first")
+    for b in range(len(s)):
+        n64, n32 = torch.unique(s[b]).numel(), torch.unique(s32[b]).numel()
+        if n64 != n32:
+            raise MetricInputError(f"image {ids[b]}: float64 scores that differ below float32 precision ({n64} distinct "
+                                   f"values, {n32} once float32); the metrics are computed in float32: subtract their "
+                                   f"mean and divide by their spread (or cast to float32 yourself) first")
+    return s32
 
 
 def int32_keys(scores: torch.Tensor) -> torch.Tensor:
@@ -317,7 +343,6 @@ def per_image_metrics(scores: torch.Tensor, anomaly: torch.Tensor, protocol: str
     if scores.shape[0] == 0:
         raise ValueError("scores hold no map (an empty batch): pass at least one (B >= 1)")
     if scores.dtype == torch.float64:  # the keys are float32's: refused where the cast would change the ranking
-        from anomseg.metrics.evaluator import exactly_float32
         scores = exactly_float32(scores, list(range(len(scores))))
     if anomaly.dtype != torch.uint8:
         raise ValueError(f"anomaly has dtype {anomaly.dtype}; pass uint8 targets (0 inlier, 1 anomaly, 255 void)")

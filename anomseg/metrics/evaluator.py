@@ -15,7 +15,7 @@ from anomseg.errors import AnomsegError
 from anomseg.files import make_dirs, write_with
 from anomseg.metrics.components import TRACKS, ComponentStats, image_components
 from anomseg.metrics.curves import exact_metrics
-from anomseg.metrics.device import finite_rows, label_counts, per_image_metrics
+from anomseg.metrics.device import MetricInputError, exactly_float32, finite_rows, label_counts, per_image_metrics
 from anomseg.metrics.histogram import ScoreHistogram
 from anomseg.metrics.smiyc import MAX_FLOAT16, frame_bins, pix_binary_class
 
@@ -30,9 +30,6 @@ ARITHMETIC = {
              "bins, step-wise AP, trapezoid AUROC, FPR at the first TPR >= 0.95; frames in sorted order)",
 }
 
-
-class MetricInputError(AnomsegError, ValueError):
-    """Scores or targets given to the evaluator are malformed."""
 
 
 def _numpy(x) -> np.ndarray:
@@ -79,25 +76,6 @@ def _prepare(ev, s: torch.Tensor, target: torch.Tensor, ids) -> tuple:
     return ev, exactly_float32(s, batch_ids), batch_ids
 
 
-def exactly_float32(s: torch.Tensor, ids) -> torch.Tensor:
-    """float64 maps as float32 when that changes no ranking, else :class:`MetricInputError` in one line: the metrics
-    sort float32 keys, and a float64 map whose values differ below float32 precision (or exceed its range) would be
-    measured wrong (two scores 1e-9 apart become one: a per-image AUROC of 0.5 instead of 1.0)."""
-    if s.dtype != torch.float64:
-        return s
-    s32 = s.float()
-    over = torch.isfinite(s) & ~torch.isfinite(s32)
-    if bool(over.any()):
-        b = int(over.reshape(len(s), -1).any(1).nonzero()[0])
-        raise MetricInputError(f"image {ids[b]}: float64 scores beyond float32's range (e.g. {s[b][over[b]][0].item():g}); "
-                               f"the metrics are computed in float32: rescale the scores (e.g. a logarithm) first")
-    for b in range(len(s)):
-        n64, n32 = torch.unique(s[b]).numel(), torch.unique(s32[b]).numel()
-        if n64 != n32:
-            raise MetricInputError(f"image {ids[b]}: float64 scores that differ below float32 precision ({n64} distinct "
-                                   f"values, {n32} once float32); the metrics are computed in float32: subtract their "
-                                   f"mean and divide by their spread (or cast to float32 yourself) first")
-    return s32
 
 
 def measure_batch(jobs, anomaly, ids=None, *, host_anomaly=None) -> list[Measured]:
