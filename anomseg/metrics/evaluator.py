@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anomseg.errors import AnomsegError
 from anomseg.files import make_dirs, write_with
 from anomseg.metrics.components import TRACKS, ComponentStats, image_components
 from anomseg.metrics.curves import exact_metrics
