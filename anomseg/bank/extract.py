@@ -13,7 +13,6 @@ from tqdm import tqdm
 from anomseg.background import Background
 from anomseg.bank.store import FIELDS, KINDS, META, OPEN, BankError, FeatureBank, part_name, write_part
 from anomseg.data.base import majority_labels, resize_nearest
-from anomseg.models.base import resize_logits
 from anomseg.data.loader import sample_loader, spare_cores
 from anomseg.distributed import DistInfo, barrier
 from anomseg.files import make_dirs, write_json_atomic, write_timing
@@ -62,16 +61,17 @@ def batch_rows(model, samples: list[dict], image_indices: list[int], *, seed: in
             stop += 1
         with autocast(device, amp):
             out = model(torch.cat(images[start:stop]).to(device, non_blocking=True))
+        grid = out.grid_logits()
         for j in range(stop - start):
-            out_rows.append(_rows(model, samples[start + j], image_indices[start + j], out.features[j], out.logits[j],
+            out_rows.append(_rows(model, samples[start + j], image_indices[start + j], out.features[j], grid[j],
                                   seed, closed_per_image, open_per_image))
         start = stop
     return out_rows
 
 
 def _rows(model, sample, image_index, feat, logits, seed, closed_per_image, open_per_image):
-    d, h, w = feat.shape  # on the device
-    logits = resize_logits(logits[None].float(), (h, w))[0].reshape(logits.shape[0], -1)
+    d, h, w = feat.shape  # on the device; logits (K, h, w) on the same grid
+    logits = logits.reshape(logits.shape[0], -1)
     sem, anom = grid_labels(model, sample["semantic"], sample["anomaly"], (h, w))
     rng = np.random.default_rng([seed, image_index])
     closed = _select(rng, np.flatnonzero(((anom == 0) & (sem != 255)).ravel()), closed_per_image)

@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from anomseg.files import file_digest
 from anomseg.heads import HEADS
 from anomseg.heads.io import HeadError, head_from_payload, head_payload, load_head
@@ -51,26 +53,26 @@ class HeadMethod(Method):
         self.head.to(next(model.parameters()).device).eval()
 
     def score(self, obs: Observation):
-        if obs.prediction.windows:  # sliding windows: each window's map at its size, averaged where they overlap
-            maps = [(w, self.window_map(w)[:, None]) for w in obs.prediction.windows]
-            return self.averaged(maps, obs)[:, 0]
-        return self.map_on(obs.prediction.features, obs.prediction.grid_logits, obs.size)
+        maps = self.on_grids(obs, lambda features, grid_logits: self.map_on(features, grid_logits, None)[:, None])
+        return maps[:, 0]
 
     def map_on(self, features, grid_logits, size):
-        """The head's score map on one feature grid, resized to ``size``: float32 (N, *size)."""
+        """The head's score map on one feature grid, resized to ``size`` (None: the grid's): float32 (N, ...)."""
         if getattr(self.head, "uses_logits", False):
             return self.head.score_map(features, size=size, logits=grid_logits)
         return self.head.score_map(features, size=size)
 
-    def window_map(self, window):
-        return self.map_on(window.features, window.grid_logits, None)
-
     @staticmethod
-    def averaged(maps, obs: Observation):
-        """Per-window maps averaged over the image (UEM's rule), then resized to the label size."""
-        windows = obs.prediction.windows
-        image = (max(w.y + w.height for w in windows), max(w.x + w.width for w in windows))
-        return resize_logits(window_average(maps, image), tuple(obs.size))
+    def on_grids(obs: Observation, maps_of) -> torch.Tensor:
+        """``maps_of(features, grid_logits)`` -> (N, C, h, w) on the pass's feature grid, bilinearly resized to the
+        label size; under sliding windows on each window, resized to it and averaged where windows overlap (UEM's
+        rule), then to the label size: float32 (N, C, *obs.size)."""
+        p = obs.prediction
+        if not p.windows:
+            return resize_logits(maps_of(p.features, p.grid_logits).float(), tuple(obs.size))
+        image = (max(w.y + w.height for w in p.windows), max(w.x + w.width for w in p.windows))
+        averaged = window_average([(w, maps_of(w.features, w.grid_logits)) for w in p.windows], image)
+        return resize_logits(averaged, tuple(obs.size))
 
     def state_dict(self) -> dict:
         return {"head": head_payload(self.head, {k: v for k, v in self.info.items() if k not in ("format", "name",
@@ -95,10 +97,7 @@ class UEMMethod(HeadMethod):
     (NazirNayal8/UEM-likelihood-ratio ``modeling/ood_segmentation.py``)."""
 
     def score(self, obs: Observation):
-        if obs.prediction.windows:  # o averaged over the windows as the segmenter's logits are (the release)
-            o = self.averaged([(w, self.head.outputs(w.features)) for w in obs.prediction.windows], obs)
-        else:
-            o = resize_logits(self.head.outputs(obs.prediction.features), tuple(obs.size))
+        o = self.on_grids(obs, lambda features, _: self.head.outputs(features))  # windows: averaged as the logits are
         return o[:, 1] - obs.prediction.logits.to(o).max(1).values - o[:, 0]
 
 
@@ -122,10 +121,6 @@ class PixOODMethod(HeadMethod):
                 raise HeadError(f"method 'pixood': {exc}") from None
 
     def score(self, obs: Observation):
-        if obs.prediction.windows:
-            scores = self.averaged([(w, self.head.class_scores(w.features, w.grid_logits, self.eval_labels))
-                                    for w in obs.prediction.windows], obs)
-        else:
-            scores = resize_logits(self.head.class_scores(obs.prediction.features, obs.prediction.grid_logits,
-                                                          self.eval_labels), tuple(obs.size))
+        scores = self.on_grids(obs, lambda features, grid_logits: self.head.class_scores(features, grid_logits,
+                                                                                          self.eval_labels))
         return 1.0 - scores.max(1).values

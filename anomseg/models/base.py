@@ -63,6 +63,11 @@ class SegOutput(NamedTuple):
     aux: torch.Tensor | None = None
     queries: MaskQueries | None = None
 
+    def grid_logits(self) -> torch.Tensor:
+        """float32 (N, K, h', w'): the logits on the features' grid, bilinearly resized when they are at another
+        resolution (what the feature bank stores beside each row and what logit-reading heads are scored with)."""
+        return resize_logits(self.logits.float(), tuple(self.features.shape[-2:]))
+
 
 def to_model_input(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, H, W, 3) / (N, 3, H, W) or float (N, 3, H, W) in [0, 1] -> float (N, 3, H, W) in [0, 1].

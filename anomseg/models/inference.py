@@ -131,23 +131,16 @@ def predict_windows(model, images: torch.Tensor, size: tuple[int, int], window, 
     resized to the window, summed over the windows, divided by the per-pixel window count; the windows' features
     and grid logits kept for the methods that score per window."""
     x = to_model_input(images)
-    n, _, h, w = x.shape
+    h, w = x.shape[-2:]
     device = next(model.parameters()).device
-    total = count = None
-    windows = []
+    windows, logits = [], []
     for y0 in window_origins(h, window[0], stride[0]):
         for x0 in window_origins(w, window[1], stride[1]):
             with autocast(device, amp):
                 out = model(x[..., y0:y0 + window[0], x0:x0 + window[1]])
-            logits = resize_logits(out.logits.float(), tuple(window))
-            if total is None:
-                total = logits.new_zeros((n, logits.shape[1], h, w))
-                count = logits.new_zeros((1, 1, h, w))
-            total[..., y0:y0 + window[0], x0:x0 + window[1]] += logits
-            count[..., y0:y0 + window[0], x0:x0 + window[1]] += 1
-            windows.append(Window(y0, x0, window[0], window[1], out.features,
-                                  resize_logits(out.logits.float(), tuple(out.features.shape[-2:]))))
-    return Prediction(resize_logits(total / count, tuple(size)), None, None, windows=windows)
+            windows.append(Window(y0, x0, window[0], window[1], out.features, out.grid_logits()))
+            logits.append((windows[-1], out.logits))
+    return Prediction(resize_logits(window_average(logits, (h, w)), tuple(size)), None, None, windows=windows)
 
 
 def window_average(maps: list[tuple["Window", torch.Tensor]], image_size: tuple[int, int]) -> torch.Tensor:
@@ -253,7 +246,7 @@ def predict(model, images: torch.Tensor, size: tuple[int, int] | None = None, sc
                     logit_sum, prob_sum = logit_sum + logits, prob_sum + torch.softmax(logits, 1)
                 if unresized and not flipped:
                     features = out.features
-                    grid_logits = resize_logits(out.logits.float(), tuple(features.shape[-2:]))
+                    grid_logits = out.grid_logits()
                 if getattr(out, "queries", None) is not None:
                     queries.append((out.queries, flipped))
         return Prediction(logit_sum / n if n > 1 else logit_sum, prob_sum / n if n > 1 else None, features, queries,
