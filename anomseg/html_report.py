@@ -102,7 +102,9 @@ def _number(v) -> float | None:
 def _metrics_table(report: dict) -> str:
     methods = report["methods"]
     first = next(iter(methods.values()), {})
-    protocols = list(first.get("protocols", {})) or [report["protocol"]]
+    p = report.get("protocol")
+    protocols = list(first.get("protocols", {})) or [str(x) for x in ([p] if not isinstance(p, list) else p)
+                                                      if x != "instances"] or ["per_image"]
     components = [c for c in COMPONENT_COLUMNS if c[0] in first]
     head = ['<th data-key="method">method</th>']
     for p in protocols:

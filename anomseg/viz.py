@@ -134,6 +134,26 @@ def threshold_view(image: np.ndarray, anomaly: np.ndarray, score: np.ndarray, th
     return view if painted else _note(view, f"not painted: the threshold flags {100 * share:.0f}% of the image")
 
 
+INSTANCE_COLOUR = (0, 200, 255)  # cyan outlines: distinct from the GT's green and the flagged pixels' red
+
+
+def outline_instances(tile: np.ndarray, masks: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Each instance (bool masks (M, H, W), confidences (M,)) outlined in cyan with its confidence written at
+    its top-left corner; uint8 RGB."""
+    tile = tile.copy()
+    thick = max(1, tile.shape[0] // 250)
+    scale = max(0.3, min(0.6, tile.shape[0] / 900))
+    for m, c in zip(masks, scores):
+        contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(tile, contours, -1, INSTANCE_COLOUR, thick)
+        ys, xs = np.nonzero(m)
+        if len(ys):
+            org = (int(xs.min()), max(int(ys.min()) - 2, 10))
+            cv2.putText(tile, f"{float(c):.2f}", org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 2, cv2.LINE_AA)
+            cv2.putText(tile, f"{float(c):.2f}", org, cv2.FONT_HERSHEY_SIMPLEX, scale, INSTANCE_COLOUR, 1, cv2.LINE_AA)
+    return tile
+
+
 def _note(tile: np.ndarray, text: str) -> np.ndarray:
     """``text`` centred on the tile, scaled to fit its width."""
     tile = tile.copy()
@@ -160,15 +180,22 @@ def _label(tile: np.ndarray, text: str) -> np.ndarray:
 
 
 def overlay_panel(image: np.ndarray, anomaly: np.ndarray, maps: dict[str, np.ndarray],
-                  thresholds: dict[str, float], threshold_label: str = "TPR95") -> np.ndarray:
-    """One panel: [input | ground truth] then per method [heat map | thresholded map]; uint8 RGB."""
+                  thresholds: dict[str, float], threshold_label: str = "TPR95", instances: dict | None = None) -> np.ndarray:
+    """One panel: [input | ground truth] then per method [heat map | thresholded map]; uint8 RGB.
+
+    ``instances``: {method: an object with ``masks`` bool (M, H, W) and ``scores`` (M,)} outlined on that
+    method's thresholded tile with their confidences (:class:`anomseg.instances.Instances`)."""
     rows = [np.concatenate([_label(image, "input"), _label(ground_truth_view(image, anomaly),
                                                            "anomaly outlined, void grey")], 1)]
     for name, score in maps.items():
         flagged = float((score >= thresholds[name]).mean())
-        rows.append(np.concatenate([_label(_heat(score), name),
-                                    _label(threshold_view(image, anomaly, score, thresholds[name]),
-                                           f"{name} >= {threshold_label}: {100 * flagged:.1f}% of pixels")], 1))
+        tile = threshold_view(image, anomaly, score, thresholds[name])
+        text = f"{name} >= {threshold_label}: {100 * flagged:.1f}% of pixels"
+        inst = (instances or {}).get(name)
+        if inst is not None:
+            tile = outline_instances(tile, inst.masks, inst.scores)
+            text += f", {len(inst.scores)} instances"
+        rows.append(np.concatenate([_label(_heat(score), name), _label(tile, text)], 1))
     return np.concatenate(rows, 0)
 
 

@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from anomseg.data.io import read_label, read_rgb
+from anomseg.data.io import read_instance_ids, read_label, read_rgb
 from anomseg.errors import DatasetError
 
 IGNORE = 255  #: ``semantic`` value of pixels outside the closed set
@@ -165,6 +165,7 @@ class Record:
     image: Path
     label: Path | None
     group: str | None = None
+    instances: Path | None = None  # anomaly instance ids (16-bit PNG: 0 none, k instance k; -1 as 65535: a group)
 
 
 class SegmentationDataset:
@@ -175,7 +176,9 @@ class SegmentationDataset:
     * ``image``: uint8 (H, W, 3) RGB;
     * ``semantic``: int64 (h, w) closed-set train ids 0..K-1, 255 = ignore;
     * ``anomaly``: uint8 (h, w), 0 inlier / 1 anomaly / 255 void;
-    * ``name``: str, a stable identifier of the sample.
+    * ``name``: str, a stable identifier of the sample;
+    * ``instances`` (only where the dataset has them): int32 (h, w) anomaly instance ids, 0 none, k >= 1
+      instance k, -1 anomaly pixels without an instance id (a group); what ``protocol: instances`` scores.
 
     (h, w) = (H, W) unless ``label_scale`` is set, in which case labels are nearest-downsampled to
     (round(H * label_scale), round(W * label_scale)).
@@ -245,6 +248,22 @@ class SegmentationDataset:
             )
         return image, raw
 
+    @property
+    def has_instances(self) -> bool:
+        """Whether every labelled frame of the split has anomaly instance ids (``protocol: instances``)."""
+        return all(r.instances is not None for r in self.records if r.label is not None)
+
+    def read_instances(self, path: Path, shape: tuple[int, int]) -> np.ndarray:
+        """int32 (h, w) instance ids of a file (16-bit PNG; 65535 = -1, a group), at the label size."""
+        ids = read_instance_ids(path)
+        if self.label_scale is not None and self.label_scale != 1:
+            H, W = ids.shape
+            ids = resize_nearest(ids, (max(1, round(H * self.label_scale)), max(1, round(W * self.label_scale))))
+        if ids.shape != tuple(shape):
+            raise DatasetError(f"{path}: instance map size {ids.shape[1]}x{ids.shape[0]} differs from its label's "
+                               f"{shape[1]}x{shape[0]} (WxH); the files do not belong together")
+        return ids
+
     def read_label(self, path: Path) -> np.ndarray:
         """uint8 (H, W) raw label values of a file (adapters with another encoding override this)."""
         return read_label(path)
@@ -267,6 +286,8 @@ class SegmentationDataset:
             raw = resize_nearest(raw, (max(1, round(H * self.label_scale)), max(1, round(W * self.label_scale))))
         semantic, anomaly = self.table.decode(raw, rec.label)
         sample = {"image": image, "semantic": semantic, "anomaly": anomaly, "name": rec.name}
+        if rec.instances is not None:
+            sample["instances"] = self.read_instances(rec.instances, raw.shape)
         if self.transform is not None:
             sample = self.transform(sample)
         return sample

@@ -65,3 +65,18 @@ def read_label(path: str | Path, rgb_first_channel: bool = False) -> np.ndarray:
             f"(mode 'L'); pass the *labelIds / *_train_id / annotation PNG, not a colour rendering"
         )
     return arr
+
+
+def read_instance_ids(path: str | Path) -> np.ndarray:
+    """Read an instance-id PNG (8- or 16-bit, one channel) as int32 (H, W): 0 none, k >= 1 instance k,
+    65535 (the 16-bit -1) a group of anomaly pixels without an instance id -> -1."""
+    path = Path(path)
+    img = _open(path)
+    if img.mode not in ("L", "P", "I;16", "I"):
+        raise DatasetError(f"{path}: instance map has mode {img.mode!r}; expected a single-channel 8- or 16-bit id "
+                           f"map (0 none, k instance k)")
+    arr = np.asarray(img).astype(np.int64)
+    if arr.min(initial=0) < 0 or arr.max(initial=0) > 65535:
+        raise DatasetError(f"{path}: instance ids outside 0..65535; write them as a 16-bit PNG")
+    arr[arr == 65535] = -1
+    return arr.astype(np.int32)

@@ -50,14 +50,17 @@ def paste_objects(sample: dict, pool: OutlierPool, rng: np.random.Generator, cou
     position fully or partly inside the image, and its pixels become ``anomaly`` 1 and
     ``semantic`` 255 (ignore): exactly the pasted pixels, nothing else. Objects are placed in image
     coordinates; labels served at a reduced scale (``label_scale``) get the pasted mask
-    nearest-downsampled by the same rule as the labels themselves.
+    nearest-downsampled by the same rule as the labels themselves. Every pasted object is also an
+    anomaly instance: ``instances`` (int32, 0 none) gets the next free id for its visible pixels (a later
+    object covering an earlier one takes those pixels), after the sample's own instances if it has any.
     """
     image = sample["image"].copy()
     semantic = sample["semantic"].copy()
     anomaly = sample["anomaly"].copy()
     H, W = image.shape[:2]
     pasted = np.zeros((H, W), bool)
-    for _ in range(count):
+    ids = np.zeros((H, W), np.int32)
+    for k in range(count):
         obj, mask = pool[int(rng.integers(len(pool)))]
         h = max(2, int(H * rng.uniform(*height_range)))
         w = max(2, int(round(obj.shape[1] * h / obj.shape[0])))
@@ -68,11 +71,16 @@ def paste_objects(sample: dict, pool: OutlierPool, rng: np.random.Generator, cou
         m = mask[ys.start - y0: ys.stop - y0, xs.start - x0: xs.stop - x0]
         image[ys, xs][m] = obj[ys.start - y0: ys.stop - y0, xs.start - x0: xs.stop - x0][m]
         pasted[ys, xs] |= m
+        ids[ys, xs][m] = k + 1
     if pasted.shape != anomaly.shape:
         pasted = resize_nearest(pasted.astype(np.uint8), anomaly.shape).astype(bool)
+        ids = resize_nearest(ids, anomaly.shape)
     semantic[pasted] = 255
     anomaly[pasted] = 1
-    return {**sample, "image": image, "semantic": semantic, "anomaly": anomaly}
+    instances = np.array(sample["instances"], np.int32) if "instances" in sample else np.zeros(anomaly.shape, np.int32)
+    offset = int(instances.max(initial=0))
+    instances[pasted] = ids[pasted] + offset
+    return {**sample, "image": image, "semantic": semantic, "anomaly": anomaly, "instances": instances}
 
 
 class PastedDataset:

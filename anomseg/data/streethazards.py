@@ -88,10 +88,15 @@ def _records_from_odgt(root: Path, odgt: Path) -> list[Record]:
             img, seg = inside(root, root / entry["fpath_img"], odgt), inside(root, root / entry["fpath_segm"], odgt)
         except (KeyError, TypeError):
             raise DatasetError(f"{odgt}: entry {i} lacks 'fpath_img' / 'fpath_segm'; regenerate the index or delete it to walk the folders") from None
-        for p in (img, seg):
+        inst = None
+        if isinstance(entry, dict) and entry.get("fpath_inst") is not None:  # anomseg's synthetic set: instance ids
+            if not isinstance(entry["fpath_inst"], str):
+                raise DatasetError(f"{odgt}: entry {i}: 'fpath_inst' must be a path string, got {entry['fpath_inst']!r}")
+            inst = inside(root, root / entry["fpath_inst"], odgt)
+        for p in (img, seg) + ((inst,) if inst is not None else ()):
             if not p.is_file():
                 raise DatasetError(f"{p}: listed in {odgt} (entry {i}) but not found; paths are relative to {root}")
-        records.append(Record(name=f"{img.parent.name}/{img.stem}", image=img, label=seg))
+        records.append(Record(name=f"{img.parent.name}/{img.stem}", image=img, label=seg, instances=inst))
     return records
 
 
@@ -103,7 +108,9 @@ def _records_from_walk(root: Path, top: str, sub: str) -> list[Record]:
         seg = ann_dir / img.parent.name / img.name
         if not seg.is_file():
             raise DatasetError(f"{seg}: annotation of {img} not found; annotations share their image's file name")
-        records.append(Record(name=f"{img.parent.name}/{img.stem}", image=img, label=seg))
+        inst = root / top / "instances" / sub / img.parent.name / img.name  # anomseg's synthetic set
+        records.append(Record(name=f"{img.parent.name}/{img.stem}", image=img, label=seg,
+                              instances=inst if inst.is_file() else None))
     return records
 
 

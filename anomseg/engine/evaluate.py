@@ -47,9 +47,11 @@ from anomseg.errors import DatasetError
 from anomseg.files import (StageClock, check_fingerprint, check_safe_name, csv_cell, file_digest, output_lock,
                            save_torch_atomic, write_json_atomic, write_text_atomic, write_timing, write_with)
 from anomseg.distributed import barrier, init_distributed
+from anomseg.engine import instance_eval
 from anomseg.engine.export import EXPORTS, SmiycExporter
 from anomseg.engine.recorder import EvaluationRecorder
 from anomseg.heads.io import HeadError
+from anomseg import instances as instances_lib
 from anomseg.html_report import read_per_image, worst_images, write_html_report
 from anomseg.metrics import PROTOCOLS
 from anomseg.metrics.components import TRACKS
@@ -70,9 +72,12 @@ DEFAULTS = {
     "inference": {"preset": "none", "scales": [1.0], "flip": False, "amp": "none"},
     "workers": "auto",  # image-decoding processes ahead of the backbone (0: none; auto: on the spare cores)
     "methods": [{"name": "msp"}, {"name": "max_logit"}, {"name": "entropy"}, {"name": "energy"}],
-    "protocol": "per_image",  # or a list, e.g. [pooled, smiyc]: the first is the headline
+    "protocol": "per_image",  # or a list, e.g. [pooled, smiyc]: the first is the headline; add instances for OoDIS AP
     "components": False,
     "component_track": "auto",  # anomaly (500 / 100 px) | obstacle (50 / 10) | auto: the dataset's track
+    # protocol instances: how score maps become instances (anomseg.instances.DEFAULTS: threshold, min_size,
+    # confidence, refine: none | sam, sam: {model, prompts, multimask, merge_iou, seed}, export: [oodis, coco])
+    "instances": copy.deepcopy(instances_lib.DEFAULTS),
     "export": "none",  # smiyc: also write SegmentMeIfYouCan score files (anomaly_p/<method>/<set>/<fid>.hdf5 + a zip)
     # fitted scores: fit on `data` (default: the evaluated dataset) at its train / val split; a method's
     # own `fit: {data, split, images}` overrides
@@ -111,17 +116,20 @@ def method_fit_section(data: DatasetSection | None = None, split: str | None = N
 
 
 def protocols(cfg: dict) -> list[str]:
-    """The config's protocols, checked (one line naming the bad value)."""
+    """The config's pixel protocols, checked (one line naming the bad value); ``instances`` (the OoDIS
+    instance protocol, :mod:`anomseg.engine.instance_eval`) is not one of them: alone it comes with
+    ``per_image``."""
     p = cfg["protocol"]
     names = [p] if isinstance(p, str) else list(p)
+    known = PROTOCOLS + (instance_eval.PROTOCOL,)
     if not names or not all(isinstance(n, str) for n in names):
-        raise ConfigError(f"protocol={p!r}: give one of {', '.join(PROTOCOLS)} or a list of them")
+        raise ConfigError(f"protocol={p!r}: give one of {', '.join(known)} or a list of them")
     for n in names:
-        if n not in PROTOCOLS:
-            raise ConfigError(f"protocol={n!r} is unknown; choose one of {', '.join(PROTOCOLS)} (or a list of them)")
+        if n not in known:
+            raise ConfigError(f"protocol={n!r} is unknown; choose one of {', '.join(known)} (or a list of them)")
     if len(set(names)) != len(names):
         raise ConfigError(f"protocol {p!r}: each protocol once")
-    return names
+    return [n for n in names if n != instance_eval.PROTOCOL] or ["per_image"]
 
 
 def overlays_section(images: NonNegativeInt = 6, threshold: str | float = "best_f1") -> None:
@@ -131,6 +139,8 @@ def overlays_section(images: NonNegativeInt = 6, threshold: str | float = "best_
 def check_settings(cfg: dict) -> None:
     """Every check that needs only the config, before anything is built or written."""
     protocols(cfg)
+    if instance_eval.enabled(cfg):
+        instance_eval.settings(cfg)
     check_options("overlays", overlays_section, cfg["overlays"])
     if not isinstance(cfg["save_every"], int) or cfg["save_every"] < 1:
         raise ConfigError(f"save_every={cfg['save_every']!r}: give a number of images >= 1")
@@ -179,6 +189,7 @@ def check_methods(cfg: dict) -> None:
 SCHEMA = schema_from_defaults(DEFAULTS, {
     "device": OPTIONAL_STR, "workers": (int, str), "data.options": ANY, "data.split": OPTIONAL_STR, "backbone": BACKBONE_SCHEMA,
     "inference.scales": list, "inference.window": (list, type(None)), "inference.window_stride": list, "fit.data": ANY, "overlays.threshold": (str, int, float), "protocol": (str, list),
+    "instances": ANY,
     "methods": [{"name": str, "score": str, "options": ANY, "head": OPTIONAL_STR, "backbone": BACKBONE_SCHEMA,
                  "fit": {"data": ANY, "split": str, "images": int}}],
 })
@@ -296,7 +307,8 @@ def _fingerprint(cfg: dict, models: dict, world: int) -> dict:
     return {"version": EVAL_STATE_VERSION, "data": cfg["data"], "inference": cfg["inference"], "methods": cfg["methods"],
             "backbone_weights": {key: weights_hash(model) for key, (model, _) in sorted(models.items())},
             "heads": heads, "protocol": cfg["protocol"], "components": cfg["components"],
-            "component_track": cfg["component_track"], "fit": cfg["fit"], "processes": world, "export": cfg["export"]}
+            "component_track": cfg["component_track"], "fit": cfg["fit"], "processes": world, "export": cfg["export"],
+            "instances": cfg["instances"] if instance_eval.enabled(cfg) else None}
 
 
 def _check_classes(dataset, models: dict, cfg: dict) -> None:
@@ -327,7 +339,7 @@ def run_evaluation(cfg: dict, progress: bool = True) -> dict | None:
         _loop(run, progress)  # this rank's images not yet recorded
         run.recorder.reduce(info.device)  # every rank's
         barrier()
-        return _write_outputs(run) if info.is_main else None
+        return _write_outputs(run, progress) if info.is_main else None
 
 
 def _dataset(cfg: dict):
@@ -339,6 +351,8 @@ def _dataset(cfg: dict):
         raise ConfigError(f"{d['name']}/{dataset.split}: {hidden} of {len(dataset)} frames have no public label "
                           f"({dataset.hidden_labels_note}); metrics need a split with labels (e.g. validation), "
                           f"or set export: smiyc to write the score files")
+    if instance_eval.enabled(cfg) and not dataset.labels_hidden:
+        instance_eval.check_dataset(dataset, cfg)
     return dataset
 
 
@@ -357,6 +371,7 @@ class _Run:
     exporter: SmiycExporter | None
     overlay_ids: set
     evaluated: bool  # False: a split whose labels are hidden, scored and exported only
+    instances: bool = False  # protocol instances: every score map is kept for the instance pass
     recorded: int = 0  # images recorded by this process in this run (the state is saved every save_every)
 
     @property
@@ -376,7 +391,7 @@ def _build(cfg: dict, info, out: Path, dataset, progress: bool) -> _Run:
     models = _backbones(cfg, dataset.num_classes or 1, info.device)
     _check_classes(dataset, models, cfg)
     if info.is_main and not cfg["resume"]:  # start over: nothing of an earlier run is reused
-        for sub in ("state", "fitted", "anomaly_p"):
+        for sub in ("state", "fitted", "anomaly_p", "instances"):
             shutil.rmtree(out / sub, ignore_errors=True)
     barrier()
     fingerprint = _fingerprint(cfg, models, info.world)
@@ -397,7 +412,8 @@ def _build(cfg: dict, info, out: Path, dataset, progress: bool) -> _Run:
     evaluated = not dataset.labels_hidden
     return _Run(cfg, info, out, dataset, models, methods, recorder, fingerprint,
                 SmiycExporter(out) if cfg["export"] == "smiyc" else None,
-                set(range(min(cfg["overlays"]["images"], len(dataset)))) if evaluated else set(), evaluated)
+                set(range(min(cfg["overlays"]["images"], len(dataset)))) if evaluated else set(), evaluated,
+                evaluated and instance_eval.enabled(cfg))
 
 
 class _Pending(NamedTuple):
@@ -422,6 +438,9 @@ def _record(run: _Run, item: _Pending) -> None:
         for name in item.scores:
             run.exporter.write(name, ds.group(i), ds.records[i].name, item.host_maps[name][0].numpy(), item.image_size)
     run.recorder.record(i, item.scores, item.target, item.measured, item.image_conf)
+    if run.instances:
+        for name, m in item.host_maps.items():
+            instance_eval.keep_map(run.out, name, i, m[0].numpy())
     if run.evaluated and i in run.overlay_ids:
         for name, m in item.host_maps.items():
             cache = run.out / "state" / "overlays" / f"{i}_{viz.safe_name(name)}.npy"
@@ -470,7 +489,7 @@ def _loop(run: _Run, progress: bool) -> None:
             target = torch.from_numpy(s["anomaly"])[None].to(info.device, non_blocking=True)
             measured = recorder.measure(scores, target, s["index"], host_anomaly=s["anomaly"][None]) if run.evaluated else {}
             host_maps = {n: v.to("cpu", non_blocking=cuda) for n, v in scores.items()
-                         if run.exporter is not None or s["index"] in run.overlay_ids}
+                         if run.exporter is not None or run.instances or s["index"] in run.overlay_ids}
             ready = None
             if cuda:
                 ready = torch.cuda.Event()
@@ -484,7 +503,7 @@ def _loop(run: _Run, progress: bool) -> None:
         write_timing(run.out / "timing.json", "evaluation", len(todo), time.perf_counter() - started, clock.seconds)
 
 
-def _write_outputs(run: _Run) -> dict:
+def _write_outputs(run: _Run, progress: bool = True) -> dict:
     """Rank 0, after the ranks are merged: the score files' zips, report.json / .md, per_image.csv, the plots,
     overlays, worst-image panels and report.html."""
     cfg, out, dataset, names = run.cfg, run.out, run.dataset, run.recorder.names
@@ -498,7 +517,11 @@ def _write_outputs(run: _Run) -> dict:
         raise DatasetError(f"{cfg['data']['root']}: no pixel of the {len(dataset)} evaluated images is an anomaly (label "
                            f"value 1); 255 means void (excluded): if your masks mark anomalies with 255, map them to 1 "
                            f"(0 inlier, 1 anomaly, 255 void)")
-    report = _write_report(cfg, out, dataset, backbone_name, run.recorder, run.exporter)
+    inst = None
+    if run.instances:
+        inst = instance_eval.run_pass(cfg, out, dataset, names, run.recorder.hists, run.info.device,
+                                      run.recorder.component_track, run.overlay_ids, progress=progress)
+    report = _write_report(cfg, out, dataset, backbone_name, run.recorder, run.exporter, inst)
     hists = run.recorder.hists
     _write_overlays(cfg, out, dataset, names, hists)
     worst = worst_images(read_per_image(out / "per_image.csv"), names)  # the page's rule, from the CSV just written
@@ -580,10 +603,17 @@ def _write_export_report(cfg, out, dataset, backbone_name, names, exporter) -> d
     return report
 
 
-def _write_report(cfg, out, dataset, backbone_name, recorder: EvaluationRecorder, exporter=None) -> dict:
+def _write_report(cfg, out, dataset, backbone_name, recorder: EvaluationRecorder, exporter=None,
+                  instances: dict | None = None) -> dict:
+    results = recorder.results()
+    if instances is not None:
+        for n, r in instances["methods"].items():
+            results[n]["instances"] = r
     report = _json_safe({
         "protocol": cfg["protocol"], "dataset": cfg["data"]["name"], "split": dataset.split,
-        "images": len(dataset), "methods": recorder.results(),
+        "images": len(dataset), "methods": results,
+        **({"instances": {"settings": instances["settings"], "arithmetic": instances["arithmetic"]}}
+           if instances is not None else {}),
         "miou": recorder.miou(),
         "checkpoint": cfg["backbone"].get("checkpoint"), "backbone": backbone_name,
         "anomseg_version": anomseg.__version__, "config": cfg,
@@ -601,6 +631,12 @@ def _write_report(cfg, out, dataset, backbone_name, recorder: EvaluationRecorder
     return report
 
 
+def pixel_protocols(protocol) -> list[str]:
+    """A report's pixel protocols from its ``protocol`` field (a name or a list; ``instances`` is not one)."""
+    names = [protocol] if isinstance(protocol, str) else list(protocol) if isinstance(protocol, list) else [str(protocol)]
+    return [str(p) for p in names if p != instance_eval.PROTOCOL] or ["per_image"]
+
+
 def markdown_table(report: dict) -> str:
     """The report's methods as a Markdown table (percentages); one column group per protocol asked for."""
     if report.get("evaluated") is False:
@@ -609,42 +645,62 @@ def markdown_table(report: dict) -> str:
         lines += [f"| {n} | {r['exported']} |" for n, r in report["methods"].items()]
         return "\n".join(lines + ["", f"Score files under {report['export']['root']}; one zip per method beside it."])
     first = next(iter(report["methods"].values()), {})
-    names = list(first.get("protocols", {})) or [report["protocol"]]
+    names = list(first.get("protocols", {})) or pixel_protocols(report["protocol"])
     head = (f"{report['dataset']} / {report['split'] or 'all'}, protocol `{'`, `'.join(names)}`, {report['images']} images"
             + (f", closed-set mIoU {100 * report['miou']:.1f}" if report.get("miou") is not None else ""))
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
     below = [name for name, r in report["methods"].items() if r.get("auroc") is not None and r["auroc"] < 0.5]
     note = ([""] + [f"Below chance (AUROC < 50: these scores rank the anomalies as more normal than the inliers): "
                     f"{', '.join(below)}."]) if below else []
+    inst = "instances" in report  # OoDIS AP50 / AP (and the instances' component F1) beside the pixel columns
+    i_head = " AP50 | AP | comp. F1 |" if inst else ""
+    i_rule = "---:|" * 3 if inst else ""
+
+    def i_cells(r):
+        if not inst:
+            return ""
+        i = r.get("instances") or {}
+        return f" {pct(i.get('AP50'))} | {pct(i.get('AP'))} | {pct((i.get('components') or {}).get('mean_F1'))} |"
+    i_note = ([f"- instances ({_instance_summary(report['instances']['settings'])}): {report['instances']['arithmetic']}"]
+              if inst else [])
     if len(names) == 1:
-        lines = [head, "", "| method | AUROC | AUPR | FPR95 |", "|---|---:|---:|---:|"]
+        lines = [head, "", f"| method | AUROC | AUPR | FPR95 |{i_head}", f"|---|---:|---:|---:|{i_rule}"]
         for name, r in report["methods"].items():
-            lines.append(f"| {name} | {pct(r['auroc'])} | {pct(r['aupr'])} | {pct(r['fpr95'])} |")
-        return "\n".join(lines + note)
+            lines.append(f"| {name} | {pct(r['auroc'])} | {pct(r['aupr'])} | {pct(r['fpr95'])} |{i_cells(r)}")
+        return "\n".join(lines + ([""] + i_note if i_note else []) + note)
     cols = " | ".join(f"{p} {m}" for p in names for m in ("AUROC", "AUPR", "FPR95"))
-    lines = [head, "", f"| method | {cols} |", "|---|" + "---:|" * (3 * len(names))]
+    lines = [head, "", f"| method | {cols} |{i_head}", "|---|" + "---:|" * (3 * len(names)) + i_rule]
     for name, r in report["methods"].items():
         cells = " | ".join(pct(r["protocols"][p][m]) for p in names for m in ("auroc", "aupr", "fpr95"))
-        lines.append(f"| {name} | {cells} |")
+        lines.append(f"| {name} | {cells} |{i_cells(r)}")
     lines.append("")
     for p in names:
         lines.append(f"- `{p}`: {first['protocols'][p]['arithmetic']}")
-    return "\n".join(lines + note)
+    return "\n".join(lines + i_note + note)
+
+
+def _instance_summary(settings: dict) -> str:
+    refine = "SAM " + settings["sam"]["prompts"] + " prompts" if settings.get("refine") == "sam" else "no refinement"
+    return (f"threshold {settings['threshold']}, components >= {settings['min_size']} px, confidence "
+            f"{settings['confidence']}, {refine}")
 
 
 def _write_overlays(cfg, out, dataset, names, hists) -> None:
     spec = cfg["overlays"]
     for i in range(min(spec["images"], len(dataset))):
         s = dataset[i]
-        maps, thresholds, label = {}, {}, ""
+        maps, thresholds, label, inst = {}, {}, "", {}
         for n in names:
             cache = out / "state" / "overlays" / f"{i}_{viz.safe_name(n)}.npy"
             if not cache.is_file():
                 continue
             maps[n] = np.load(cache).astype(np.float32)
             thresholds[n], label = viz.resolve_threshold(spec["threshold"], hists[n], maps[n])
+            found = instance_eval.load_overlay_instances(instance_eval.overlay_path(out, i, n))
+            if found is not None:
+                inst[n] = found
         if maps:
-            panel = viz.overlay_panel(np.array(s["image"]), s["anomaly"], maps, thresholds, label)
+            panel = viz.overlay_panel(np.array(s["image"]), s["anomaly"], maps, thresholds, label, inst)
             viz.save_png(out / "overlays" / f"{i:04d}_{dataset.records[i].name.replace('/', '_')}.png", panel)
 
 
@@ -687,9 +743,20 @@ def render_overlays(eval_dir: str | Path, indices, threshold="best_f1", out_dir:
     for i in indices:
         if not 0 <= i < len(dataset):
             raise IndexError(f"image index {i} is outside the {len(dataset)} images of {d['split']}")
+    inst_spec = refiner = None
+    if isinstance(report.get("instances"), dict):  # outline each method's instances as the evaluation found them
+        inst_spec = instance_eval.settings({"instances": report["instances"].get("settings")})
+        refiner = instances_lib.build_refiner(inst_spec)
     for i, s, maps in tqdm(_score_images(dataset, indices, models, methods, inf), total=len(indices), desc="overlays",
                            disable=not progress):
-        thresholds, label = {}, ""
+        thresholds, label, inst = {}, "", {}
+        if inst_spec is not None:
+            void = s["anomaly"] == 255
+            for m in methods:
+                t = (report["methods"][m.name].get("instances") or {}).get("threshold")
+                if isinstance(t, (int, float)) and not isinstance(t, bool):
+                    inst[m.name] = instances_lib.image_instances(maps[m.name], float(t), inst_spec, void=void,
+                                                                 image=np.asarray(s["image"]), refiner=refiner)
         for m in methods:
             if threshold in ("tpr95", "best_f1"):
                 saved = report["methods"][m.name].get("overlay_thresholds", {})
@@ -702,7 +769,7 @@ def render_overlays(eval_dir: str | Path, indices, threshold="best_f1", out_dir:
                 label = "TPR95" if threshold == "tpr95" else "best-F1 threshold"
             else:
                 thresholds[m.name], label = viz.resolve_threshold(threshold, None, maps[m.name])
-        panel = viz.overlay_panel(np.array(s["image"]), s["anomaly"], maps, thresholds, label)
+        panel = viz.overlay_panel(np.array(s["image"]), s["anomaly"], maps, thresholds, label, inst)
         paths.append(viz.save_png(out_dir / f"{i:04d}_{dataset.records[i].name.replace('/', '_')}.png", panel))
     if out_dir == eval_dir / "overlays":  # the gallery changed: the page shows it
         write_html_report(eval_dir)

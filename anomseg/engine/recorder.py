@@ -47,6 +47,7 @@ class EvaluationRecorder:
         self.names = list(names)
         self.protocols = list(protocols)
         self.num_classes = num_classes
+        self.component_track = component_track
         headline, *others = self.protocols
 
         def make(name, protocol, sub=()):

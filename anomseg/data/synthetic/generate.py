@@ -26,7 +26,7 @@ from anomseg.data.synthetic import sprites as sp
 from anomseg.data.synthetic.scene import draw_outlier, draw_scene
 from anomseg.errors import AnomsegError, DatasetError
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: anomaly instance ids (instances/), the images unchanged
 MARKER = "synthetic.json"
 # split -> (top folder, images subfolder, towns, odgt name); towns as in StreetHazards.
 SPLIT_LAYOUT = {
@@ -58,15 +58,20 @@ def _scene_job(args) -> dict:
     root, seed, split, index, count, height, width = args
     rng = _rng(seed, split, index)
     n_anom = int(rng.integers(1, 4)) if split in ("val", "test") else 0
-    image, label = draw_scene(rng, height, width, anomalies=n_anom)
+    image, label, instances = draw_scene(rng, height, width, anomalies=n_anom, with_instances=True)
     top, sub, _, _ = SPLIT_LAYOUT[split]
     town = _town_of(split, index, count)
     rel_img = Path(top) / "images" / sub / town / f"{index}.png"
     rel_seg = Path(top) / "annotations" / sub / town / f"{index}.png"
     _write_png(Path(root) / rel_img, image)
     _write_png(Path(root) / rel_seg, label)
-    return {"dbName": "StreetHazards-synthetic", "width": width, "height": height,
-            "fpath_img": rel_img.as_posix(), "fpath_segm": rel_seg.as_posix()}
+    entry = {"dbName": "StreetHazards-synthetic", "width": width, "height": height,
+             "fpath_img": rel_img.as_posix(), "fpath_segm": rel_seg.as_posix()}
+    if n_anom:  # anomaly instance ids (uint16 PNG, 0 none): the instance protocol's ground truth
+        rel_inst = Path(top) / "instances" / sub / town / f"{index}.png"
+        _write_png(Path(root) / rel_inst, instances)
+        entry["fpath_inst"] = rel_inst.as_posix()
+    return entry
 
 
 def _outlier_job(args) -> None:
@@ -95,7 +100,8 @@ def generate_synthetic(
     """Generate the synthetic street-scene dataset under ``root`` (StreetHazards layout).
 
     Writes ``train/``, ``test/``, the three ``.odgt`` indexes (one JSON array line, as the CAOS
-    script writes them), ``outliers/{images,masks}/<n>.png`` (mask 1 = object) and
+    script writes them; val / test entries also name their anomaly instance ids, ``fpath_inst``:
+    ``<top>/instances/<sub>/<town>/<n>.png``, uint16, 0 none, k the k-th anomalous object), ``outliers/{images,masks}/<n>.png`` (mask 1 = object) and
     ``synthetic.json`` (the resolved settings). If ``root`` already holds a complete set made with
     the same settings nothing is written; a set made with other settings raises DatasetError.
 
@@ -137,7 +143,7 @@ def generate_synthetic(
 
     for split, (top, sub, towns, _) in SPLIT_LAYOUT.items():
         for town in towns:
-            for kind in ("images", "annotations"):
+            for kind in ("images", "annotations") + (("instances",) if split != "train" else ()):
                 make_dirs((root / top / kind / sub / town))
     make_dirs((root / "outliers" / "images"))
     make_dirs((root / "outliers" / "masks"))

@@ -17,12 +17,15 @@ from anomseg.data.synthetic.sprites import RAW, Sprite
 
 
 class Canvas:
-    """An image (float32 (H, W, 3), RGB 0..255) and its raw label map (uint8 (H, W))."""
+    """An image (float32 (H, W, 3), RGB 0..255), its raw label map (uint8 (H, W)) and its anomaly
+    instance ids (uint16 (H, W): 0 none, k the k-th anomalous object; a nearer object drawn over one
+    takes its pixels)."""
 
     def __init__(self, height: int, width: int):
         self.h, self.w = height, width
         self.img = np.zeros((height, width, 3), np.float32)
         self.lab = np.zeros((height, width), np.uint8)
+        self.inst = np.zeros((height, width), np.uint16)
 
     def _poly_mask(self, pts) -> tuple[slice, slice, np.ndarray] | None:
         """Rasterise a polygon inside its clipped bounding box: (rows, cols, bool mask) or None."""
@@ -60,8 +63,9 @@ class Canvas:
             rows, cols, m = box
             self.img[rows, cols][m] *= factor
 
-    def blit(self, sprite: Sprite, x: float, y: float) -> None:
-        """Draw ``sprite`` with its anchor at canvas point (x, y), clipped to the canvas."""
+    def blit(self, sprite: Sprite, x: float, y: float, instance: int = 0) -> None:
+        """Draw ``sprite`` with its anchor at canvas point (x, y), clipped to the canvas; its pixels get
+        anomaly instance id ``instance`` (0: not an anomaly)."""
         sh, sw = sprite.parts.shape
         x0 = int(round(x - sprite.anchor[0]))
         y0 = int(round(y - sprite.anchor[1]))
@@ -72,6 +76,7 @@ class Canvas:
         local = sprite.parts[cy0 - y0: cy1 - y0, cx0 - x0: cx1 - x0]
         img = self.img[cy0:cy1, cx0:cx1]
         lab = self.lab[cy0:cy1, cx0:cx1]
+        inst = self.inst[cy0:cy1, cx0:cx1]
         for pid in np.unique(local):
             if pid == 0:
                 continue
@@ -84,6 +89,7 @@ class Canvas:
                 t = tex[cy0 - y0: cy1 - y0, cx0 - x0: cx1 - x0][m]
                 img[m] = col[None, :] * t[:, None]
             lab[m] = sprite.raws[pid]
+            inst[m] = instance
 
 
 @dataclass
@@ -116,7 +122,8 @@ def _noise_field(rng, h, w, amp, cells=16):
 
 
 def draw_scene(rng: np.random.Generator, height: int, width: int, anomalies: int = 0,
-               anomaly_kinds: tuple[str, ...] = tuple(sp.ANOMALY_KINDS)) -> tuple[np.ndarray, np.ndarray]:
+               anomaly_kinds: tuple[str, ...] = tuple(sp.ANOMALY_KINDS),
+               with_instances: bool = False) -> tuple[np.ndarray, ...]:
     """Draw one scene.
 
     Args:
@@ -124,8 +131,11 @@ def draw_scene(rng: np.random.Generator, height: int, width: int, anomalies: int
         height, width: image size.
         anomalies: how many anomalous objects to place (0 for training scenes).
         anomaly_kinds: which sprite kinds of :data:`sprites.ANOMALY_KINDS` to draw them from.
+        with_instances: also return the anomaly instance ids (the random stream is the same either way).
     Returns:
-        image uint8 (H, W, 3) RGB and raw label uint8 (H, W) with StreetHazards raw values 1..14.
+        image uint8 (H, W, 3) RGB and raw label uint8 (H, W) with StreetHazards raw values 1..14; with
+        ``with_instances`` also uint16 (H, W) instance ids (0 none, k = the k-th anomaly placed; an
+        anomaly fully hidden by a nearer object has no pixel).
     """
     H, W = height, width
     cv = Canvas(H, W)
@@ -227,14 +237,16 @@ def draw_scene(rng: np.random.Generator, height: int, width: int, anomalies: int
         kind = anomaly_kinds[rng.integers(len(anomaly_kinds))]
         y, x = on_road(0.2) if rng.random() < 0.7 else on_sidewalk(0.2)
         size = lay.scale(y) * H * rng.uniform(0.08, 0.3)
-        objects.append((y, x, sp.ANOMALY_KINDS[kind](rng, size), False))
+        objects.append((y, x, sp.ANOMALY_KINDS[kind](rng, size), False, len(objects)))
+    objects = [o if len(o) == 5 else (*o, None) for o in objects]
+    anomaly_ids = {pos: k + 1 for k, pos in enumerate(o[4] for o in objects if o[4] is not None)}
     objects.sort(key=lambda o: o[0])
-    for y, x, sprite, shadow in objects:
+    for y, x, sprite, shadow, pos in objects:
         if shadow:
             half = sprite.parts.shape[1] * 0.6
             depth = 0.08 * sprite.parts.shape[1]
             cv.darken_poly([(x - half, y - depth), (x + half, y - depth), (x + half, y + depth), (x - half, y + depth)], 0.6)
-        cv.blit(sprite, x, y)
+        cv.blit(sprite, x, y, instance=anomaly_ids.get(pos, 0))
 
     # Light and camera: exposure, white balance, vignetting, sensor noise.
     gain = rng.uniform(0.55, 1.25) * (0.8 if dusk else 1.0)
@@ -243,7 +255,8 @@ def draw_scene(rng: np.random.Generator, height: int, width: int, anomalies: int
     vignette = 1 - rng.uniform(0, 0.35) * (((xx - W / 2) / W) ** 2 + ((yy - H / 2) / H) ** 2)
     img = cv.img * (gain * tint)[None, None, :] * vignette[:, :, None]
     img += rng.normal(0, rng.uniform(1.5, 5.0), img.shape).astype(np.float32)
-    return np.clip(img, 0, 255).astype(np.uint8), cv.lab
+    image = np.clip(img, 0, 255).astype(np.uint8)
+    return (image, cv.lab, cv.inst) if with_instances else (image, cv.lab)
 
 
 def draw_outlier(rng: np.random.Generator, kind: str, size: int) -> tuple[np.ndarray, np.ndarray]:
