@@ -34,6 +34,7 @@ memory grows with the number of instances, not with the images' size.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -42,6 +43,10 @@ from anomseg.instances.extract import MIN_SIZE, InstanceError, Instances
 #: the OoDIS IoU thresholds, the same float expression as the evaluator (0.6000000000000001 ...)
 OVERLAPS = np.arange(0.5, 1.0, 0.05)
 GROUP = -1  # an anomaly pixel without an instance id (Cityscapes group)
+#: the evaluator's instance labels in its order (cityscapesScripts labels.py: hasInstances, not ignoreInEval):
+#: person, rider, car, truck, bus, train, motorcycle, bicycle; anomalies are scored as car (26)
+INSTANCE_LABELS = (24, 25, 26, 27, 28, 31, 32, 33)
+ANOMALY_LABEL = 26
 
 
 class InstanceAP:
@@ -154,12 +159,16 @@ class InstanceAP:
     def compute(self) -> dict:
         """{"AP", "AP50"} (fractions, NaN without GT), the AP at every threshold, the counts."""
         per_t = [self.ap_at(float(t)) for t in OVERLAPS]
-        extra = len(self.extra_labels)
-        values = np.array(per_t + [0.0] * (extra * len(OVERLAPS)))
-        with np.errstate(invalid="ignore"):
-            ap = float(np.nanmean(values)) if not np.isnan(values).all() else float("nan")
-            at50 = np.array([per_t[0]] + [0.0] * extra)
-            ap50 = float(np.nanmean(at50)) if not np.isnan(at50).all() else float("nan")
+        # the evaluator's (labels x thresholds) matrix, NaN where a label has no GT, averaged in its layout
+        table = np.full((len(INSTANCE_LABELS), len(OVERLAPS)), np.nan)
+        table[INSTANCE_LABELS.index(ANOMALY_LABEL)] = per_t
+        for label in self.extra_labels:
+            if label in INSTANCE_LABELS and label != ANOMALY_LABEL:
+                table[INSTANCE_LABELS.index(label)] = 0.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # every label NaN: AP NaN (no GT anywhere)
+            ap = float(np.nanmean(table))
+            ap50 = float(np.nanmean(table[:, :1]))
         gt = sum(int(((~r["gt_group"]) & (r["gt_size"] >= self.min_region_size)).sum()) for r in self.images)
         return {"AP": ap, "AP50": ap50, "AP_per_threshold": {f"{t:.2f}": v for t, v in zip(OVERLAPS, per_t)},
                 "gt_instances": gt, "pred_instances": int(sum(len(r["conf"]) for r in self.images)),

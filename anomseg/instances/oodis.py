@@ -27,14 +27,11 @@ import numpy as np
 from PIL import Image
 
 from anomseg.files import make_dirs, write_text_atomic, write_with
-from anomseg.instances.ap import GROUP
+from anomseg.instances.ap import ANOMALY_LABEL, GROUP, INSTANCE_LABELS
 from anomseg.instances.extract import InstanceError, Instances
 
-ANOMALY_LABEL = 26  # OoDIS scores every prediction as Cityscapes "car"
 #: Cityscapes label ids with ignoreInEval (cityscapesScripts labels.py, as copied into the scorer)
 VOID_IDS = (0, 1, 2, 3, 4, 5, 6, 9, 10, 14, 15, 16, 18, 29, 30)
-#: Cityscapes labels with hasInstances and not ignoreInEval: person .. bicycle (the evaluator's instLabels)
-INSTANCE_LABELS = (24, 25, 26, 27, 28, 31, 32, 33)
 BACKGROUND_ID = 7  # "road": a non-void label without instances, what anomseg writes for background
 MIN_REGION = 10
 
