@@ -82,7 +82,7 @@ class InstanceAP:
         void = np.zeros(gt.shape, bool) if void is None else np.asarray(void, bool)
         ids = [int(i) for i in np.unique(gt) if i != 0]
         gt_sizes = np.array([int((gt == i).sum()) for i in ids], np.int64)
-        sizes = instances.masks.reshape(len(instances), -1).sum(1).astype(np.int64)
+        sizes = instances.masks.reshape(len(instances), gt.size).sum(1).astype(np.int64)
         keep = np.flatnonzero(sizes > 0)
         overlap = np.zeros((len(ids), len(keep)), np.int64)
         for j, k in enumerate(keep):

@@ -10,15 +10,16 @@ Rules, each with where it comes from:
   per prompt, the one of SAM's three masks with the highest predicted IoU (``iou_scores``), the choice
   the SAM paper makes for ambiguous prompts. Masks are SAM's logits > 0 at the image size
   (``SamImageProcessor.post_process_masks``, its default threshold).
-* After SAM: void pixels leave the mask; the confidence is recomputed from the score map inside the
-  refined mask with the same rule as the components (``mean``: Objectomaly gives each SAM mask the mean
-  anomaly score inside it, hon121215/Objectomaly ``anomaly_utils/anomaly_inference.py``).
-* Overlaps (``merge_iou``): refined masks are taken by confidence, highest first; one whose IoU with an
-  instance already kept exceeds ``merge_iou`` is merged into it (the union, the kept confidence: the two
+* After SAM: void pixels leave the mask.
+* Overlaps (``merge_iou``): refined masks are taken by their component's confidence, highest first; one
+  whose IoU with an instance already kept exceeds ``merge_iou`` is merged into it (the union: the two
   prompts found the same object); otherwise it keeps only the pixels no kept instance holds, so every
   pixel belongs to at most one instance - the most confident (S2M paints its masks into one map, the
   last painted winning; ordering by confidence makes that choice explicit). Instances left below
   ``min_size`` pixels are dropped.
+* Each final instance's confidence is computed again from the score map inside its final mask, with the
+  same rule as the components (``mean``: Objectomaly gives each SAM mask the mean anomaly score inside
+  it, hon121215/Objectomaly ``anomaly_utils/anomaly_inference.py``).
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ class SamRefiner:
             score: float (H, W) the score map (the refined confidences are computed from it).
             void: bool (H, W) pixels no instance may keep.
         """
-        image = np.asarray(image)
+        image = np.array(image)  # a writable copy: the processor hands it to torch
         score = np.asarray(score)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise InstanceError(f"SAM refinement needs the uint8 (H, W, 3) RGB image, got {image.dtype} {image.shape}")
@@ -162,12 +163,10 @@ class SamRefiner:
         sam = self.sam_masks(image, instances, score) & ~void
         order = np.argsort(-instances.scores.astype(np.float64), kind="stable")
         kept_masks: list[np.ndarray] = []
-        kept_scores: list[float] = []
         for k in order:
             m = sam[k]
             if not m.any():
                 continue
-            conf = confidence_of(score[m], self.confidence)
             merged = False
             for j, km in enumerate(kept_masks):
                 inter = np.count_nonzero(m & km)
@@ -181,16 +180,15 @@ class SamRefiner:
             m = m & ~taken
             if m.any():
                 kept_masks.append(m)
-                kept_scores.append(conf)
         # claimed pixels of merged unions are exclusive again (a merge may reach into a later instance)
         final_m, final_s = [], []
         claimed = np.zeros(score.shape, bool)
-        for m, c in zip(kept_masks, kept_scores):
+        for m in kept_masks:
             m = m & ~claimed
             claimed |= m
             if np.count_nonzero(m) >= self.min_size:
                 final_m.append(m)
-                final_s.append(c)
+                final_s.append(confidence_of(score[m], self.confidence))
         if not final_m:
             return Instances.empty(*score.shape)
         return sort_instances(Instances(np.stack(final_m), np.array(final_s, np.float32)))
