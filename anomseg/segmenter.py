@@ -5,6 +5,8 @@
     scores = seg("street.png")            # float32 (H, W), higher = more anomalous
     seg.calibrate(test_set, tpr=0.95)     # the operating point: the threshold reaching 95 % TPR there
     mask = seg.threshold(scores)          # bool (H, W)
+    inst = seg.instances("street.png")    # anomaly objects: masks (M, H, W), confidences (M,)
+    seg = AnomalySegmenter.from_files(..., instances={"refine": "sam", "sam": {"model": "path/to/sam-vit-base"}})
     seg.save("pipeline.pt")               # backbone name + weights hash, inference, method + state
     seg = AnomalySegmenter.load("pipeline.pt")
 
@@ -53,10 +55,19 @@ class AnomalySegmenter:
         inference: ``{preset, scales, flip, amp}`` (defaults: one unflipped pass, float32).
         device: default CUDA when available.
         operating_point: ``{"threshold": float, ...}`` used by :meth:`threshold` (set by :meth:`calibrate`).
+        instances: the instance settings of :meth:`instances` (:data:`anomseg.instances.DEFAULTS`: ``min_size``,
+            ``confidence``, ``refine: none | sam``, ``sam: {...}``); saved in the pipeline file.
     """
 
     def __init__(self, *, model, method: Method, backbone: dict, inference: dict | None = None, device=None,
-                 operating_point: dict | None = None, max_pixels: int = MAX_PIXELS):
+                 operating_point: dict | None = None, max_pixels: int = MAX_PIXELS, instances: dict | None = None):
+        from anomseg.instances import InstanceError, check_settings
+
+        try:
+            self.instance_settings = check_settings(instances)
+        except InstanceError as exc:
+            raise PipelineError(str(exc)) from None
+        self._refiner = None
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
         self.method, self.backbone = method, dict(backbone)
@@ -75,7 +86,7 @@ class AnomalySegmenter:
     def from_files(cls, *, backbone: str | None = None, checkpoint: str | None = None, method: str = "msp",
                    head: str | None = None, options: dict | None = None, num_classes: int | None = None,
                    inference: dict | None = None, device=None, fit_data=None,
-                   max_pixels: int = MAX_PIXELS) -> "AnomalySegmenter":
+                   max_pixels: int = MAX_PIXELS, instances: dict | None = None) -> "AnomalySegmenter":
         """Build from a backbone name and / or checkpoint and a method name (``head`` for a trained head).
 
         ``checkpoint`` alone is an anomseg checkpoint (it names its backbone); with ``backbone`` any
@@ -84,7 +95,8 @@ class AnomalySegmenter:
         spec = {"name": backbone, "options": {}, "checkpoint": checkpoint}
         model, _ = backbone_from_config(spec, num_classes)
         m = build_from_spec({"name": method, "options": options or {}, **({"head": head} if head else {})})
-        seg = cls(model=model, method=m, backbone=spec, inference=inference, device=device, max_pixels=max_pixels)
+        seg = cls(model=model, method=m, backbone=spec, inference=inference, device=device, max_pixels=max_pixels,
+                  instances=instances)
         m.setup(seg.model)
         if m.fit_split is not None:
             if fit_data is None:
@@ -153,6 +165,30 @@ class AnomalySegmenter:
             value = self.operating_point["threshold"]
         return np.asarray(scores) >= value
 
+    def instances(self, image, threshold: float | None = None, void=None):
+        """One image's anomaly instances (:class:`anomseg.instances.Instances`: bool masks (M, H, W), float32
+        confidences (M,), highest first): connected components of its score map at ``threshold`` (default: the
+        operating point), refined by SAM when the instance settings say ``refine: sam``. ``void``: bool (H, W)
+        pixels no instance may take."""
+        from anomseg.instances import build_refiner, image_instances
+
+        batch = as_image_batch(image, self.max_pixels)
+        if batch.shape[0] != 1:
+            raise ImageInputError(f"seg.instances(image) takes one image, got a batch of {batch.shape[0]}")
+        scores = self.predict(batch)[0].numpy()
+        if threshold is None:
+            if not self.operating_point:
+                raise PipelineError("no operating point: call calibrate(dataset, tpr=0.95) or pass threshold=")
+            threshold = self.operating_point["threshold"]
+        rgb = None
+        if self.instance_settings["refine"] == "sam":
+            if self._refiner is None:
+                self._refiner = build_refiner(self.instance_settings, self.device)
+            rgb = batch[0].cpu().numpy() if batch.dtype == torch.uint8 else \
+                (batch[0].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().cpu().numpy()
+        return image_instances(scores, float(threshold), self.instance_settings, void=void, image=rgb,
+                               refiner=self._refiner)
+
     # -- the pipeline file ---------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         return save_torch_atomic(path, {
@@ -160,7 +196,7 @@ class AnomalySegmenter:
             "num_classes": int(self.model.num_classes), "weights": weights_hash(self.model),
             "inference": self.inference, "method": {"name": self.method.name, "options": getattr(self.method, "options", {}),
                                                     "state": self.method.state_dict()},
-            "operating_point": self.operating_point})
+            "operating_point": self.operating_point, "instances": self.instance_settings})
 
     @classmethod
     def load(cls, path: str | Path, checkpoint: str | None = None, device=None) -> "AnomalySegmenter":
@@ -192,6 +228,6 @@ class AnomalySegmenter:
                                 f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); save it "
                                 f"again with AnomalySegmenter.save") from None
         seg = cls(model=model, method=method, backbone=spec, inference=obj["inference"], device=device,
-                  operating_point=obj["operating_point"])
+                  operating_point=obj["operating_point"], instances=obj.get("instances"))
         method.setup(seg.model)
         return seg

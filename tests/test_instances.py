@@ -344,3 +344,37 @@ def test_evaluation_with_the_instance_protocol(synthetic, tmp_path):
     assert "\n" not in str(e.value) and not (tmp_path / "bad").exists()
     with pytest.raises(ConfigError, match="instances.threshold"):
         evaluate.run_evaluation(dict(cfg, instances={"threshold": "fpr5"}), progress=False)
+
+
+def test_segmenter_instances(tmp_path, rng):
+    from anomseg import AnomalySegmenter
+    from anomseg.instances.sam import SamRefiner
+    from anomseg.segmenter import PipelineError
+
+    torch.manual_seed(0)
+    seg = AnomalySegmenter.from_files(backbone="smp:FPN:resnet18", num_classes=13, method="msp", device="cpu",
+                                      options={}, instances={"min_size": 4, "confidence": "max"})
+    image = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    scores = seg(image)
+    t = float(np.quantile(scores, 0.9))
+    got = seg.instances(image, threshold=t)
+    ref = instances_from_scores(scores, t, min_size=4, confidence="max")
+    np.testing.assert_array_equal(got.masks, ref.masks)
+    np.testing.assert_array_equal(got.scores, ref.scores)
+    with pytest.raises(PipelineError, match="no operating point"):
+        seg.instances(image)
+    seg.operating_point = {"threshold": t}
+    assert len(seg.instances(image)) == len(ref)
+    # refine: sam runs the refiner on the image and the components
+    seg_sam = AnomalySegmenter.from_files(backbone="smp:FPN:resnet18", num_classes=13, method="msp", device="cpu",
+                                          instances={"min_size": 4, "refine": "sam"})
+    seg_sam.model.load_state_dict(seg.model.state_dict())
+    refined = seg_sam.instances(image, threshold=t)
+    assert isinstance(seg_sam._refiner, SamRefiner)
+    direct = seg_sam._refiner.refine(image, instances_from_scores(scores, t, min_size=4), scores)
+    np.testing.assert_array_equal(refined.masks, direct.masks)
+    saved = torch.load(seg_sam.save(tmp_path / "p.pt"), weights_only=True)
+    assert saved["instances"]["refine"] == "sam"
+    with pytest.raises(PipelineError, match="instances.refine"):
+        AnomalySegmenter.from_files(backbone="smp:FPN:resnet18", num_classes=13, method="msp", device="cpu",
+                                    instances={"refine": "crf"})
