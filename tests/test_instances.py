@@ -378,3 +378,39 @@ def test_segmenter_instances(tmp_path, rng):
     with pytest.raises(PipelineError, match="instances.refine"):
         AnomalySegmenter.from_files(backbone="smp:FPN:resnet18", num_classes=13, method="msp", device="cpu",
                                     instances={"refine": "crf"})
+
+
+def test_hostile_instance_inputs(tmp_path, synthetic):
+    import shutil
+
+    from anomseg.data import DatasetError
+    from anomseg.instances.sam import load_sam
+
+    with pytest.raises(InstanceError, match="local transformers SAM folder") as e:
+        load_sam(str(tmp_path / "nothing"))
+    assert "\n" not in str(e.value)
+    (tmp_path / "bad_sam").mkdir()
+    (tmp_path / "bad_sam" / "config.json").write_text("{not json")
+    with pytest.raises(InstanceError, match="not a loadable transformers SAM folder") as e:
+        load_sam(str(tmp_path / "bad_sam"))
+    assert "\n" not in str(e.value)
+    root = tmp_path / "copy"
+    shutil.copytree(synthetic, root)
+    odgt = json.loads((root / "test.odgt").read_text())
+    # an RGB image where the instance ids should be: one line naming the file
+    Image = pytest.importorskip("PIL.Image")
+    Image.fromarray(np.zeros((64, 128, 3), np.uint8)).save(root / odgt[0]["fpath_inst"])
+    with pytest.raises(DatasetError, match="instance map has mode 'RGB'") as e:
+        build_dataset("streethazards", root, "test")[0]
+    assert "\n" not in str(e.value)
+    # a path out of the dataset root in the index: refused when the index is read
+    odgt[1]["fpath_inst"] = "../../outside.png"
+    (root / "test.odgt").write_text(json.dumps(odgt))
+    with pytest.raises(DatasetError) as e:
+        build_dataset("streethazards", root, "test")
+    assert "test.odgt" in str(e.value) and "\n" not in str(e.value)
+    # instance confidences that cannot be ranked, masks of another size
+    with pytest.raises(InstanceError, match="finite"):
+        Instances(np.zeros((1, 4, 4), bool), [float("nan")])
+    with pytest.raises(InstanceError, match="differ from the ground truth"):
+        InstanceAP().add(Instances.empty(4, 4), np.zeros((5, 5), np.int32))
