@@ -439,8 +439,7 @@ def _record(run: _Run, item: _Pending) -> None:
             run.exporter.write(name, ds.group(i), ds.records[i].name, item.host_maps[name][0].numpy(), item.image_size)
     run.recorder.record(i, item.scores, item.target, item.measured, item.image_conf)
     if run.instances:
-        for name, m in item.host_maps.items():
-            instance_eval.keep_map(run.out, name, i, m[0].numpy())
+        instance_eval.keep_maps(run.out, i, {name: m[0].numpy() for name, m in item.host_maps.items()})
     if run.evaluated and i in run.overlay_ids:
         for name, m in item.host_maps.items():
             cache = run.out / "state" / "overlays" / f"{i}_{viz.safe_name(name)}.npy"

@@ -1,7 +1,7 @@
 """The evaluation's instance pass (``protocol: [..., instances]``): OoDIS AP / AP50 of every method.
 
-While the evaluation loop runs, each method's score map of each image is kept on disk
-(``state/instances/maps/<method>/<i>.npy``, float32, one file per image: memory flat in the images);
+While the evaluation loop runs, every method's score map of each image is kept on disk
+(``state/instances/maps/<i>.npz``, float32, one file per image: memory flat in the images);
 after the loop the thresholds are known (``instances.threshold``: the split's TPR-95 or best-F1 pixel
 threshold of each method, or a number) and this pass turns every map into instances
 (:func:`~anomseg.instances.image_instances`: components, then SAM when ``refine: sam``), scores them
@@ -54,19 +54,29 @@ def check_dataset(dataset, cfg: dict) -> None:
                           f"(only anomseg's synthetic set and the OoDIS sets carry them); remove 'instances' from protocol")
 
 
-def map_path(out: Path, name: str, index: int) -> Path:
-    return out / "state" / "instances" / "maps" / viz.safe_name(name) / f"{index}.npy"
+def maps_path(out: Path, index: int) -> Path:
+    return out / "state" / "instances" / "maps" / f"{index}.npz"
 
 
-def keep_map(out: Path, name: str, index: int, score: np.ndarray) -> None:
-    """Keep one method's float32 (H, W) score map of image ``index`` for the pass."""
-    path = map_path(out, name, index)
+def keep_maps(out: Path, index: int, maps: dict) -> None:
+    """Keep every method's float32 (H, W) score map of image ``index`` for the pass (one file)."""
+    path = maps_path(out, index)
     make_dirs(path.parent)
+    arrays = {f"m{k}": np.asarray(v, np.float32) for k, v in enumerate(maps.values())}
 
     def write(tmp):
         with open(tmp, "wb") as f:
-            np.save(f, np.asarray(score, np.float32))
+            np.savez(f, names=np.array(list(maps)), **arrays)
     write_with(path, write)
+
+
+def load_maps(out: Path, index: int) -> dict:
+    path = maps_path(out, index)
+    if not path.is_file():
+        raise ConfigError(f"{path}: the score maps of image {index} kept for the instance pass are missing; run the "
+                          f"evaluation again with resume: false")
+    with np.load(path) as z:
+        return {str(n): z[f"m{k}"] for k, n in enumerate(z["names"])}
 
 
 def overlay_path(out: Path, index: int, name: str) -> Path:
@@ -120,12 +130,9 @@ def run_pass(cfg: dict, out: Path, dataset, names: list[str], hists: dict, devic
             image = np.asarray(s["image"])
             if image.shape[:2] != anomaly.shape:  # labels at a reduced scale: SAM sees the image at that size
                 image = cv2.resize(image, (anomaly.shape[1], anomaly.shape[0]), interpolation=cv2.INTER_AREA)
+        maps = load_maps(out, i)
         for n in names:
-            path = map_path(out, n, i)
-            if not path.is_file():
-                raise ConfigError(f"{path}: the score map of image {i} kept for the instance pass is missing; run the "
-                                  f"evaluation again with resume: false")
-            score = np.load(path)
+            score = maps[n]
             inst = image_instances(score, thresholds[n], spec, void=void, image=image, refiner=refiner)
             aps[n].add(inst, s["instances"], void)
             comps[n].add(*image_components(inst.union().astype(np.float32), anomaly, 0.5, sizes["min_pred_size"],
