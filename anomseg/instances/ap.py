@@ -80,15 +80,18 @@ class InstanceAP:
         if tuple(gt.shape) != instances.size:
             raise InstanceError(f"instance masks {instances.size} differ from the ground truth {gt.shape}")
         void = np.zeros(gt.shape, bool) if void is None else np.asarray(void, bool)
-        ids = [int(i) for i in np.unique(gt) if i != 0]
-        gt_sizes = np.array([int((gt == i).sum()) for i in ids], np.int64)
+        values, index = np.unique(gt, return_inverse=True)  # index: each pixel's position in values
+        index = index.reshape(-1)
+        counts = np.bincount(index, minlength=len(values))
+        ids = [int(v) for v in values if v != 0]
+        rows = [k for k, v in enumerate(values) if v != 0]
+        gt_sizes = counts[rows].astype(np.int64)
         sizes = instances.masks.reshape(len(instances), gt.size).sum(1).astype(np.int64)
         keep = np.flatnonzero(sizes > 0)
         overlap = np.zeros((len(ids), len(keep)), np.int64)
-        for j, k in enumerate(keep):
-            m = instances.masks[k]
-            for g, i in enumerate(ids):
-                overlap[g, j] = int(np.count_nonzero(m & (gt == i)))
+        if ids:
+            for j, k in enumerate(keep):
+                overlap[:, j] = np.bincount(index[instances.masks[k].reshape(-1)], minlength=len(values))[rows]
         rec = {"gt_size": gt_sizes, "gt_group": np.array([i == GROUP for i in ids], bool),
                "conf": instances.scores[keep].astype(np.float64), "size": sizes[keep],
                "void": np.array([int(np.count_nonzero(instances.masks[k] & void)) for k in keep], np.int64),
