@@ -22,6 +22,7 @@ from anomseg.files import write_text_atomic
 from anomseg.viz import safe_name
 
 COLUMNS = [("auroc", "AUROC"), ("aupr", "AUPR"), ("fpr95", "FPR95")]
+INSTANCE_COLUMNS = [("AP50", "AP50"), ("AP", "AP"), ("mean_F1", "instances' comp. F1")]
 COMPONENT_COLUMNS = [("sIoU", "sIoU"), ("PPV", "PPV"), ("mean_F1", "mean F1")]
 
 STYLE = """
@@ -111,6 +112,9 @@ def _metrics_table(report: dict) -> str:
         prefix = f"{p} " if len(protocols) > 1 else ""
         head += [f'<th data-key="{html.escape(f"{p}.{k}")}">{html.escape(prefix + label)}</th>' for k, label in COLUMNS]
     head += [f'<th data-key="{html.escape(k)}">{html.escape(label)}</th>' for k, label in components]
+    inst = isinstance(first.get("instances"), dict)  # protocol instances: OoDIS AP50 / AP, the instances' F1
+    if inst:
+        head += [f'<th data-key="instances.{k}">{label}</th>' for k, label in INSTANCE_COLUMNS]
     head += ['<th data-key="images">images</th>']
     rows = []
     for name, r in methods.items():
@@ -119,6 +123,10 @@ def _metrics_table(report: dict) -> str:
             src = r["protocols"][p] if len(protocols) > 1 else r
             cells += [_cell(src.get(k)) for k, _ in COLUMNS]
         cells += [_cell(r.get(k)) for k, _ in components]
+        if inst:
+            i = r.get("instances") if isinstance(r.get("instances"), dict) else {}
+            comp = i.get("components") if isinstance(i.get("components"), dict) else {}
+            cells += [_cell(i.get("AP50")), _cell(i.get("AP")), _cell(comp.get("mean_F1"))]
         cells.append(_cell(r.get("images"), str(r.get("images"))))
         rows.append(f'<tr data-method="{html.escape(name)}">{"".join(cells)}</tr>')
     arithmetic = "".join(f"<li><code>{html.escape(p)}</code>: {html.escape((r['protocols'][p] if len(protocols) > 1 else r).get('arithmetic', ''))}</li>"

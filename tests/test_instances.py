@@ -334,6 +334,8 @@ def test_evaluation_with_the_instance_protocol(synthetic, tmp_path):
     assert "| method | AUROC | AUPR | FPR95 | AP50 | AP | comp. F1 |" in table
     assert len(list((out / "overlays").glob("*.png"))) == 2
     assert len(list((out / "state" / "instances" / "overlay").glob("*.npz"))) == 4
+    page = (out / "report.html").read_text()
+    assert 'data-key="instances.AP50"' in page and 'data-key="instances.AP"' in page
     # the visualizer outlines the instances found with the report's thresholds
     paths = evaluate.render_overlays(out, [1], out_dir=tmp_path / "viz", progress=False)
     assert len(paths) == 1
