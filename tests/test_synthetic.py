@@ -26,7 +26,7 @@ def test_deterministic_whatever_the_workers(synthetic, tmp_path):
     other = tmp_path / "b"
     generate_synthetic(other, seed=3, workers=2, **SMALL)
     assert digest(synthetic) == digest(other)
-    assert len(digest(synthetic)) == 2 * (6 + 3 + 4) + 2 * 5
+    assert len(digest(synthetic)) == 2 * (6 + 3 + 4) + 2 * 5 + (3 + 4)  # + the val / test instance-id maps
     different = tmp_path / "c"
     generate_synthetic(different, seed=4, workers=1, **SMALL)
     assert digest(different) != digest(synthetic)
