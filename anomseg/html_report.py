@@ -19,6 +19,7 @@ from pathlib import Path
 
 from anomseg.errors import AnomsegError
 from anomseg.files import write_text_atomic
+from anomseg.metrics.evaluator import pixel_protocols
 from anomseg.viz import safe_name
 
 COLUMNS = [("auroc", "AUROC"), ("aupr", "AUPR"), ("fpr95", "FPR95")]
@@ -103,9 +104,7 @@ def _number(v) -> float | None:
 def _metrics_table(report: dict) -> str:
     methods = report["methods"]
     first = next(iter(methods.values()), {})
-    p = report.get("protocol")
-    protocols = list(first.get("protocols", {})) or [str(x) for x in ([p] if not isinstance(p, list) else p)
-                                                      if x != "instances"] or ["per_image"]
+    protocols = list(first.get("protocols", {})) or pixel_protocols(report.get("protocol"))
     components = [c for c in COMPONENT_COLUMNS if c[0] in first]
     head = ['<th data-key="method">method</th>']
     for p in protocols:

@@ -159,11 +159,15 @@ class AnomalySegmenter:
 
     def threshold(self, scores, value: float | None = None) -> np.ndarray:
         """bool mask ``scores >= value`` (default: the calibrated operating point)."""
+        return np.asarray(scores) >= self._threshold_value(value, "value=")
+
+    def _threshold_value(self, value: float | None, keyword: str) -> float:
+        """``value``, or the calibrated operating point's threshold when it is None."""
         if value is None:
             if not self.operating_point:
-                raise PipelineError("no operating point: call calibrate(dataset, tpr=0.95) or pass value=")
+                raise PipelineError(f"no operating point: call calibrate(dataset, tpr=0.95) or pass {keyword}")
             value = self.operating_point["threshold"]
-        return np.asarray(scores) >= value
+        return value
 
     def instances(self, image, threshold: float | None = None, void=None):
         """One image's anomaly instances (:class:`anomseg.instances.Instances`: bool masks (M, H, W), float32
@@ -176,10 +180,7 @@ class AnomalySegmenter:
         if batch.shape[0] != 1:
             raise ImageInputError(f"seg.instances(image) takes one image, got a batch of {batch.shape[0]}")
         scores = self.predict(batch)[0].numpy()
-        if threshold is None:
-            if not self.operating_point:
-                raise PipelineError("no operating point: call calibrate(dataset, tpr=0.95) or pass threshold=")
-            threshold = self.operating_point["threshold"]
+        threshold = self._threshold_value(threshold, "threshold=")
         rgb = None
         if self.instance_settings["refine"] == "sam":
             if self._refiner is None:

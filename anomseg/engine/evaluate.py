@@ -54,6 +54,7 @@ from anomseg.heads.io import HeadError
 from anomseg import instances as instances_lib
 from anomseg.html_report import read_per_image, worst_images, write_html_report
 from anomseg.metrics import PROTOCOLS
+from anomseg.metrics.evaluator import INSTANCE_PROTOCOL, pixel_protocols
 from anomseg.metrics.components import TRACKS
 from anomseg.models.checkpoints import backbone_from_config
 from anomseg.models.inference import AMP, PRESETS, predict_with
@@ -121,7 +122,7 @@ def protocols(cfg: dict) -> list[str]:
     ``per_image``."""
     p = cfg["protocol"]
     names = [p] if isinstance(p, str) else list(p)
-    known = PROTOCOLS + (instance_eval.PROTOCOL,)
+    known = PROTOCOLS + (INSTANCE_PROTOCOL,)
     if not names or not all(isinstance(n, str) for n in names):
         raise ConfigError(f"protocol={p!r}: give one of {', '.join(known)} or a list of them")
     for n in names:
@@ -129,7 +130,7 @@ def protocols(cfg: dict) -> list[str]:
             raise ConfigError(f"protocol={n!r} is unknown; choose one of {', '.join(known)} (or a list of them)")
     if len(set(names)) != len(names):
         raise ConfigError(f"protocol {p!r}: each protocol once")
-    return [n for n in names if n != instance_eval.PROTOCOL] or ["per_image"]
+    return pixel_protocols(names)
 
 
 def overlays_section(images: NonNegativeInt = 6, threshold: str | float = "best_f1") -> None:
@@ -628,12 +629,6 @@ def _write_report(cfg, out, dataset, backbone_name, recorder: EvaluationRecorder
     viz.plot_curves(recorder.hists, out)
     viz.plot_histograms(recorder.hists, out)
     return report
-
-
-def pixel_protocols(protocol) -> list[str]:
-    """A report's pixel protocols from its ``protocol`` field (a name or a list; ``instances`` is not one)."""
-    names = [protocol] if isinstance(protocol, str) else list(protocol) if isinstance(protocol, list) else [str(protocol)]
-    return [str(p) for p in names if p != instance_eval.PROTOCOL] or ["per_image"]
 
 
 def markdown_table(report: dict) -> str:

@@ -66,13 +66,6 @@ class Instances:
         """bool (H, W): the pixels of any instance."""
         return self.masks.any(0) if len(self) else np.zeros(self.size, bool)
 
-    def label_map(self) -> np.ndarray:
-        """int32 (H, W): 0 outside every instance, k + 1 inside instance k (a pixel of several: the first)."""
-        out = np.zeros(self.size, np.int32)
-        for k in range(len(self) - 1, -1, -1):
-            out[self.masks[k]] = k + 1
-        return out
-
     def boxes(self) -> np.ndarray:
         """int64 (M, 4): each mask's tight box [x0, y0, x1, y1], pixel edges (x1 = last column + 1)."""
         out = np.zeros((len(self), 4), np.int64)

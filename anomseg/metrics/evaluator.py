@@ -19,6 +19,14 @@ from anomseg.metrics.histogram import ScoreHistogram
 from anomseg.metrics.smiyc import MAX_FLOAT16, frame_bins, pix_binary_class
 
 PROTOCOLS = ("per_image", "caos", "pooled", "smiyc")
+INSTANCE_PROTOCOL = "instances"  # OoDIS instance AP (anomseg.instances), evaluated beside the pixel protocols
+
+
+def pixel_protocols(protocol) -> list[str]:
+    """The pixel protocols of a config's or report's ``protocol`` (a name or a list), without ``instances``;
+    ``instances`` alone comes with ``per_image``."""
+    names = [protocol] if isinstance(protocol, str) else list(protocol) if isinstance(protocol, list) else [str(protocol)]
+    return [str(p) for p in names if p != INSTANCE_PROTOCOL] or ["per_image"]
 #: which arithmetic produced a protocol's numbers (written into every report)
 ARITHMETIC = {
     "per_image": "exact per image (void excluded), unweighted mean over images",

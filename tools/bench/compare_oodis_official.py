@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from anomseg.instances import InstanceAP, Instances
-from anomseg.instances.oodis import cityscapes_from_target, read_submission, target_from_cityscapes, write_submission
+from anomseg.instances.oodis import read_submission, target_from_cityscapes, write_gt, write_submission
 
 
 RUN = """
@@ -142,7 +142,7 @@ def compare_eval(official, eval_dir: Path, work: Path) -> list[tuple[str, dict, 
     names = []
     for i in range(len(ds)):
         s = ds[i]
-        Image.fromarray(cityscapes_from_target(s["instances"], s["anomaly"] == 255)).save(gt_dir / f"{stem(i)}.png")
+        write_gt(gt_dir / f"{stem(i)}.png", s["instances"], s["anomaly"] == 255)
         names.append(ds.records[i].name.replace("/", "_"))
     rows = []
     for method, r in report["methods"].items():
