@@ -416,3 +416,46 @@ def test_hostile_instance_inputs(tmp_path, synthetic):
         Instances(np.zeros((1, 4, 4), bool), [float("nan")])
     with pytest.raises(InstanceError, match="differ from the ground truth"):
         InstanceAP().add(Instances.empty(4, 4), np.zeros((5, 5), np.int32))
+
+
+def test_oodis_lost_and_found_adapter(tmp_path):
+    from PIL import Image as PILImage
+
+    from anomseg.data import DatasetError
+
+    root = tmp_path / "data"
+    fids = {"train": ["01_Hanns_Klemm_Str_45_000000_000100", "01_Hanns_Klemm_Str_45_000001_000110"],
+            "test": ["02_Hanns_Klemm_Str_44_000007_000140"]}
+    ids = np.full((4, 6), 7, np.uint16)  # road
+    ids[0, :] = 0  # unlabeled: void
+    ids[1:3, 0:2] = 26001  # anomaly instance 1
+    ids[1:3, 4:6] = 26002  # anomaly instance 2
+    ids[3, 2] = 26  # a group of anomaly pixels
+    ids[3, 3] = 24001  # a person: another instance label
+    for folder, names in fids.items():
+        for fid in names:
+            scene = fid[: -len("_000000_000000")]
+            img = root / "dataset_LostAndFound" / "leftImg8bit" / folder / scene / f"{fid}_leftImg8bit.png"
+            img.parent.mkdir(parents=True, exist_ok=True)
+            PILImage.fromarray(np.zeros((4, 6, 3), np.uint8)).save(img)
+            lab = root / "lost_found_instance" / "gtCoarse" / folder / scene / f"{fid}_gtCoarse_instanceIds.png"
+            lab.parent.mkdir(parents=True, exist_ok=True)
+            PILImage.fromarray(ids).save(lab)
+    ds = build_dataset("oodis_lost_and_found", root, "all", check_size=False)
+    assert [r.name for r in ds.records] == sorted(fids["train"] + fids["test"]) and ds.has_instances
+    s = ds[0]
+    # written from the Cityscapes convention (FORMATS.md): >= 1000 instance of label v // 1000, 26 a car group,
+    # 0 (unlabeled) void; anomaly = the label-26 pixels
+    np.testing.assert_array_equal(s["instances"], [[0] * 6, [1, 1, 0, 0, 2, 2], [1, 1, 0, 0, 2, 2], [0, 0, -1, 0, 0, 0]])
+    np.testing.assert_array_equal(s["anomaly"], [[255] * 6, [1, 1, 0, 0, 1, 1], [1, 1, 0, 0, 1, 1], [0, 0, 1, 0, 0, 0]])
+    assert s["instance_other_labels"] == [] and len(build_dataset("oodis_lost_and_found", root, "test",
+                                                                  check_size=False)) == 1
+    with pytest.raises(DatasetError, match="found 3 frames, the official split has 2239"):
+        build_dataset("oodis_lost_and_found", root, "all")
+    (root / "lost_found_instance" / "gtCoarse" / "test" / "02_Hanns_Klemm_Str_44" /
+     "02_Hanns_Klemm_Str_44_000007_000140_gtCoarse_instanceIds.png").unlink()
+    with pytest.raises(DatasetError, match="1 of 3 frames lack an instance label") as e:
+        build_dataset("oodis_lost_and_found", root, "all", check_size=False)
+    assert "\n" not in str(e.value)
+    with pytest.raises(DatasetError, match="OoDIS instance label folder not found"):
+        build_dataset("oodis_lost_and_found", root, "all", labels=str(tmp_path / "none"), check_size=False)

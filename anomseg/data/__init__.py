@@ -12,6 +12,7 @@ from anomseg.data.base import LabelTable, Record, SegmentationDataset, resize_ne
 from anomseg.data.bdd_anomaly import BDDAnomalyDataset, prepare_bdd_anomaly
 from anomseg.data.cityscapes import CityscapesDataset
 from anomseg.data.folder import FolderAnomalyDataset
+from anomseg.data.oodis import OodisLostAndFoundDataset
 from anomseg.data.smiyc import (FishyscapesLAFDataset, LostAndFoundDataset, RoadAnomaly21Dataset, RoadAnomalyDataset,
                                 RoadObstacle21Dataset)
 from anomseg.data.streethazards import StreetHazardsDataset
@@ -29,6 +30,8 @@ DATASETS = {
     "lost_and_found": LostAndFoundDataset,
     "fishyscapes_laf": FishyscapesLAFDataset,
     "road_anomaly": RoadAnomalyDataset,
+    # OoDIS' anomaly instance labels of LostAndFound (anomseg.data.oodis)
+    "oodis_lost_and_found": OodisLostAndFoundDataset,
 }
 
 

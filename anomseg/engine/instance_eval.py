@@ -14,7 +14,6 @@ deterministic and rewrites its outputs, so a resumed evaluation simply runs it a
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -28,8 +27,9 @@ from anomseg.files import make_dirs, write_with
 from anomseg.instances import InstanceAP, InstanceError, Instances, build_refiner, check_settings, image_instances
 from anomseg.instances.oodis import MIN_REGION, coco_results, oodis_stem, write_coco, write_submission
 from anomseg.metrics.components import TRACKS, ComponentStats, image_components
+from anomseg.metrics.evaluator import INSTANCE_PROTOCOL
 
-PROTOCOL = "instances"
+PROTOCOL = INSTANCE_PROTOCOL
 ARITHMETIC = ("OoDIS (kumuji/anomaly-benchmark-suite scoring program): instances = connected components of score >= "
               "threshold (void removed, min_size px, confidence rule), optionally refined by SAM; AP over IoU 0.5:0.95 "
               "(strictly above), AP50 at 0.5, GT instances >= 10 px, pooled over images, the evaluator's PR integration")
@@ -100,27 +100,19 @@ def load_overlay_instances(path: Path) -> Instances | None:
         return Instances(masks, z["scores"])
 
 
-def threshold_of(spec, hist) -> float:
-    if spec == "tpr95":
-        return float(viz.tpr_threshold(hist))
-    if spec == "best_f1":
-        return float(hist.best_f1_threshold()[0])
-    return float(spec)
-
-
 def run_pass(cfg: dict, out: Path, dataset, names: list[str], hists: dict, device, track: str,
              overlay_ids=(), progress: bool = True) -> dict:
     """The instance metrics of every method: {method: {AP, AP50, ..., components}} (see the module docstring)."""
     spec = settings(cfg)
     refiner = build_refiner(spec, device)
-    thresholds = {n: threshold_of(spec["threshold"], hists[n]) for n in names}
+    thresholds = {n: float(viz.resolve_threshold(spec["threshold"], hists[n], None)[0]) for n in names}
     aps = {n: InstanceAP(MIN_REGION) for n in names}
     comps = {n: ComponentStats() for n in names}
     sizes = TRACKS[track]
     coco = {n: [] for n in names}
     inst_root = out / "instances"
     shutil.rmtree(inst_root, ignore_errors=True)  # only this run's exports
-    laf = cfg["data"]["name"] in ("lost_and_found", "fishyscapes_laf")
+    laf = cfg["data"]["name"] in ("lost_and_found", "fishyscapes_laf", "oodis_lost_and_found")
     for i in tqdm(range(len(dataset)), desc="instances", disable=not progress):
         s = dataset[i]
         anomaly = s["anomaly"]
@@ -134,7 +126,7 @@ def run_pass(cfg: dict, out: Path, dataset, names: list[str], hists: dict, devic
         for n in names:
             score = maps[n]
             inst = image_instances(score, thresholds[n], spec, void=void, image=image, refiner=refiner)
-            aps[n].add(inst, s["instances"], void)
+            aps[n].add(inst, s["instances"], void, s.get("instance_other_labels", ()))
             comps[n].add(*image_components(inst.union().astype(np.float32), anomaly, 0.5, sizes["min_pred_size"],
                                            sizes["min_gt_size"]))
             name = dataset.records[i].name.replace("/", "_")
@@ -148,10 +140,10 @@ def run_pass(cfg: dict, out: Path, dataset, names: list[str], hists: dict, devic
     for n in names:
         r = aps[n].compute()
         r["threshold"] = thresholds[n]
-        r["components"] = {k: v for k, v in comps[n].compute().items()}
+        r["components"] = comps[n].compute()
         if "coco" in spec["export"]:
             r["coco"] = str(write_coco(inst_root / viz.safe_name(n) / "coco.json", coco[n]))
         if "oodis" in spec["export"]:
             r["oodis"] = str(inst_root / viz.safe_name(n) / "oodis")
         results[n] = r
-    return {"settings": json.loads(json.dumps(spec)), "arithmetic": ARITHMETIC, "methods": results}
+    return {"settings": spec, "arithmetic": ARITHMETIC, "methods": results}
