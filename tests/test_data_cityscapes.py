@@ -104,5 +104,5 @@ def test_empty_split_and_unknown_names(tmp_path, rng):
         build_dataset("cityscapes", root, "test")
     with pytest.raises(DatasetError, match="choose one of"):
         build_dataset("cityscapes", root, "training")
-    with pytest.raises(DatasetError, match="valid names: bdd_anomaly, cityscapes, fishyscapes_laf, folder, lost_and_found, road_anomaly, road_anomaly21, road_obstacle21, streethazards"):
+    with pytest.raises(DatasetError, match="valid names: bdd_anomaly, cityscapes, fishyscapes_laf, folder, lost_and_found, oodis_lost_and_found, road_anomaly, road_anomaly21, road_obstacle21, streethazards"):
         build_dataset("kitti", root, "train")
