@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from anomseg.models.base import SegmentationBackbone, SegOutput
@@ -41,8 +42,22 @@ class SMPBackbone(SegmentationBackbone):
         return 64 // feat.shape[-1]
 
     def forward_normalized(self, x):
+        """Any input size: smp's decoders need sides divisible by the encoder's output stride (32 for depth 5), so
+        a frame of another size (a 1920x1080 phone frame) is zero-padded at the bottom / right (zero = the mean
+        colour after normalisation) and the outputs cropped back: logits to (H, W), features to the cells covering
+        the image (ceil(H / stride), ceil(W / stride)). Sizes already divisible run unpadded, unchanged."""
+        h, w = x.shape[-2:]
+        m = int(getattr(self.model.encoder, "output_stride", 32))
+        hp, wp = -(-h // m) * m, -(-w // m) * m
+        if (hp, wp) != (h, w):
+            x = F.pad(x, (0, wp - w, 0, hp - h))
         feat = self.model.decoder(self.model.encoder(x))
-        return SegOutput(self.model.segmentation_head(feat), feat)
+        logits = self.model.segmentation_head(feat)
+        if (hp, wp) != (h, w):
+            s = hp // feat.shape[-2]
+            feat = feat[..., :-(-h // s), :-(-w // s)]
+            logits = logits[..., :h, :w]
+        return SegOutput(logits, feat)
 
     def classifier(self) -> nn.Module:
         return self.model.segmentation_head
