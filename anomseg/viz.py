@@ -44,6 +44,16 @@ def tpr_threshold(hist: ScoreHistogram, level: float = 0.95) -> float:
     return hist.bin_lower_edge(bins[reach[-1]])
 
 
+def fpr_threshold(hist: ScoreHistogram, level: float = 0.05) -> float:
+    """The lowest bin-edge threshold whose FPR (``score >= t`` on inlier pixels) is at most ``level``."""
+    bins, _, neg = hist.groups()
+    fp = np.cumsum(neg[::-1])[::-1]
+    ok = np.flatnonzero(fp / max(fp[0], 1) <= level)
+    if len(ok) == 0:  # even the top bin alone flags more: the next bin's edge, above every score seen
+        return hist.bin_lower_edge(bins[-1] + 1)
+    return hist.bin_lower_edge(bins[ok[0]])
+
+
 # 20 distinct colours (tab20's dark shades, then its light ones) and four line styles: every method of a
 # table up to 20 gets its own colour, and its own (colour, style) pair beyond
 _COLOURS = [plt.get_cmap("tab20")(i) for i in list(range(0, 20, 2)) + list(range(1, 20, 2))]
