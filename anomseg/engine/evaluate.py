@@ -27,6 +27,7 @@ import io
 import json
 import math
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -347,6 +348,7 @@ def _dataset(cfg: dict):
     """The evaluated split, checked against what the config asks of it."""
     d = cfg["data"]
     dataset = build_dataset(d["name"], d["root"], d["split"], **d.get("options", {}))
+    _check_download(dataset, d)
     if dataset.labels_hidden and cfg["export"] == "none":
         hidden = sum(r.label is None for r in dataset.records)
         raise ConfigError(f"{d['name']}/{dataset.split}: {hidden} of {len(dataset)} frames have no public label "
@@ -355,6 +357,21 @@ def _dataset(cfg: dict):
     if instance_eval.enabled(cfg) and not dataset.labels_hidden:
         instance_eval.check_dataset(dataset, cfg)
     return dataset
+
+
+def _check_download(dataset, d: dict) -> None:
+    """``anomseg data check``'s quick form on the evaluated split (:func:`anomseg.data.check.check_split`): a missing
+    file or a label of another size stops the run before anything is written; a frame count other than the official
+    one is a warning on stderr, kept in report.json (``data_check``)."""
+    from anomseg.data.check import check_split
+
+    problems, warnings = check_split(dataset, d["name"], d["root"], options=d.get("options", {}))
+    if problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise DatasetError(f"{problems[0]}{more}; `anomseg data check {d['name']} {d['root']}` lists every problem")
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    dataset.check_warnings = warnings
 
 
 @dataclass
@@ -614,7 +631,7 @@ def _write_report(cfg, out, dataset, backbone_name, recorder: EvaluationRecorder
         "images": len(dataset), "methods": results,
         **({"instances": {"settings": instances["settings"], "arithmetic": instances["arithmetic"]}}
            if instances is not None else {}),
-        "miou": recorder.miou(),
+        "miou": recorder.miou(), "data_check": getattr(dataset, "check_warnings", []),
         "checkpoint": cfg["backbone"].get("checkpoint"), "backbone": backbone_name,
         "anomseg_version": anomseg.__version__, "config": cfg,
         **({"export": _export_summary(exporter, recorder.names)} if exporter is not None else {}),
