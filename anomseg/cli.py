@@ -3,6 +3,9 @@
     anomseg demo --out runs/demo [--full]
     anomseg eval --config eval_synthetic_tiny [key.sub=value ...]     # a packaged config by name, or a path
     anomseg train-seg | train-head | tune --config ...
+    anomseg predict --pipeline runs/demo/pipeline.pt photos/ clip.mp4 --out runs/predict
+    anomseg data check cityscapes /data/cityscapes
+    anomseg zoo [check model_final.pth]
     anomseg visualize runs/demo/eval [--images 0 5] [--threshold best_f1|tpr95|0.5|top5%]
     anomseg make-synthetic data/synthetic [--train 300 ...]
 
@@ -181,6 +184,150 @@ def visualize_main(argv=None, prog: str | None = None) -> int:
     return 0
 
 
+def _segmenter_for_predict(a):
+    """The AnomalySegmenter ``anomseg predict`` runs: a pipeline file, or an evaluation config / checkpoint + method."""
+    from anomseg.segmenter import AnomalySegmenter, PipelineError
+
+    if a.pipeline:
+        if a.config or a.head:
+            raise PipelineError("give --pipeline alone (it holds the backbone, method and threshold), or --config / "
+                                "--checkpoint with --method and --head, not both")
+        seg = AnomalySegmenter.load(a.pipeline, checkpoint=a.checkpoint, device=a.device)
+    else:
+        if not a.config and not a.checkpoint:
+            raise PipelineError("give --pipeline FILE (AnomalySegmenter.save, e.g. the demo's runs/demo/pipeline.pt), or "
+                                "--config EVAL_CONFIG and / or --checkpoint FILE")
+        backbone, inference, methods = {"name": None, "options": {}, "checkpoint": None}, None, []
+        if a.config:
+            from anomseg.engine.evaluate import DEFAULTS, SCHEMA
+
+            cfg = load_config(resolve_config(a.config), [], DEFAULTS, SCHEMA)
+            backbone, inference, methods = dict(cfg["backbone"]), cfg["inference"], cfg["methods"]
+        if a.checkpoint:
+            backbone["checkpoint"] = a.checkpoint
+        spec = next((m for m in methods if m.get("name") == a.method), None) if a.method else (methods[0] if methods else None)
+        if a.config and spec is None and a.method:
+            raise PipelineError(f"{a.config}: no method named {a.method!r} (methods: {', '.join(m['name'] for m in methods)})")
+        spec = dict(spec or {"name": a.method or "msp"})
+        if a.head:
+            spec["head"] = a.head
+        seg = AnomalySegmenter.from_files(backbone=backbone.get("name"), checkpoint=backbone.get("checkpoint"),
+                                          method=spec.get("score", spec["name"]), head=spec.get("head"),
+                                          options=spec.get("options"), inference=inference, device=a.device)
+    if a.amp is not None:
+        from anomseg.models.inference import check_inference_settings
+
+        seg.inference = check_inference_settings({**seg.inference, "amp": a.amp})
+    return seg
+
+
+def predict_main(argv=None, prog: str | None = None) -> int:
+    p = argparse.ArgumentParser(prog=prog, description="Score your own images, folders, globs, .txt lists or videos: per "
+                                "frame a score map, a mask at the operating point and a panel; frames.csv, index.html, "
+                                "and per video an overlay video. A rerun into the same --out skips what is written.")
+    p.add_argument("inputs", nargs="+", help="image / video files, folders, glob patterns (quoted), .txt lists")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--pipeline", default=None, help="a pipeline file (AnomalySegmenter.save; the demo writes "
+                                                    "runs/demo/pipeline.pt): backbone, method and operating point")
+    p.add_argument("--config", default=None, help="instead of --pipeline: an evaluation config (its backbone, "
+                                                  "inference and methods)")
+    p.add_argument("--checkpoint", default=None, help="the backbone checkpoint (replaces the pipeline's / config's)")
+    p.add_argument("--method", default=None, help="with --config / --checkpoint: the method (default: the config's "
+                                                  "first, else msp)")
+    p.add_argument("--head", default=None, help="with --config / --checkpoint: a trained head's best.pth")
+    p.add_argument("--threshold", type=float, default=None, help="the operating threshold (default: the pipeline's "
+                                                                  "operating point)")
+    p.add_argument("--scores", default="npy", choices=("npy", "png16", "none"),
+                   help="score maps as float16 .npy (default), 16-bit PNG (scale in the file and the CSV), or none")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--ema", type=float, default=None, help="videos: exponential moving average of the score maps, the "
+                                                          "weight of the past in [0, 1) (off by default)")
+    p.add_argument("--short-side", type=int, default=None, help="resize frames to this shorter side before scoring "
+                                                               "(default: native size)")
+    p.add_argument("--device", default=None, help="cuda, cpu, ... (default: CUDA when available)")
+    p.add_argument("--amp", default=None, choices=("none", "bf16", "fp16"), help="autocast for the backbone "
+                                                                                 "(default: the pipeline's)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+    from anomseg.predict import run_predict
+
+    try:
+        seg = _segmenter_for_predict(a)
+        summary = run_predict(seg, a.inputs, a.out, threshold=a.threshold, scores=a.scores, batch_size=a.batch_size,
+                              ema=a.ema, short_side=a.short_side, progress=not a.quiet,
+                              settings={k: v for k, v in vars(a).items() if k != "quiet"})
+    except (AnomsegError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if not _path_too_long(exc):
+            raise
+        return 2
+    fps = f"{summary['fps']:.2f} frames/s" if summary["fps"] else "nothing new to score"
+    print(f"{summary['frames']} frames ({summary['scored now']} scored now, {summary['skipped (written before)']} "
+          f"written before) in {summary['seconds']:.1f} s: {fps}; open {Path(a.out) / 'index.html'}")
+    return 0
+
+
+def _option_arg(text: str):
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"option {text!r}: give key=value, e.g. num_val=10")
+    from anomseg.config import read_yaml
+
+    return key, read_yaml(value, f"option {key}") if value else value
+
+
+def data_main(argv=None, prog: str | None = None) -> int:
+    from anomseg.data import DATASETS
+
+    p = argparse.ArgumentParser(prog=prog, description="Check a dataset download: layout, frame lists and counts, files, "
+                                "image / label sizes and label values; one line per problem with the fix.")
+    sub = p.add_subparsers(dest="action", required=True)
+    c = sub.add_parser("check", help="check a download against the adapter's official layout and counts")
+    c.add_argument("name", choices=sorted(DATASETS), metavar="NAME", help=f"one of {', '.join(sorted(DATASETS))}")
+    c.add_argument("root", help="the folder the dataset was extracted into")
+    c.add_argument("--split", nargs="*", default=None, help="only these splits (default: every split of a full copy)")
+    c.add_argument("--option", type=_option_arg, nargs="*", default=[], help="adapter options, key=value")
+    c.add_argument("--quick", action="store_true", help="file headers only: no label decoding")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+    from anomseg.data.check import check_dataset
+
+    try:
+        lines = check_dataset(a.name, a.root, a.split, options=dict(a.option), labels=not a.quick,
+                              progress=not a.quiet)
+    except (AnomsegError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for line in lines:
+        print(line)
+    if not lines:
+        print(f"{a.root}: {a.name} is complete (every split checked: layout, counts, files, sizes"
+              f"{'' if a.quick else ', label values'})")
+    return 1 if lines else 0
+
+
+def zoo_main(argv=None, prog: str | None = None) -> int:
+    p = argparse.ArgumentParser(prog=prog, description="The released checkpoints anomseg loads: where each is hosted, its "
+                                "licence, hash, config and published numbers; `check FILE` says which one a file is.")
+    sub = p.add_subparsers(dest="action")
+    c = sub.add_parser("check", help="which released checkpoint a file is (key layout, shapes, hash)")
+    c.add_argument("files", nargs="+")
+    a = p.parse_args(argv)
+    from anomseg.models.zoo import identify, listing
+
+    if a.action != "check":
+        print(listing())
+        return 0
+    found_all = True
+    for f in a.files:
+        found, line = identify(f)
+        print(line)
+        found_all &= bool(found)
+    return 0 if found_all else 1
+
+
 def demo_main(argv=None, prog: str | None = None) -> int:
     p = argparse.ArgumentParser(prog=prog, description="The anomseg demo on the synthetic street scenes (CPU).")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
@@ -223,6 +370,9 @@ COMMANDS = {
     "eval": (eval_main, "evaluate anomaly methods on a dataset split (tools/eval_caos.py)"),
     "train-seg": (train_seg_main, "train a segmentation backbone (tools/train_seg.py)"),
     "train-head": (train_head_main, "build the feature bank and train per-pixel heads (tools/train_head.py)"),
+    "predict": (predict_main, "score your own images, folders or videos with a pipeline file"),
+    "data": (data_main, "check a dataset download: anomseg data check NAME ROOT"),
+    "zoo": (zoo_main, "the released checkpoints by name; zoo check FILE says which one a file is"),
     "visualize": (visualize_main, "overlay panels and report.html of an evaluation (tools/visualize.py)"),
     "tune": (tune_main, "tune hyperparameters on validation AUROC (tools/tune.py)"),
     "make-synthetic": (make_synthetic_main, "generate the synthetic street-scene dataset"),

@@ -42,3 +42,26 @@ def tiled_label(values, h, w) -> np.ndarray:
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory):
+    """The demo (tools/demo.py) run once on its config shrunk to seconds (tests/test_demo.py ``tiny_config``):
+    ``{"out": folder, "config": its config file, "stdout": what the first run printed}``. Tests read it, never
+    change it (a test that writes copies what it needs)."""
+    import contextlib
+    import io
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "tools"))
+    sys.path.insert(0, str(root / "tests"))
+    import demo
+    from test_demo import tiny_config
+
+    base = tmp_path_factory.mktemp("tiny_demo")
+    cfg = tiny_config(base)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert demo.main(["--out", str(base / "demo"), "--config", str(cfg), "--workers", "1"]) == 0
+    return {"out": base / "demo", "config": cfg, "stdout": buf.getvalue()}

@@ -28,6 +28,7 @@ def test_the_full_profile_has_every_head_and_the_default_every_family():
 
 
 def tiny_config(tmp_path):
+    """The demo's config shrunk to seconds (also the ``tiny_demo`` fixture's, tests/conftest.py)."""
     cfg = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
     cfg["data"] = {"train": 6, "val": 3, "test": 4, "outliers": 4, "height": 64, "width": 128}
     # the whole ResNet-18 encoder: the demo's Mask2Former starts from it (init_encoder: seg)
@@ -47,12 +48,9 @@ def tiny_config(tmp_path):
     return path
 
 
-def test_demo_runs_every_stage_and_reuses_outputs(tmp_path, capsys):
-    cfg = tiny_config(tmp_path)
-    out = tmp_path / "demo"
-    assert demo.main(["--out", str(out), "--config", str(cfg), "--workers", "1"]) == 0
-    first = capsys.readouterr().out
-    assert first.count("running") == 6  # data, segmenter, m2f, m2f_rba, heads, evaluation
+def test_demo_runs_every_stage_and_reuses_outputs(tiny_demo, capsys):
+    out, cfg, first = tiny_demo["out"], tiny_demo["config"], tiny_demo["stdout"]
+    assert first.count("running") == 7  # data, segmenter, m2f, m2f_rba, heads, evaluation, pipeline
     report = json.loads((out / "eval" / "report.json").read_text())
     assert list(report["methods"]) == METHODS
     for name, r in report["methods"].items():
@@ -70,7 +68,7 @@ def test_demo_runs_every_stage_and_reuses_outputs(tmp_path, capsys):
               and p.name != "config.yaml"}
     assert demo.main(["--out", str(out), "--config", str(cfg), "--workers", "1"]) == 0
     second = capsys.readouterr().out
-    assert second.count("skipped") == 6 and "running" not in second
+    assert second.count("skipped") == 7 and "running" not in second
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     assert json.loads((out / "eval" / "report.json").read_text()) == report
     # a changed setting is never answered with the old output
@@ -86,16 +84,14 @@ def readme_example() -> str:
     return text[text.index("```python\n", start) + len("```python\n"):text.index("```\n", text.index("```python", start) + 9)]
 
 
-def test_readme_one_call_example_runs_on_the_demo_outputs(tmp_path, capsys):
+def test_readme_one_call_example_runs_on_the_demo_outputs(tiny_demo, tmp_path):
     import numpy as np
     import pytest
     import torch
 
     import anomseg
 
-    out = tmp_path / "demo"
-    assert demo.main(["--out", str(out), "--config", str(tiny_config(tmp_path)), "--workers", "1"]) == 0
-    capsys.readouterr()
+    out = tiny_demo["out"]
     scope = {}
     exec(compile(readme_example().replace("runs/demo", str(out)), "README.md", "exec"), scope)
     seg, scores, mask = scope["seg"], scope["scores"], scope["mask"]

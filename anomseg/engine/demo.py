@@ -33,7 +33,8 @@ _SEGMENTER["init"] = str  # init: <name> = start from the checkpoint of segmente
 _SEGMENTER["init_encoder"] = str  # init_encoder: seg = start the encoder from the demo's segmenter's
 _SEGMENTER["data"]["paste"] = (bool, dict, NONE)  # paste: true = the synthetic outlier pool
 SCHEMA = {"data": {"train": int, "val": int, "test": int, "outliers": int, "height": int, "width": int},
-          "seg": SEG_SCHEMA, "segmenters": {"*": _SEGMENTER}, "heads": HEAD_SCHEMA, "eval": _EVAL}
+          "seg": SEG_SCHEMA, "segmenters": {"*": _SEGMENTER}, "heads": HEAD_SCHEMA, "eval": _EVAL,
+          "pipeline": {"method": str, "head": bool, "split": str, "tpr": float}}
 
 
 def stage_configs(demo: dict, out: Path, seed: int) -> dict[str, dict]:
@@ -132,10 +133,29 @@ def run_demo(demo: dict, out: str | Path, seed: int = 0, workers: int | None = N
           same_config("heads"))
     stage("evaluation", (out / "eval" / "report.json").is_file(), lambda: run_evaluation(cfgs["eval"], progress=progress),
           same_config("eval"))
+    if demo.get("pipeline"):
+        stage("pipeline", (out / "pipeline.pt").is_file(), lambda: save_pipeline(demo["pipeline"], out))
     report = json.loads((out / "eval" / "report.json").read_text())
     save_config({"seed": seed, "demo": demo, "stages": cfgs}, out / "config.yaml")
     write_json_atomic(out / "timings.json", timings)
     return report
+
+
+def save_pipeline(spec: dict, out: Path) -> Path:
+    """``<out>/pipeline.pt``: the segmenter with one method (a head the heads stage trained when ``head``), its
+    operating point calibrated at TPR ``tpr`` on the synthetic ``split`` (what ``anomseg predict --pipeline`` runs)."""
+    from anomseg.data import build_dataset
+    from anomseg.segmenter import AnomalySegmenter
+
+    name = spec.get("method", "opengan_fea")
+    head = str(out / "heads" / "heads" / name / "best.pth") if spec.get("head", True) else None
+    seg = AnomalySegmenter.from_files(checkpoint=str(out / "seg" / "checkpoints" / "best.pth"), method=name, head=head,
+                                      device="cpu")
+    split = spec.get("split", "val")
+    seg.calibrate(build_dataset("streethazards", out / "data", split=split), tpr=spec.get("tpr", 0.95))
+    path = seg.save(out / "pipeline.pt")
+    print(f"  {path}: {name}, {seg.describe_operating_point()}")
+    return path
 
 
 def print_report(report: dict) -> None:
