@@ -9,6 +9,7 @@ from PIL import Image
 
 from anomseg.cli import main as cli
 from tests.conftest import random_image, write_png
+from tests.test_data_smiyc import anomaly_track  # noqa: F401 (a fixture)
 from tests.test_data_streethazards import make_tree
 
 
@@ -135,3 +136,30 @@ def test_unknown_dataset_and_bad_option(tmp_path, capsys):
     rc = cli(["data", "check", "cityscapes", str(tmp_path / "x"), "--option", "bogus=1", "--quiet"])
     out = capsys.readouterr()
     assert rc in (1, 2) and ("bogus" in out.out + out.err)
+
+
+def test_cityscapes_counts_per_split(tmp_path, rng, capsys):
+    from tests.test_data_cityscapes import make_tree as cityscapes_tree
+
+    root = cityscapes_tree(tmp_path / "cs", rng)
+    rc, lines = _check(capsys, "cityscapes", str(root), "--option", "num_val=2")
+    assert rc == 1 and len(lines) == 2  # val: num_val frames held out of train, as many as asked
+    assert "split 'train' has 5 frames, the official split has 2973" in lines[0]  # 2975 train images - num_val
+    assert "split 'test' has 3 frames, the official split has 500" in lines[1]
+    assert "leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip" in lines[0]
+
+
+def test_a_complete_smiyc_set_and_a_wrong_label_value(anomaly_track, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "smiyc"
+    shutil.copytree(anomaly_track[0], root)
+    rc, lines = _check(capsys, "road_anomaly21", str(root))
+    assert rc == 0 and lines == [f"{root}: road_anomaly21 is complete (every split checked: layout, counts, files, sizes, "
+                                 f"label values)"]
+    lab = root / "dataset_AnomalyTrack" / "labels_masks" / "validation0003_labels_semantic.png"
+    arr = np.asarray(Image.open(lab)).copy()
+    arr[arr == 1] = 2  # the 0/1/2 vs 0/1/255 kind of mix-up
+    Image.fromarray(arr).save(lab)
+    rc, lines = _check(capsys, "road_anomaly21", str(root))
+    assert rc == 1 and len(lines) == 1 and lines[0].startswith(f"{lab}: label values [2] are not in the")
