@@ -121,6 +121,7 @@ def test_a_rerun_skips_what_is_written_and_redoes_what_is_missing(run, inputs, t
     with open(out / "frames.jsonl", "a") as f:
         f.write('{"frame": "torn')  # a run killed mid-line
     stamps = {p: p.stat().st_mtime_ns for p in (out / "scores").rglob("*.npy")}
+    video_stamp = (out / "videos" / "clip.mp4").stat().st_mtime_ns
     capsys.readouterr()
     assert cli(["predict", "--pipeline", str(pipeline), str(inputs), "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
@@ -129,6 +130,12 @@ def test_a_rerun_skips_what_is_written_and_redoes_what_is_missing(run, inputs, t
     changed = [p.name for p, t in stamps.items() if p.stat().st_mtime_ns != t]
     assert changed == ["grey.npy"]
     assert len(_rows(out)) == len(_rows(out0)) and len(_decoded_video(out / "videos" / "clip.mp4")) == FRAMES
+    assert (out / "videos" / "clip.mp4").stat().st_mtime_ns == video_stamp  # no frame of it was new: kept
+    (out / "panels" / "clip" / "000003.jpg").unlink()  # one video frame missing: it is scored, the video rebuilt
+    assert cli(["predict", "--pipeline", str(pipeline), str(inputs), "--out", str(out), "--quiet"]) == 0
+    assert "(1 scored now, " in capsys.readouterr().out
+    assert len(_decoded_video(out / "videos" / "clip.mp4")) == FRAMES
+    assert (out / "videos" / "clip.mp4").stat().st_mtime_ns != video_stamp
     # other settings into the same folder: refused, nothing rewritten
     assert cli(["predict", "--pipeline", str(pipeline), str(inputs), "--out", str(out), "--quiet",
                 "--threshold", "0.5"]) == 2

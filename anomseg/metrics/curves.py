@@ -40,7 +40,7 @@ def group_metrics(pos: np.ndarray, neg: np.ndarray, recall_level: float = RECALL
     neg = np.asarray(neg, np.int64)
     P, N = int(pos.sum()), int(neg.sum())
     if P == 0 or N == 0:
-        raise ValueError("group_metrics needs at least one anomaly and one inlier pixel")
+        raise ValueError("group_metrics needs at least one anomaly and one inlier pixel; evaluate a split whose labels hold both (anomaly pixels and inliers outside void)")
     tp = np.cumsum(pos[::-1])[::-1]  # pixels at or above each group
     fp = np.cumsum(neg[::-1])[::-1]
     neg_below = N - fp

@@ -449,13 +449,13 @@ class AnomalyMetrics:
         elif self.protocol == "pooled":
             if self.exact:
                 if not self.pooled_pos or not sum(len(p) for p in self.pooled_pos) or not sum(len(n) for n in self.pooled_neg):
-                    raise MetricInputError("pooled metrics need at least one anomaly and one inlier pixel in total")
+                    raise MetricInputError("pooled metrics need at least one anomaly and one inlier pixel in total; evaluate a split whose labels hold both (anomaly pixels and inliers outside void)")
                 m = exact_metrics(np.concatenate(self.pooled_pos), np.concatenate(self.pooled_neg))
                 out.update(auroc=m["auroc"], aupr=m["aupr"], fpr95=m["fpr95"], exact=True)
             else:
                 _, pos, neg = self.hist.groups()
                 if pos.sum() == 0 or neg.sum() == 0:
-                    raise MetricInputError("pooled metrics need at least one anomaly and one inlier pixel in total")
+                    raise MetricInputError("pooled metrics need at least one anomaly and one inlier pixel in total; evaluate a split whose labels hold both (anomaly pixels and inliers outside void)")
                 m = self.hist.metrics()
                 out.update({k: m[k] for k in ("auroc", "aupr", "fpr95", "auroc_bound", "aupr_low", "aupr_high", "fpr95_low")})
                 out["exact"] = False

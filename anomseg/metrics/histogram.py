@@ -204,7 +204,7 @@ class ScoreHistogram:
         bins, pos, neg = self.groups()
         P = int(pos.sum())
         if P == 0:
-            raise ValueError("best-F1 threshold needs at least one anomaly pixel")
+            raise ValueError("best-F1 threshold needs at least one anomaly pixel; use a labelled split with anomalies (or threshold: tpr95 / a number)")
         tp = np.cumsum(pos[::-1])[::-1]
         fp = np.cumsum(neg[::-1])[::-1]
         f1 = 2 * tp / (tp + fp + P)

@@ -96,7 +96,7 @@ def pix_binary_class(frames: list[dict]) -> dict:
     P = sum(f["pos"] for f in frames)
     N = sum(f["neg"] for f in frames)
     if P == 0 or N == 0:
-        raise ValueError("SMIYC metrics need at least one anomaly and one inlier pixel in total")
+        raise ValueError("SMIYC metrics need at least one anomaly and one inlier pixel in total; evaluate a split whose labels hold both (anomaly pixels and inliers outside void)")
     thr = np.concatenate([f["thr"] for f in frames])
     # frames sharing the top threshold make index 0 a partial sum in numpy's (unstable) tie order
     order_dependent = sum(bool(len(f["thr"])) and f["thr"][0] == thr.max() for f in frames) > 1

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from anomseg.files import OutputError, csv_cell, write_bytes_atomic, write_text_atomic
+from anomseg.files import OutputError, csv_cell, make_dirs, write_bytes_atomic, write_text_atomic
 from anomseg.html_report import STYLE
 
 SCORE_FORMATS = ("npy", "png16", "none")
@@ -119,30 +119,52 @@ def write_panel(path: Path, rgb: np.ndarray) -> None:
 
 class VideoWriter:
     """Panels as an MP4 (OpenCV's ``mp4v``), written to ``<path>.tmp.mp4`` and moved in place when closed, so an
-    interrupted run never leaves a half video under the final name."""
+    interrupted run never leaves a half video under the final name. Panels written by an earlier run are given as
+    files (:meth:`add_file`): when no frame of the video is new and the video exists, it is kept as it is."""
 
     def __init__(self, path: Path, fps: float):
         self.path, self.fps, self.writer, self.size = Path(path), fps, None, None
         self.tmp = self.path.with_name(self.path.stem + ".tmp.mp4")
+        self.earlier: list[Path] = []  # panels of frames written before, not yet in the video
+
+    def add_file(self, panel_path: Path) -> None:
+        if self.writer is None:
+            self.earlier.append(Path(panel_path))
+        else:
+            self.add(cv2.cvtColor(cv2.imread(str(panel_path)), cv2.COLOR_BGR2RGB))
+
+    def _replay(self) -> None:
+        earlier, self.earlier = self.earlier, []
+        for f in earlier:
+            self.add(cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB))
 
     def add(self, rgb: np.ndarray) -> None:
         h, w = rgb.shape[:2]
         if self.writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.path.parent)
             self.size = (w - w % 2, h - h % 2)  # mp4v wants even sides
             self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self.size)
             if not self.writer.isOpened():
                 raise OutputError(f"{self.path}: OpenCV cannot write an MP4 here (no mp4v encoder, or not writable)")
+            self._replay()
         if (w, h) != self.size:
             rgb = cv2.resize(rgb, self.size, interpolation=cv2.INTER_AREA)
         self.writer.write(cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
 
     def close(self) -> Path | None:
         if self.writer is None:
-            return None
+            if not self.earlier or self.path.is_file():
+                return self.path if self.path.is_file() else None  # nothing new: the video is kept
+            self._replay()
         self.writer.release()
         self.tmp.replace(self.path)
         return self.path
+
+    def abandon(self) -> None:
+        """An interrupted run: the half-written video is removed, the earlier one (if any) kept."""
+        if self.writer is not None:
+            self.writer.release()
+            self.tmp.unlink(missing_ok=True)
 
 
 def write_csv(path: Path, records: list[dict]) -> Path:

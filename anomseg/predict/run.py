@@ -183,10 +183,9 @@ def run_predict(segmenter, inputs, out, *, threshold: float | None = None, score
                     finish_video()
                     state["video"] = src.name
                     state["writer"] = VideoWriter(out / "videos" / f"{src.name}.mp4", open_video(src.path)[1])
-                if image is None:  # written before: only the video gets its panel back
+                if image is None:  # written before: only the video gets its panel back (if it is rewritten)
                     if state["writer"] is not None:
-                        p = cv2.imread(str(out / "panels" / f"{name}.jpg"))
-                        state["writer"].add(cv2.cvtColor(p, cv2.COLOR_BGR2RGB))
+                        state["writer"].add_file(out / "panels" / f"{name}.jpg")
                     records[name] = done[name]
                     bar.update(1)
                     continue
@@ -242,8 +241,7 @@ def run_predict(segmenter, inputs, out, *, threshold: float | None = None, score
             log.close()
             bar.close()
             if state["writer"] is not None:  # interrupted: no half video under the final name
-                state["writer"].writer.release()
-                state["writer"].tmp.unlink(missing_ok=True)
+                state["writer"].abandon()
         seconds = time.perf_counter() - t_start
         ordered = list(records.values())
         summary = {"frames": len(ordered), "scored now": state["scored"], "skipped (written before)": len(ordered) - state["scored"],
