@@ -17,7 +17,8 @@ from anomseg.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = {"demo": "demo.py", "eval": "eval_caos.py", "train-seg": "train_seg.py", "train-head": "train_head.py",
-         "visualize": "visualize.py", "tune": "tune.py"}
+         "visualize": "visualize.py", "tune": "tune.py", "predict": "predict.py", "zoo": "zoo.py",
+         "data": "data_check.py"}
 
 
 def test_every_tool_is_a_subcommand(capsys):

@@ -83,7 +83,9 @@ def _size(path: Path) -> tuple[int, int] | str:
             return img.size
     except FileNotFoundError:
         return "missing"
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError:
+        return "too large to decode safely (more pixels than PIL.Image.MAX_IMAGE_PIXELS allows)"
+    except (OSError, SyntaxError, ValueError) as exc:
         return f"unreadable ({type(exc).__name__})"
 
 
