@@ -90,7 +90,14 @@ class AnomalySegmenter:
         except InstanceError as exc:
             raise PipelineError(str(exc)) from None
         self._refiner = None
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        try:
+            self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        except (RuntimeError, TypeError):
+            raise PipelineError(f"device={device!r}: not a device; give cpu, cuda or cuda:<index>") from None
+        if self.device.type == "cuda" and (not torch.cuda.is_available() or
+                                           (self.device.index or 0) >= torch.cuda.device_count()):
+            raise PipelineError(f"device={device!r}: no such CUDA device here ({torch.cuda.device_count()} found); "
+                                f"use device cpu")
         self.model = model.to(self.device).eval()
         self.method, self.backbone = method, dict(backbone)
         if inference is not None and not isinstance(inference, dict):

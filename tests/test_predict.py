@@ -224,3 +224,20 @@ def test_operating_point_rules_against_exact_counts(tiny_demo):
     assert seg.describe_operating_point().endswith("(best pixel F1 on 3 images of StreetHazardsDataset val)")
     with pytest.raises(anomseg.PipelineError, match="give one rule"):
         seg.calibrate(val, fpr=0.1, best_f1=True)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--batch-size", "0"], "batch_size=0: give a whole number >= 1"),
+    (["--ema", "1"], "ema=1.0: give the weight of the past frames, a number in [0, 1)"),
+    (["--ema", "nan"], "ema=nan: give the weight of the past frames"),
+    (["--short-side", "3"], "short_side=3: give a whole number of pixels >= 16"),
+    (["--threshold", "inf"], "threshold=inf: give a finite number"),
+    (["--device", "cuda:99"], "device='cuda:99': no such CUDA device here"),
+    (["--device", "foo"], "device='foo': not a device; give cpu, cuda or cuda:<index>"),
+])
+def test_bad_settings_are_one_line(run, inputs, tmp_path, capsys, extra, message):
+    _, pipeline = run
+    assert cli(["predict", "--pipeline", str(pipeline), str(inputs / "a.jpg"), "--out", str(tmp_path / "o"), "--quiet",
+                *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err

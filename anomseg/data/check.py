@@ -166,7 +166,9 @@ def check_dataset(name: str, root, splits=None, *, options: dict | None = None, 
         except DatasetError as exc:
             text = str(exc)
             archive = facts.download.split(" ")[0] if facts.download else ""
-            lines.append(text if not archive or archive in text else f"{text} (a complete copy: {facts.download})")
+            missing = "not found" in text or "found " in text or "no " in text.split(":", 1)[-1][:40]
+            lines.append(f"{text} (a complete copy: {facts.download})" if archive and missing and archive not in text
+                         else text)
             continue
         problems, warnings = check_split(ds, name, root, options=options, labels=labels, progress=progress)
         lines += warnings + problems
