@@ -268,7 +268,7 @@ CASES = [
     ("head-truncated", E, truncated_head, "cannot be read as a head checkpoint"),
     ("seg-checkpoint-truncated", E, truncated_seg, "cannot be read with torch.load"),
     ("seg-checkpoint-missing", E, lambda e, t: ["--config", _eval_cfg(e, t, backbone={"checkpoint": str(t / "x.pth")})],
-     "checkpoint not found"),
+     "checkpoint not found; check the path"),
     ("19-class-checkpoint-13-class-data", E,
      lambda e, t: ["--config", _eval_cfg(e, t, backbone={"checkpoint": str(e / "seg19.pth")})],
      "predicts 19 classes but streethazards/test has 13"),
@@ -301,9 +301,9 @@ CASES = [
     ("heads-stale-training", "heads", heads_stale, "changed: train"),
     ("viz-no-report", "viz", lambda e, t: [str(t)], "no evaluation report"),
     ("viz-index-out-of-range", "viz", lambda e, t: finished_eval(e, t)[:0] + [str(t / "out"), "--images", "99"],
-     "outside the 3 images"),  # finished_eval copies the evaluation; the argv is the tool's own
+     "outside the 3 images of test; give --images between 0 and 2"),  # finished_eval copies the evaluation; the argv is the tool's own
     ("viz-target-is-a-folder", "viz", viz_into_panel_folder, "is a folder"),
-    ("synthetic-no-val", "synthetic", lambda e, t: [str(t / "s"), "--val", "0"], "num_val=0: need at least 1"),
+    ("synthetic-no-val", "synthetic", lambda e, t: [str(t / "s"), "--val", "0"], "num_val=0: need at least 1; pass --val 1 or more"),
     ("synthetic-other-settings", "synthetic", lambda e, t: [str(e / "data"), "--train", "5"], "other settings"),
     ("demo-unknown-key", "demo", lambda e, t: ["--out", str(t / "d"), "seg.train.epoch=3"], "did you mean 'seg.train.epochs'"),
 ]
@@ -510,7 +510,7 @@ THIRD_WAVE = [
     ("eval-window-with-flip", E, lambda e, t: ["--config", _eval_cfg(e, t, inference={"window": [32, 64], "flip": True})],
      "sliding windows run at scale 1.0 without flip"),
     ("heads-pixood-eval-labels", "heads", lambda e, t: heads_cfg(e, t, "heads=[{name: pixood, options: {eval_labels: [99]}}]"),
-     "eval_labels [99] are not classes"),
+     "eval_labels [99] are not classes 0..12; list closed-set train ids"),
 ]
 NOTHING_MADE.update({"yaml-recursive-anchor", "yaml-recursive-anchor-nested", "yaml-recursive-anchor-override",
                      "method-name-formula", "method-name-dotdot", "method-name-slash", "seg-rba-without-paste",

@@ -753,7 +753,8 @@ def render_overlays(eval_dir: str | Path, indices, threshold="best_f1", out_dir:
     indices = list(indices)
     for i in indices:
         if not 0 <= i < len(dataset):
-            raise IndexError(f"image index {i} is outside the {len(dataset)} images of {d['split']}")
+            raise IndexError(f"image index {i} is outside the {len(dataset)} images of {d['split']}; give --images between "
+                             f"0 and {len(dataset) - 1}")
     inst_spec = refiner = None
     if isinstance(report.get("instances"), dict):  # outline each method's instances as the evaluation found them
         inst_spec = instance_eval.settings({"instances": report["instances"].get("settings")})

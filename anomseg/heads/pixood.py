@@ -75,7 +75,8 @@ class PixOODHead(Head):
             raise ValueError(f"pixood proto_channels {proto_channels} > the {feat_dim} feature channels")
         bad = [c for c in (eval_labels or []) if not 0 <= c < num_classes]
         if bad:
-            raise ValueError(f"pixood eval_labels {bad} are not classes 0..{num_classes - 1}")
+            raise ValueError(f"pixood eval_labels {bad} are not classes 0..{num_classes - 1}; list closed-set train ids "
+                             f"of this backbone (options.eval_labels) or leave it unset for all")
         self.settings = dict(prototypes=prototypes, epochs=epochs, lr=lr, batch_rows=batch_rows, max_rows=max_rows,
                              init_rows=init_rows, init_tau=init_tau, reset=reset, grid=grid, cdf_knots=int(cdf_knots))
         self.requested = list(eval_labels) if eval_labels else None

@@ -125,7 +125,8 @@ def generate_synthetic(
     }
     for name, n in config["counts"].items():
         if n < (0 if name == "outliers" else 1):
-            raise DatasetError(f"num_{name}={n}: need at least {0 if name == 'outliers' else 1}")
+            raise DatasetError(f"num_{name}={n}: need at least {0 if name == 'outliers' else 1}; pass --{name} "
+                               f"{0 if name == 'outliers' else 1} or more")
     if height < 32 or width < 32:
         raise DatasetError(f"image size {height}x{width} is too small; use at least 32x32")
     marker = root / MARKER

@@ -45,7 +45,7 @@ def read_file(path: Path) -> dict:
     tensors ``torch.load(weights_only=True)`` reads; nothing pickled is ever run."""
     path = Path(path)
     if not path.is_file():
-        raise ModelError(f"{path}: checkpoint not found")
+        raise ModelError(f"{path}: checkpoint not found; check the path (relative paths start from the current folder)")
     if path.suffix == ".pkl":  # detectron2's model zoo: a plain pickle of numpy arrays
         return detectron2.read_pickle(path)
     return read_tensors(path)
