@@ -90,9 +90,13 @@ def config_tool(description: str, run: Callable[[dict], object], defaults: dict 
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.epochs=2 out=runs/x")
     a = p.parse_args(argv)
     try:
-        run(load_config(resolve_config(a.config), a.overrides, defaults, schema))
+        source = resolve_config(a.config)
+        run(load_config(source, a.overrides, defaults, schema))
     except errors as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from anomseg.options import OptionError
+
+        where = f"{source}{' (with overrides)' if a.overrides else ''}: " if isinstance(exc, OptionError) else ""
+        print(f"error: {where}{exc}", file=sys.stderr)  # an option's value: said with the file it came from
         return 2
     except OSError as exc:
         if not _path_too_long(exc):
