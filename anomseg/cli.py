@@ -119,6 +119,20 @@ def _path_too_long(exc: OSError) -> bool:
     return True
 
 
+def one_line(fn: Callable[[], object], errors: tuple = (AnomsegError,)) -> tuple[int, object]:
+    """``(0, fn())``, or ``(2, None)`` after one ``error: ...`` line on stderr for bad input (``errors``, or a path the
+    file system cannot take); any other error propagates."""
+    try:
+        return 0, fn()
+    except errors as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2, None
+    except OSError as exc:
+        if not _path_too_long(exc):
+            raise
+        return 2, None
+
+
 # -- the subcommands ---------------------------------------------------------------------------------------
 
 def eval_main(argv=None, prog: str | None = None) -> int:
@@ -175,15 +189,11 @@ def visualize_main(argv=None, prog: str | None = None) -> int:
     a = p.parse_args(argv)
     from anomseg.engine.evaluate import render_overlays
 
-    try:
-        paths = render_overlays(a.eval_dir, a.images if a.images is not None else range(a.first), a.threshold, a.out)
-    except (AnomsegError, FileNotFoundError, IndexError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        if not _path_too_long(exc):
-            raise
-        return 2
+    code, paths = one_line(lambda: render_overlays(a.eval_dir, a.images if a.images is not None else range(a.first),
+                                                   a.threshold, a.out),
+                           (AnomsegError, FileNotFoundError, IndexError, ValueError))
+    if code:
+        return code
     print(f"wrote {len(paths)} panels to {paths[0].parent if paths else a.out}")
     return 0
 
@@ -255,18 +265,12 @@ def predict_main(argv=None, prog: str | None = None) -> int:
     a = p.parse_args(argv)
     from anomseg.predict import run_predict
 
-    try:
-        seg = _segmenter_for_predict(a)
-        summary = run_predict(seg, a.inputs, a.out, threshold=a.threshold, scores=a.scores, batch_size=a.batch_size,
-                              ema=a.ema, short_side=a.short_side, progress=not a.quiet,
-                              settings={k: v for k, v in vars(a).items() if k != "quiet"})
-    except (AnomsegError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        if not _path_too_long(exc):
-            raise
-        return 2
+    code, summary = one_line(lambda: run_predict(
+        _segmenter_for_predict(a), a.inputs, a.out, threshold=a.threshold, scores=a.scores, batch_size=a.batch_size,
+        ema=a.ema, short_side=a.short_side, progress=not a.quiet,
+        settings={k: v for k, v in vars(a).items() if k != "quiet"}), (AnomsegError, ValueError))
+    if code:
+        return code
     fps = f"{summary['fps']:.2f} frames/s" if summary["fps"] else "nothing new to score"
     print(f"{summary['frames']} frames ({summary['scored now']} scored now, {summary['skipped (written before)']} "
           f"written before) in {summary['seconds']:.1f} s: {fps}; open {Path(a.out) / 'index.html'}")
@@ -345,16 +349,11 @@ def demo_main(argv=None, prog: str | None = None) -> int:
     from anomseg.engine.demo import SCHEMA, print_report, run_demo
 
     t0 = time.perf_counter()
-    try:
-        config = resolve_config(a.config or ("demo_full" if a.full else "demo"))
-        report = run_demo(load_config(config, a.overrides, schema=SCHEMA), a.out, seed=a.seed, workers=a.workers)
-    except AnomsegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        if not _path_too_long(exc):
-            raise
-        return 2
+    code, report = one_line(lambda: run_demo(load_config(resolve_config(a.config or ("demo_full" if a.full else "demo")),
+                                                         a.overrides, schema=SCHEMA), a.out, seed=a.seed,
+                                             workers=a.workers))
+    if code:
+        return code
     print()
     print_report(report)
     eval_dir = Path(a.out) / "eval"
