@@ -241,3 +241,19 @@ def test_bad_settings_are_one_line(run, inputs, tmp_path, capsys, extra, message
                 *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_short_side_scores_a_smaller_copy_and_returns_the_frame_size(run, inputs, tmp_path):
+    """A 1920 x 1080 (upright) phone frame scored at short side 64: the map has the frame's size and equals the
+    segmenter's map of the 64 x 114 copy (area-resized by OpenCV here), bilinearly enlarged."""
+    out0, pipeline = run
+    out = tmp_path / "p"
+    assert cli(["predict", "--pipeline", str(pipeline), str(inputs / "phone.jpg"), "--out", str(out), "--quiet",
+                "--short-side", "64"]) == 0
+    got = np.load(out / "scores" / "phone.npy").astype(np.float32)
+    image = np.ascontiguousarray(np.rot90(np.asarray(Image.open(inputs / "phone.jpg").convert("RGB")), -1))
+    assert got.shape == image.shape[:2] == (1080, 1920)
+    small = cv2.resize(image, (round(1920 * 64 / 1080), 64), interpolation=cv2.INTER_AREA)
+    seg = anomseg.AnomalySegmenter.load(pipeline, device="cpu")
+    ref = cv2.resize(seg(small), (1920, 1080), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(got, ref, rtol=2e-3, atol=2e-3)
