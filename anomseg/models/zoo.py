@@ -20,6 +20,9 @@ from pathlib import Path
 M2F = "https://dl.fbaipublicfiles.com/maskformer/mask2former/cityscapes/semantic"
 M2F_SRC = "facebookresearch/Mask2Former MODEL_ZOO.md, Cityscapes semantic table (mIoU single-scale / ms+flip)"
 RBA = "https://github.com/NazirNayal8/RbA/releases/download/model-weights"
+#: RbA's "1dl" models: DEC_LAYERS 2, one transformer decoder layer (FORMATS.md)
+RBA_CFG = {s: f"backbone: {{name: mask2former, options: {{preset: swin_{s}, decoder_layers: 2}}, checkpoint: "
+              f"model_final.pth}}; methods: [{{name: rba}}]" for s in "bl"}
 RBA_SRC = "NazirNayal8/RbA MODEL_ZOO.md (val AP / FPR95 on Road Anomaly and FS LaF); licence: its LICENSE, MIT"
 OSM2F_SRC = "matejgrcic/Open-set-M2F README (Checkpoints; License: MIT for the majority, Deformable-DETR parts Apache-2.0)"
 SMIYC_SRC = "SegmentMeIfYouCan leaderboard (../shared/docs/FORMATS.md), RoadAnomaly21 test AUPR / FPR95"
@@ -46,11 +49,13 @@ class ZooEntry:
 def _m2f(name, backbone, mid, miou, ms, layout):
     return ZooEntry(f"mask2former_{name}_cityscapes", f"Mask2Former {backbone}, Cityscapes semantic (detectron2 .pkl)",
                     f"{M2F}/maskformer2_{mid}/model_final_{miou[2]}.pkl", "MIT (Mask2Former LICENSE; Swin parts MIT)",
-                    "backbone: {name: mask2former, checkpoint: FILE}", f"Cityscapes val mIoU {miou[0]} / {ms} (ms+flip)",
+                    f"backbone: {{name: mask2former, options: {{preset: {name}}}, checkpoint: FILE}}",
+                    f"Cityscapes val mIoU {miou[0]} / {ms} (ms+flip)",
                     M2F_SRC, {"format": "mask2former_detectron2", "classes": 19, "decoder_layers": 9, "queries": 100,
                               **layout})
 
 
+SHORT = {"swin_tiny": "swin_t", "swin_small": "swin_s", "swin_base": "swin_b", "swin_large": "swin_l"}
 M2F_MIOU = {"swin_tiny": "82.1", "swin_small": "82.6", "swin_base": "83.3", "swin_large": "83.3"}
 SWIN = {"swin_t": {"backbone": "swin", "embed_dim": 96, "stage3_blocks": 6},
         "swin_s": {"backbone": "swin", "embed_dim": 96, "stage3_blocks": 18},
@@ -58,8 +63,7 @@ SWIN = {"swin_t": {"backbone": "swin", "embed_dim": 96, "stage3_blocks": 6},
         "swin_l": {"backbone": "swin", "embed_dim": 192, "stage3_blocks": 18}}
 
 ZOO: list[ZooEntry] = [
-    _m2f("r50", "R50", "R50_bs16_90k", ("79.4", None, "cc1b1f"), "82.2", {"backbone": "resnet", "res4_blocks": 6}),
-    _m2f("r101", "R101", "R101_bs16_90k", ("80.1", None, "257ce8"), "81.9", {"backbone": "resnet", "res4_blocks": 23}),
+    # (the R50 / R101 releases, 79.4 / 80.1 mIoU, are not listed: anomseg has no ResNet-50 / 101 Mask2Former preset)
     _m2f("swin_t", "Swin-T", "swin_tiny_bs16_90k", ("82.1", None, "2d58d4"), "83.0", SWIN["swin_t"]),
     _m2f("swin_s", "Swin-S", "swin_small_bs16_90k", ("82.6", None, "fa26ae"), "83.6", SWIN["swin_s"]),
     _m2f("swin_b", "Swin-B (IN21k)", "swin_base_IN21k_384_bs16_90k", ("83.3", None, "1c6b65"), "84.5", SWIN["swin_b"]),
@@ -67,44 +71,46 @@ ZOO: list[ZooEntry] = [
     *[ZooEntry(f"mask2former_{s}_cityscapes_hf", f"Mask2Former {s.replace('_', '-').title()}, Cityscapes semantic "
                f"(transformers)", f"https://huggingface.co/facebook/mask2former-{s.replace('_', '-')}-cityscapes-semantic",
                "the model card's (converted from the detectron2 release above)",
-               "backbone: {name: mask2former, checkpoint: FOLDER or its weights file}",
+               f"backbone: {{name: mask2former, options: {{preset: {SHORT[s]}}}, checkpoint: FOLDER or its weights file}}",
                f"Cityscapes val mIoU {M2F_MIOU[s]} (the detectron2 release it was converted from)",
                "transformers convert_mask2former_original_pytorch_checkpoint_to_pytorch.py (../shared/docs/FORMATS.md)",
                {"format": "mask2former_transformers", "classes": 19, "decoder_layers": 9, "queries": 100,
-                **SWIN[{"swin_tiny": "swin_t", "swin_small": "swin_s", "swin_base": "swin_b", "swin_large": "swin_l"}[s]]})
+                **SWIN[SHORT[s]]})
       for s in ("swin_tiny", "swin_small", "swin_base", "swin_large")],
     ZooEntry("rba_swin_b_1dl", "RbA Swin-B, one decoder layer, Cityscapes inliers only", f"{RBA}/swin_b_1dl.zip", "MIT",
-             "backbone: {name: mask2former, checkpoint: model_final.pth}; methods: [{name: rba}]",
+             RBA_CFG["b"],
              "Cityscapes mIoU 82.25; Road Anomaly AP 78.45 / FPR95 11.83; FS LaF 60.96 / 10.63", RBA_SRC,
              {"format": "mask2former_detectron2", "classes": 19, "decoder_layers": 1, "queries": 100, **SWIN["swin_b"]}),
     ZooEntry("rba_swin_l_1dl", "RbA Swin-L, one decoder layer, Cityscapes inliers only", f"{RBA}/swin_l_1dl.zip", "MIT",
-             "backbone: {name: mask2former, checkpoint: model_final.pth}; methods: [{name: rba}]",
+             RBA_CFG["l"],
              "Cityscapes mIoU 82.65; Road Anomaly AP 79.68 / FPR95 15.02; FS LaF 58.61 / 71.79", RBA_SRC,
              {"format": "mask2former_detectron2", "classes": 19, "decoder_layers": 1, "queries": 100, **SWIN["swin_l"]}),
     ZooEntry("rba_swin_b_1dl_ood_coco", "RbA Swin-B, class MLP fine-tuned with COCO outliers",
              f"{RBA}/swin_b_1dl_rba_ood_coco.zip", "MIT",
-             "backbone: {name: mask2former, checkpoint: model_final.pth}; methods: [{name: rba}]",
+             RBA_CFG["b"],
              "Road Anomaly AP 85.42 / FPR95 6.92; FS LaF 70.81 / 6.30", RBA_SRC,
              {"format": "mask2former_detectron2", "classes": 19, "decoder_layers": 1, "queries": 100, **SWIN["swin_b"]}),
     ZooEntry("rba_swin_l_1dl_ood_map_coco", "RbA Swin-L, class MLP fine-tuned with Mapillary + COCO outliers",
              f"{RBA}/swin_l_1dl_rba_ood_map_coco.zip", "MIT",
-             "backbone: {name: mask2former, checkpoint: model_final.pth}; methods: [{name: rba}]",
+             RBA_CFG["l"],
              "Road Anomaly AP 90.28 / FPR95 4.92; FS LaF 80.35 / 4.58", RBA_SRC,
              {"format": "mask2former_detectron2", "classes": 19, "decoder_layers": 1, "queries": 100, **SWIN["swin_l"]}),
     ZooEntry("eam_swin_l", "EAM: Mask2Former Swin-L (Cityscapes + Vistas) fine-tuned with ADE20K negatives",
              "Google Drive link in matejgrcic/Open-set-M2F README (Checkpoints, EAM)", "MIT",
-             "backbone: {name: mask2former, checkpoint: FILE}; methods: [{name: eam}]",
+             "backbone: {name: mask2former, options: {preset: swin_l}, checkpoint: FILE}; methods: [{name: eam}]",
              "RoadAnomaly21 test AUPR 93.7 / FPR95 4.1 (leaderboard)", f"{OSM2F_SRC}; {SMIYC_SRC}",
              {"format": "mask2former_detectron2", "classes": 19, "decoder_layers": 9, "queries": 100, **SWIN["swin_l"]}),
     ZooEntry("uno_swin_l", "UNO: Mask2Former Swin-L (Cityscapes + Vistas), K+2 classes, ADE20K negatives",
              "Google Drive link in matejgrcic/Open-set-M2F README (Checkpoints, UNO)", "MIT",
-             "backbone: {name: mask2former, checkpoint: FILE, options: {negative_class: true}}; methods: [{name: uno}]",
+             "backbone: {name: mask2former, options: {preset: swin_l, negative_class: true}, checkpoint: FILE}; "
+             "methods: [{name: uno}]",
              "RoadAnomaly21 test AUPR 96.3 / FPR95 2.0; RoadObstacle21 93.2 / 0.2 (leaderboard)", f"{OSM2F_SRC}; {SMIYC_SRC}",
              {"format": "mask2former_detectron2", "classes": 20, "decoder_layers": 9, "queries": 100, **SWIN["swin_l"]}),
     ZooEntry("mask2anomaly", "Mask2Anomaly (Rai et al.): Mask2Former fine-tuned with outliers, Cityscapes",
              "the checkpoint link of shyam671/Mask2Anomaly-Unmasking-Anomalies-in-Road-Scene-Segmentation's README "
              "(not verified here)", "see the repository (not verified here)",
-             "backbone: {name: mask2former, checkpoint: FILE}; methods: [{name: m2a}]",
+             "backbone: {name: mask2former, options: {preset: swin_l}, checkpoint: FILE}; methods: [{name: m2a}] "
+             "(Swin-L assumed, not verified)",
              "RoadAnomaly21 test AUPR 88.7 / FPR95 14.6; RoadObstacle21 93.2 / 0.2 (leaderboard)", SMIYC_SRC),
     ZooEntry("hrnetv2_w48_cityscapes", "HRNetV2-W48, Cityscapes 19 classes (OpenGAN's backbone): "
              "hrnet_w48_cityscapes_cls19_1024x2048_trainset.pth", "the HRNet/HRNet-Semantic-Segmentation README "
