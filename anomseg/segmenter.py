@@ -202,7 +202,8 @@ class AnomalySegmenter:
             value, target = tpr_threshold(hist, tpr), tpr
         elif rule == "fpr":
             if neg.sum() == 0:
-                raise PipelineError(f"calibration set has no inlier pixel in {n} images; fpr= needs inlier pixels")
+                raise PipelineError(f"calibration set has no inlier pixel in {n} images; fpr= needs inlier pixels: "
+                                    f"calibrate on a labelled split with inliers, or use tpr=")
             value, target = fpr_threshold(hist, fpr), fpr
         else:
             value, target = hist.best_f1_threshold()[0], None

@@ -12,10 +12,11 @@ told apart by layout; the answer then names every candidate and says so.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from anomseg.files import file_digest
 
 M2F = "https://dl.fbaipublicfiles.com/maskformer/mask2former/cityscapes/semantic"
 M2F_SRC = "facebookresearch/Mask2Former MODEL_ZOO.md, Cityscapes semantic table (mIoU single-scale / ms+flip)"
@@ -195,14 +196,6 @@ def layout(sd: dict, fmt: str) -> dict:
     return out
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _describe(facts: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in facts.items())
 
@@ -230,7 +223,7 @@ def identify(path) -> tuple[list[ZooEntry], str]:
             {k: v for k, v in near.layout.items() if facts.get(k) != v})
         return [], f"{path}: a {fmt} file ({_describe({k: v for k, v in facts.items() if k != 'format'})}) but none of " \
                    f"the released models{diff}"
-    digest = sha256(path)
+    digest = file_digest(path)  # the first 16 hex digits: the published prefixes have 8
     hashed = [e for e in found if e.sha256_prefix]
     if hashed:
         match = [e for e in hashed if digest.startswith(e.sha256_prefix)]

@@ -71,7 +71,7 @@ def _encode(ext: str, rgb_or_grey: np.ndarray, path: Path, params=()) -> bytes:
     img = cv2.cvtColor(rgb_or_grey, cv2.COLOR_RGB2BGR) if rgb_or_grey.ndim == 3 else rgb_or_grey
     ok, buf = cv2.imencode(ext, img, list(params))
     if not ok:
-        raise OutputError(f"{path}: could not be encoded as {ext}")
+        raise OutputError(f"{path}: could not be encoded as {ext} (an empty or odd-shaped frame?); check the input frame")
     return buf.tobytes()
 
 
@@ -145,7 +145,8 @@ class VideoWriter:
             self.size = (w - w % 2, h - h % 2)  # mp4v wants even sides
             self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self.size)
             if not self.writer.isOpened():
-                raise OutputError(f"{self.path}: OpenCV cannot write an MP4 here (no mp4v encoder, or not writable)")
+                raise OutputError(f"{self.path}: OpenCV cannot write an MP4 here (no mp4v encoder, or not writable); "
+                                  f"choose a writable --out, or install opencv-python-headless with FFmpeg")
             self._replay()
         if (w, h) != self.size:
             rgb = cv2.resize(rgb, self.size, interpolation=cv2.INTER_AREA)

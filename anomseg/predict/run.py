@@ -35,7 +35,7 @@ import torch
 from anomseg.files import check_fingerprint, make_dirs, output_lock, write_json_atomic
 from anomseg.predict.outputs import (SCORE_FORMATS, VideoWriter, frame_paths, panel, score_path, write_csv, write_index,
                                      write_mask, write_panel, write_scores)
-from anomseg.predict.sources import PredictError, Source, expand_inputs, open_video, read_frame, video_frames
+from anomseg.predict.sources import PredictError, Source, expand_inputs, read_frame, video_frames, video_info
 
 
 def _progress(total, enabled):
@@ -71,7 +71,7 @@ def _frames(sources: list[Source], skip):
     images; a video's frames are decoded in order either way)."""
     for src in sources:
         if src.kind == "image":
-            if skip(src.name, src):
+            if skip(src.name):
                 yield src, src.name, 0, None, ""
             else:
                 image, note = read_frame(src.path)
@@ -141,19 +141,16 @@ def run_predict(segmenter, inputs, out, *, threshold: float | None = None, score
         log_path = out / "frames.jsonl"
         done = _read_records(log_path)
 
-        def skip(name: str, src: Source) -> bool:
+        def skip(name: str) -> bool:
             return name in done and all(p.is_file() for p in frame_paths(out, name, scores))
 
         refiner = build_refiner(segmenter.instance_settings, segmenter.device)
-        videos_with_ema = set()
-        if ema is not None:  # the filter needs every frame of a video: a partly written video is scored again
-            videos_with_ema = {s.name for s in sources if s.kind == "video"}
-        total = 0
-        for s in sources:
-            total += open_video(s.path)[2] if s.kind == "video" else 1
+        # the filter needs every frame of a video: a partly written video is scored again
+        videos_with_ema = {s.name for s in sources if s.kind == "video"} if ema is not None else set()
+        total = sum(video_info(s.path)[1] if s.kind == "video" else 1 for s in sources)
         bar = _progress(total, progress)
         records: dict[str, dict] = {}
-        state = {"ema": None, "video": None, "writer": None, "scored": 0, "seconds": 0.0}
+        state = {"ema": None, "video": None, "writer": None, "scored": 0}
         log = open(log_path, "a")
 
         def finish_video():
@@ -182,7 +179,7 @@ def run_predict(segmenter, inputs, out, *, threshold: float | None = None, score
                 if src.kind == "video" and state["video"] != src.name:
                     finish_video()
                     state["video"] = src.name
-                    state["writer"] = VideoWriter(out / "videos" / f"{src.name}.mp4", open_video(src.path)[1])
+                    state["writer"] = VideoWriter(out / "videos" / f"{src.name}.mp4", video_info(src.path)[0])
                 if image is None:  # written before: only the video gets its panel back (if it is rewritten)
                     if state["writer"] is not None:
                         state["writer"].add_file(out / "panels" / f"{name}.jpg")
@@ -225,7 +222,7 @@ def run_predict(segmenter, inputs, out, *, threshold: float | None = None, score
         try:
             batch = []
             for src, name, index, image, note in _frames(sources, skip):
-                skipped = skip(name, src)
+                skipped = skip(name)
                 if skipped and src.kind == "video" and src.name not in videos_with_ema:
                     image = None  # decoded (videos are read in order) but not scored again
                 shapes = {b[3].shape for b in batch if b[3] is not None}

@@ -53,9 +53,10 @@ def _kind(path: Path) -> str | None:
 
 
 def _clean(name: str) -> str:
-    import re
+    """Each path part through :func:`anomseg.viz.safe_name`, without leading dots (no hidden or ``..`` parts)."""
+    from anomseg.viz import safe_name
 
-    return "/".join(re.sub(r"[^A-Za-z0-9_.-]+", "_", part).lstrip(".") or "_" for part in name.split("/"))
+    return "/".join(safe_name(part).lstrip(".") or "_" for part in name.split("/"))
 
 
 def _file_source(path: Path, name: str, listed_in: str | None = None) -> Source:
@@ -151,6 +152,13 @@ def open_video(path: Path):
     fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
     count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     return cap, (fps if fps > 0 else 25.0), count
+
+
+def video_info(path: Path) -> tuple[float, int]:
+    """(frames per second, frame count) of a video, its file closed again."""
+    cap, fps, count = open_video(path)
+    cap.release()
+    return fps, count
 
 
 def video_frames(path: Path) -> Iterator[np.ndarray]:
