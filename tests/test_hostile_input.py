@@ -487,6 +487,14 @@ NOTHING_MADE.update({"empty-config", "seg-batch-size-0", "seg-epochs-0", "seg-mo
 PATCHES = {"read-only-state": read_only("out/state"), "seg-read-only-checkpoints": read_only("seg/checkpoints")}
 CASES += SECOND_WAVE
 
+def _m2f14(tmp) -> str:
+    """A normal 14-class Mask2Former saved as an anomseg file: what a 13-class UNO file (15 head rows) loaded into a
+    model without a negative class becomes."""
+    torch.manual_seed(0)
+    save_checkpoint(tmp / "m2f14.pth", build_backbone("mask2former", 14, preset="tiny"))
+    return str(tmp / "m2f14.pth")
+
+
 # The third wave (issue 33): hangs, names that become files or formulas, outlier losses without outliers, paths
 THIRD_WAVE = [
     ("yaml-recursive-anchor", E, lambda e, t: ["--config", _yaml(t, "r.yaml", "methods: &m [*m]\n")],
@@ -509,6 +517,9 @@ THIRD_WAVE = [
     ("heads-out-too-long", "heads", lambda e, t: heads_cfg(e, t, "out=" + "y" * 120000), "too long for the file system"),
     ("eval-window-with-flip", E, lambda e, t: ["--config", _eval_cfg(e, t, inference={"window": [32, 64], "flip": True})],
      "sliding windows run at scale 1.0 without flip"),
+    ("eval-m2f-one-class-more", E, lambda e, t: ["--config", _eval_cfg(e, t, backbone={"checkpoint": _m2f14(t)},
+                                                                       methods=[{"name": "msp"}])],
+     "a 13-class UNO file reads like this"),
     ("heads-pixood-eval-labels", "heads", lambda e, t: heads_cfg(e, t, "heads=[{name: pixood, options: {eval_labels: [99]}}]"),
      "eval_labels [99] are not classes 0..12; list closed-set train ids"),
 ]

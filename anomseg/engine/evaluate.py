@@ -314,11 +314,20 @@ def _fingerprint(cfg: dict, models: dict, world: int) -> dict:
 
 
 def _check_classes(dataset, models: dict, cfg: dict) -> None:
-    """A backbone must predict the dataset's K closed classes (or K + 1 with a trained background class)."""
+    """A backbone must predict the dataset's K closed classes, or K + 1 when it is a pixel backbone trained with
+    the ``background`` loss. A mask-classification backbone (Mask2Former) has no such route: K + 1 known classes
+    there is a UNO file (K + 2 head rows with 'no object') read as a normal model, its negative row a known class."""
     k = dataset.num_classes
     if not k:
         return
     for key, (model, name) in models.items():
+        masked = getattr(model, "mask_classification", False)
+        if masked and model.num_classes == k + 1:
+            raise ConfigError(f"backbone {name!r} ({json.loads(key).get('checkpoint') or 'no checkpoint'}) predicts "
+                              f"{k + 1} known classes but {cfg['data']['name']}/{dataset.split} has {k}, and a "
+                              f"Mask2Former has no trained background class: a {k}-class UNO file reads like this (its "
+                              f"negative row would count as known class {k}); build it with num_classes {k} and backbone "
+                              f"option negative_class: true")
         if model.num_classes not in (k, k + 1):
             raise ConfigError(f"backbone {name!r} ({json.loads(key).get('checkpoint') or 'no checkpoint'}) predicts "
                               f"{model.num_classes} classes but {cfg['data']['name']}/{dataset.split} has {k}; evaluate it on "
