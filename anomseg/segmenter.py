@@ -291,6 +291,8 @@ class AnomalySegmenter:
         method = build_method(m["name"], **m["options"])
         try:
             method.load_state_dict(m["state"])
+        except AnomsegError as exc:  # the method's own check (a head's payload) said what is wrong
+            raise PipelineError(f"{path}: {exc}") from None
         except (KeyError, TypeError, RuntimeError) as exc:
             raise PipelineError(f"{path}: the state of method {m['name']!r} is incomplete or malformed "
                                 f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); save it "

@@ -127,9 +127,10 @@ class FeatureBank:
         for k, v in self.meta.items():  # every attribute the part records must be meta.json's
             if k == "complete" or k not in attrs:
                 continue
-            if _attr(v) != (attrs[k].item() if hasattr(attrs[k], "item") else attrs[k]):
+            held = attrs[k].item() if hasattr(attrs[k], "item") else attrs[k]
+            if _attr(v) != held:
                 f.close()
-                raise BankError(f"{path}: belongs to another bank ({k}: part {attrs.get(k)!r} vs meta.json {_attr(v)!r}); "
+                raise BankError(f"{path}: belongs to another bank ({k}: part {held!r} vs meta.json {_attr(v)!r}); "
                                 f"delete it and run the extraction again")
         return f
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from anomseg.data.io import MAX_PIXELS, read_rgb
+from anomseg.data.io import MAX_PIXELS, read_rgb, too_many_pixels
 from anomseg.errors import AnomsegError
 
 
@@ -38,8 +38,7 @@ LAYOUTS = ("a path or PIL image, uint8 (H, W, 3) / (N, H, W, 3) / (N, 3, H, W), 
 
 def _check_pixels(h: int, w: int, max_pixels: int, what: str) -> None:
     if h * w > max_pixels:
-        raise ImageInputError(f"{what}: {w}x{h} = {h * w / 1e6:.1f} Mpx is more than the limit of {max_pixels / 1e6:.0f} "
-                              f"Mpx per image; resize it, or raise max_pixels")
+        raise ImageInputError(f"{what}: {too_many_pixels(w, h, max_pixels)}; resize it, or raise max_pixels")
 
 
 def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:

@@ -12,14 +12,20 @@ from anomseg.errors import DatasetError
 MAX_PIXELS = 40_000_000  #: per image, checked from the header before decoding; an 8K UHD frame has 33 Mpx
 
 
+def too_many_pixels(w: int, h: int, limit: int, per: str = "image") -> str:
+    """'WxH = N Mpx is more than the limit of M Mpx per image' (pixel counts below 0.1 Mpx written out)."""
+    def size(n: int) -> str:
+        return f"{round(n / 1e6, 1):g} Mpx" if n >= 100_000 else f"{n} pixels"
+    return f"{w}x{h} = {size(w * h)} is more than the limit of {size(limit)} per {per}"
+
+
 def _open(path: Path, max_pixels: int | None = None) -> Image.Image:
     limit = max_pixels or MAX_PIXELS
     try:
         img = Image.open(path)
         w, h = img.size  # from the header, before anything is decoded
         if w * h > limit:
-            raise DatasetError(f"{path}: {w}x{h} = {w * h / 1e6:.1f} Mpx is more than the limit of "
-                               f"{limit / 1e6:.0f} Mpx per image; resize it (or raise "
+            raise DatasetError(f"{path}: {too_many_pixels(w, h, limit)}; resize it (or raise "
                                f"anomseg.data.io.MAX_PIXELS for a trusted file)")
         img.load()  # forces decoding: a truncated file raises here, not later
     except FileNotFoundError:

@@ -133,7 +133,8 @@ class StreetHazardsDataset(SegmentationDataset):
         if index not in ("auto", "odgt", "walk"):
             raise DatasetError(f"index={index!r} is unknown; choose 'auto', 'odgt' or 'walk'")
         if not root.is_dir():
-            raise DatasetError(f"{root}: StreetHazards root not found; expected layout: {EXPECTED_TREE}")
+            raise DatasetError(f"{root}: StreetHazards root not found; expected layout: {EXPECTED_TREE}, or the "
+                               f"synthetic set in this layout: anomseg make-synthetic {root}")
         top, sub, odgt_name = SPLITS[split]
         odgt = root / odgt_name
         if index == "odgt" and not odgt.is_file():

@@ -66,9 +66,11 @@ def head_from_payload(obj, device: str | torch.device = "cpu", source: str = "he
     except (RuntimeError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()
         detail = next((ln.strip() for ln in first if "size mismatch" in ln or "Missing" in ln or "Unexpected" in ln),
-                      first[0] if first else type(exc).__name__)
+                      first[0] if first else type(exc).__name__)[:200].rstrip(".")
+        if isinstance(exc, ValueError):  # a head's own reader refused its stored data (a faiss index)
+            raise HeadError(f"{source}: the {obj['name']} head's weights cannot be read: {detail}; retrain it") from None
         raise HeadError(f"{source}: the {obj['name']} head's weights do not fit its recorded shape (feat_dim "
-                        f"{obj['feat_dim']}, options {obj['options']}): {detail[:200]}; retrain it") from None
+                        f"{obj['feat_dim']}, options {obj['options']}): {detail}; retrain it") from None
     head.to(device).eval()
     return head, {k: v for k, v in obj.items() if k != "state_dict"}
 

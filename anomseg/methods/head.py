@@ -79,7 +79,7 @@ class HeadMethod(Method):
                                                                                                   "feat_dim", "options")})}
 
     def load_state_dict(self, state: dict) -> None:
-        self.head, self.info = head_from_payload(state["head"])
+        self.head, self.info = head_from_payload(state["head"], source=f"the head of method {self.name!r}")
 
     def identity(self) -> dict:
         return {"head": file_digest(self.path)} if self.path else {}

@@ -22,7 +22,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageOps
 
-from anomseg.data.io import MAX_PIXELS
+from anomseg.data.io import MAX_PIXELS, too_many_pixels
 from anomseg.errors import AnomsegError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -117,8 +117,7 @@ def read_frame(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, st
         with Image.open(path) as img:
             w, h = img.size
             if w * h > max_pixels:
-                raise PredictError(f"{path}: {w}x{h} = {w * h / 1e6:.1f} Mpx is more than the limit of "
-                                   f"{max_pixels / 1e6:.0f} Mpx per frame; resize it")
+                raise PredictError(f"{path}: {too_many_pixels(w, h, max_pixels, 'frame')}; resize it")
             img.load()
             notes = []
             orientation = img.getexif().get(0x0112, 1)
