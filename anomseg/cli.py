@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Callable
 
 from anomseg.config import ConfigError, load_config
-from anomseg.distributed import cleanup
 from anomseg.errors import AnomsegError
 
 # -- configs by name -------------------------------------------------------------------------------------
@@ -103,8 +102,14 @@ def config_tool(description: str, run: Callable[[dict], object], defaults: dict 
             raise
         return 2
     finally:
-        cleanup()
+        _cleanup_distributed()
     return 0
+
+
+def _cleanup_distributed() -> None:
+    """End a process group a run started (a tool that never got that far has not even imported torch)."""
+    if "anomseg.distributed" in sys.modules:
+        sys.modules["anomseg.distributed"].cleanup()
 
 
 def _path_too_long(exc: OSError) -> bool:

@@ -11,14 +11,24 @@ import re
 from pathlib import Path
 
 import cv2
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
 
 from anomseg.files import make_dirs
-from anomseg.metrics.histogram import ScoreHistogram  # noqa: E402
+from anomseg.metrics.histogram import ScoreHistogram
+
+
+def _figure(**kw):
+    """A matplotlib Figure on its own Agg canvas: no pyplot, so no global backend is set or figure kept (safe
+    in the evaluation's background thread and in a notebook); matplotlib is imported on first use."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kw)
+
+
+def _colormap(name: str):
+    from matplotlib import colormaps
+
+    return colormaps[name]
 
 
 def safe_name(name: str) -> str:
@@ -56,13 +66,13 @@ def fpr_threshold(hist: ScoreHistogram, level: float = 0.05) -> float:
 
 # 20 distinct colours (tab20's dark shades, then its light ones) and four line styles: every method of a
 # table up to 20 gets its own colour, and its own (colour, style) pair beyond
-_COLOURS = [plt.get_cmap("tab20")(i) for i in list(range(0, 20, 2)) + list(range(1, 20, 2))]
+_COLOUR_ORDER = list(range(0, 20, 2)) + list(range(1, 20, 2))
 _STYLES = ["-", "--", "-.", ":"]
 
 
 def method_style(i: int) -> dict:
     """Matplotlib colour and line style of the ``i``-th method of a figure."""
-    return {"color": _COLOURS[i % len(_COLOURS)], "ls": _STYLES[i % len(_STYLES)]}
+    return {"color": _colormap("tab20")(_COLOUR_ORDER[i % len(_COLOUR_ORDER)]), "ls": _STYLES[i % len(_STYLES)]}
 
 
 def plot_curves(hists: dict[str, ScoreHistogram], out_dir: Path) -> list[Path]:
@@ -71,7 +81,8 @@ def plot_curves(hists: dict[str, ScoreHistogram], out_dir: Path) -> list[Path]:
     paths = []
     for kind, (x, y, xl, yl) in {"roc": ("fpr", "tpr", "false positive rate", "true positive rate"),
                                  "pr": ("recall", "precision", "recall", "precision")}.items():
-        fig, ax = plt.subplots(figsize=(5, 4.5), dpi=110)
+        fig = _figure(figsize=(5, 4.5), dpi=110)
+        ax = fig.subplots()
         for i, (name, h) in enumerate(hists.items()):
             c = curves(h)
             ax.plot(c[x], c[y], label=name, lw=1.5, **method_style(i))
@@ -96,7 +107,8 @@ def plot_histograms(hists: dict[str, ScoreHistogram], out_dir: Path, bins: int =
         if hi <= lo:
             lo, hi = edges[0], edges[-1] + 1e-6
         grid = np.linspace(lo, hi, bins + 1)
-        fig, ax = plt.subplots(figsize=(5, 3.5), dpi=110)
+        fig = _figure(figsize=(5, 3.5), dpi=110)
+        ax = fig.subplots()
         for counts, label, color in ((neg, "inlier", "tab:blue"), (pos, "anomaly", "tab:red")):
             w = counts / max(counts.sum(), 1)
             # binned here and drawn as one filled step outline (what ax.hist draws, without its 80 patches)
@@ -112,7 +124,7 @@ def plot_histograms(hists: dict[str, ScoreHistogram], out_dir: Path, bins: int =
 def _heat(score: np.ndarray) -> np.ndarray:
     lo, hi = np.percentile(score, [1, 99])
     t = np.clip((score - lo) / max(hi - lo, 1e-12), 0, 1)
-    return (plt.get_cmap("inferno")(t)[..., :3] * 255).astype(np.uint8)
+    return (_colormap("inferno")(t)[..., :3] * 255).astype(np.uint8)
 
 
 def ground_truth_view(image: np.ndarray, anomaly: np.ndarray) -> np.ndarray:
@@ -227,12 +239,11 @@ def resolve_threshold(spec, hist: ScoreHistogram | None, score: np.ndarray) -> t
 
 
 def save_figure(fig, path: Path) -> Path:
-    """Render a matplotlib figure to PNG and write it atomically; closes the figure."""
+    """Render a matplotlib figure to PNG and write it atomically (a pyplot-free Figure: nothing to close)."""
     from anomseg.files import write_bytes_atomic
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
     return write_bytes_atomic(path, buf.getvalue())
 
 

@@ -101,3 +101,25 @@ def test_the_package_has_no_import_cycle():
     assert len(graph) > 50 and graph["anomseg.engine.evaluate"]  # the walk really saw the package
     found = cycles(graph)
     assert not found, "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_a_runner_imports_only_itself_and_figures_leave_pyplot_alone():
+    """``import anomseg.engine.train_seg`` (what tools/train_seg.py does) loads no other runner; drawing a figure
+    never imports pyplot, so a notebook's matplotlib backend is the user's."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; import anomseg.engine.train_seg; "
+            "print(sorted(m for m in sys.modules if m.startswith('anomseg.engine.'))); "
+            "from pathlib import Path; from anomseg import viz; from anomseg.metrics.histogram import ScoreHistogram; "
+            "h = ScoreHistogram(); h.update(np.arange(8, dtype=np.float32), np.arange(8) % 2); "
+            "viz.plot_curves({'m': h}, Path(sys.argv[1])); print('matplotlib.pyplot' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(PACKAGE.parent / ".pytest_figures")], capture_output=True,
+                         text=True, cwd=PACKAGE.parent, timeout=120)
+    import shutil
+
+    shutil.rmtree(PACKAGE.parent / ".pytest_figures", ignore_errors=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    modules, pyplot = out.stdout.splitlines()
+    assert modules == "['anomseg.engine.train_seg']", modules
+    assert pyplot == "False"

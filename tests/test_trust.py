@@ -93,7 +93,10 @@ def test_3_probability_averaging_cannot_feed_logit_scores(data, tmp_path):
     with pytest.raises(ConfigError, match="no scale-1.0 pass"):
         run_evaluation(config(data, tmp_path / "b", inference={"preset": "none", "scales": [0.5, 0.75], "flip": False},
                               methods=[{"name": "cls", "head": str(tmp_path / "missing.pth")}]), progress=False)
-    caos = run_evaluation(config(data, tmp_path / "c", inference={"preset": "caos", "scales": [1.0], "flip": False},
+    one = tmp_path / "one"  # CAOS feeds five inputs of 300-600 px short side whatever the image: one test image
+    generate_synthetic(one, num_train=1, num_val=1, num_test=1, num_outliers=1, height=64, width=128, workers=1,
+                       progress=False)
+    caos = run_evaluation(config(one, tmp_path / "c", inference={"preset": "caos", "scales": [1.0], "flip": False},
                                  methods=[{"name": "energy"}, {"name": "max_mean_prob"}]), progress=False)
     assert caos["methods"]["energy"]["auroc"] != 0.5  # a constant map (energy of probabilities) gives exactly 0.5
 

@@ -82,8 +82,8 @@ class ScoreHistogram:
         return self.counts.nbytes + self._buf.nbytes
 
     def update(self, scores, anomaly) -> None:
-        """Add pixels: ``scores`` finite floats, ``anomaly`` uint8 0/1/255 of the same size (numpy, or torch
-        on any device: maps on an accelerator are counted there)."""
+        """Add pixels: ``scores`` finite floats, ``anomaly`` 0/1/255 (uint8 or another integer dtype) of the same
+        size (numpy, or torch on any device: maps on an accelerator are counted there)."""
         if isinstance(scores, torch.Tensor):
             if scores.device.type != "cpu":
                 self._update_device(scores, anomaly)
@@ -94,7 +94,7 @@ class ScoreHistogram:
         keys = float_keys(scores.ravel())
         keys >>= np.uint32(32 - self.bits)
         keys <<= np.uint32(2)
-        keys |= anomaly.ravel() & np.uint8(3)
+        keys |= (np.asarray(anomaly).ravel() & 3).astype(np.uint32)  # any integer dtype of 0 / 1 / 255
         n = len(keys)
         if n > len(self._buf):
             self._count(keys)
