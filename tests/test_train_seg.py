@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -124,24 +126,43 @@ def test_dinov2_decoder_trains_under_torchrun_on_a_frozen_released_encoder(data,
     assert not torch.equal(a["decoder.1.weight"], model.state_dict()["decoder.1.weight"])  # the decoder trained
 
 
-def test_resumed_mask2former_and_rba_training_equal_uninterrupted_runs_bitwise(data, tmp_path):
-    """The set loss samples points at random and the Swin has drop path: kill after epoch 1 (a time-sliced run),
-    rerun, and the weights and log equal an uninterrupted run's bit for bit (last.pth holds every random stream)."""
+def run_killed_after_first_epoch(args) -> int:
+    """Start a training, SIGKILL it as soon as its first epoch is logged (mid-way through the next one), return how
+    many epochs were logged when it died."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    out = Path(next(a for a in args if a.startswith("out="))[len("out="):])
+    proc = subprocess.Popen([sys.executable, TOOL, "--config", CONFIG] + args, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if (out / "log.jsonl").is_file() and (out / "log.jsonl").read_text().strip():
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    stderr = proc.communicate()[1]
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it was killed: {stderr[-2000:]}"
+    return len((out / "log.jsonl").read_text().splitlines())
+
+
+def test_killed_mask2former_and_rba_training_rerun_to_uninterrupted_runs_bitwise(data, tmp_path):
+    """The set loss samples points at random and the Swin has drop path: kill -9 a training after its first
+    epoch, rerun it, and the weights and log equal an uninterrupted run's bit for bit (last.pth holds every
+    random stream); then the same for an RbA fine-tuning."""
     m2f = [f"data.root={data}", "train.batch_size=2", "train.max_steps_per_epoch=2", "data.crop=[64,128]",
            "model.backbone=mask2former", "model.options={preset: tiny}", "train.optimizer=adamw", "train.lr=0.001",
-           "train.loss.name=mask2former", "train.epochs=2"]
+           "train.loss.name=mask2former", "train.epochs=4"]
+    strip = lambda p: [{k: v for k, v in json.loads(line).items() if k != "seconds"}  # noqa: E731
+                       for line in (p / "log.jsonl").read_text().splitlines()]
     run(m2f + [f"out={tmp_path / 'straight'}"])
-    run(m2f + [f"out={tmp_path / 'cut'}", "train.stop_after_epochs=1"])
+    assert run_killed_after_first_epoch(m2f + [f"out={tmp_path / 'cut'}"]) < 4  # killed before the end
     run(m2f + [f"out={tmp_path / 'cut'}"])
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "cut")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    strip = lambda p: [{k: v for k, v in json.loads(line).items() if k != "seconds"}  # noqa: E731
-                       for line in (p / "log.jsonl").read_text().splitlines()]
-    assert strip(tmp_path / "straight") == strip(tmp_path / "cut")
-    rba = m2f[:-2] + ["train.loss.name=rba", "train.epochs=2", f"model.init={tmp_path / 'straight' / 'checkpoints' / 'last.pth'}",
+    assert strip(tmp_path / "straight") == strip(tmp_path / "cut") and len(strip(tmp_path / "cut")) == 4
+    rba = m2f[:-2] + ["train.loss.name=rba", "train.epochs=4", f"model.init={tmp_path / 'straight' / 'checkpoints' / 'last.pth'}",
                       "train.finetune=head", f"data.paste={{pool: {data / 'outliers'}, count: [1, 2]}}"]
     run(rba + [f"out={tmp_path / 'rba_straight'}"])
-    run(rba + [f"out={tmp_path / 'rba_cut'}", "train.stop_after_epochs=1"])
+    assert run_killed_after_first_epoch(rba + [f"out={tmp_path / 'rba_cut'}"]) < 4
     run(rba + [f"out={tmp_path / 'rba_cut'}"])
     a, b = weights(tmp_path / "rba_straight"), weights(tmp_path / "rba_cut")
     assert all(torch.equal(a[k], b[k]) for k in a)
