@@ -719,6 +719,27 @@ def api_uno_into_normal(env, tmp):
     load_checkpoint(build_backbone("mask2former", 14, preset="tiny"), tmp / "uno.pth")  # 15 rows either way
 
 
+def api_int64_histogram(env, tmp):
+    """Labels as int64 (what np.array of Python ints gives): the same counts as uint8, the AUROC sklearn's."""
+    from sklearn.metrics import roc_auc_score
+
+    from anomseg.metrics.histogram import ScoreHistogram
+
+    rng = np.random.default_rng(0)
+    labels = rng.choice([0, 1, 255], size=5000, p=[0.7, 0.2, 0.1])
+    scores = (rng.normal(size=5000) + (labels == 1)).astype(np.float32)
+    a, b = ScoreHistogram(mantissa_bits=14), ScoreHistogram(mantissa_bits=14)
+    a.update(scores, labels.astype(np.int64))
+    b.update(scores, labels.astype(np.uint8))
+    assert all(np.array_equal(x, y) for x, y in zip(a.groups(), b.groups()))
+    bins, pos, neg = a.groups()
+    keep = labels != 255
+    assert pos.sum() == (labels == 1).sum() and neg.sum() == (labels == 0).sum()
+    tp, fp = np.cumsum(pos[::-1]), np.cumsum(neg[::-1])  # trapezoid ROC over the (14-bit) bins
+    auroc = np.trapezoid(np.r_[0, tp / tp[-1]], np.r_[0, fp / fp[-1]])
+    assert abs(auroc - roc_auc_score(labels[keep] == 1, scores[keep])) < 1e-4  # ties only within a bin
+
+
 def api_uno_untrained(env, tmp):
     from anomseg.methods import build_method
     from anomseg.models import build_backbone
@@ -740,7 +761,8 @@ API_CASES = [
     ("rgba-array", lambda e, t: _seg(e)(np.dstack([_image(e), _image(e)[..., :1]])), "drop the alpha channel"),
     ("int64-array", lambda e, t: _seg(e)(_image(e).astype(np.int64)), "give uint8 (0..255) or float in [0, 1]"),
     ("8000x8000-file", api_huge_file, "8000x8000 = 64 Mpx is more than the limit of 40 Mpx"),
-    ("array-over-max-pixels", lambda e, t: _seg(e, max_pixels=1000)(_image(e)), "128x64 = 8192 pixels is more than the limit of 1000 pixels per image"),
+    ("array-over-max-pixels", lambda e, t: _seg(e, max_pixels=1000)(_image(e)),
+     "128x64 = 8192 pixels is more than the limit of 1000 pixels per image"),
     ("calibrate-tpr-negative", lambda e, t: _seg(e).calibrate(None, tpr=-0.5), "option tpr = -0.5 must be a number in (0, 1]"),
     ("calibrate-tpr-1.5", lambda e, t: _seg(e).calibrate(None, tpr=1.5), "option tpr = 1.5 must be a number in (0, 1]"),
     ("inference-scales-empty", lambda e, t: _seg(e, inference={"scales": []}), "option scales = [] must be a non-empty"),
@@ -764,6 +786,7 @@ API_CASES = [
     ("model-zoo-object-array", api_object_array, "an array of object"),
     ("uno-file-into-a-normal-model", api_uno_into_normal, "holds a UNO head"),
     ("uno-on-an-untrained-negative-row", api_uno_untrained, "no trained negative class"),
+    ("int64-labels-into-a-histogram", api_int64_histogram, None),
 ]
 
 
