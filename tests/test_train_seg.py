@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -167,3 +168,23 @@ def test_killed_mask2former_and_rba_training_rerun_to_uninterrupted_runs_bitwise
     a, b = weights(tmp_path / "rba_straight"), weights(tmp_path / "rba_cut")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert strip(tmp_path / "rba_straight") == strip(tmp_path / "rba_cut")
+
+
+def test_training_pastes_fresh_outliers_every_epoch_and_the_same_ones_on_a_rerun(data):
+    """RbA / UEM paste anew at every iteration: an image's pasted pixels differ from one epoch to the next, are the
+    same for the same (seed, epoch, image), and are pasted before the augmentation (crop and flip move them)."""
+    from anomseg.data import build_dataset
+    from anomseg.data.paste import PastedDataset, Paster
+    from anomseg.engine.train_seg import _TrainSet
+    from anomseg.train.augment import SegAugment, sample_seed
+
+    train = build_dataset("streethazards", data, "train")
+    paster = Paster(pool_root=data / "outliers", count=(2, 3))
+    items = _TrainSet(train, SegAugment((64, 128), (1.0, 1.0), flip=False), paster)
+    outliers = [[items[(i, sample_seed(0, epoch, i))][2].numpy() == 1 for epoch in range(3)] for i in range(4)]
+    assert all(o.any() for per_image in outliers for o in per_image)  # 2-3 objects pasted every time
+    assert all(not np.array_equal(a[0], a[1]) and not np.array_equal(a[1], a[2]) for a in outliers)
+    again = items[(0, sample_seed(0, 1, 0))][2].numpy() == 1
+    assert np.array_equal(again, outliers[0][1])
+    fixed = PastedDataset(train, data / "outliers", count=(2, 3))  # a bank's pastes: one draw per image
+    assert np.array_equal(fixed[1]["anomaly"], fixed[1]["anomaly"])

@@ -83,12 +83,28 @@ def paste_objects(sample: dict, pool: OutlierPool, rng: np.random.Generator, cou
     return {**sample, "image": image, "semantic": semantic, "anomaly": anomaly, "instances": instances}
 
 
+class Paster:
+    """Pastes between ``count[0]`` and ``count[1]`` random objects of a pool into a sample; the random generator
+    it is called with decides everything (how many, which, where, how large)."""
+
+    def __init__(self, *, pool_root: str | Path, count=(1, 3), height_range=(0.08, 0.3)):
+        self.pool = OutlierPool(pool_root)
+        self.count, self.height_range = tuple(count), tuple(height_range)
+
+    def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
+        n = int(rng.integers(self.count[0], self.count[1] + 1))
+        return paste_objects(sample, self.pool, rng, n, self.height_range)
+
+
 class PastedDataset:
-    """A dataset whose samples get ``count`` pasted outlier objects, deterministically per (seed, index)."""
+    """A dataset whose samples get pasted outlier objects, the same ones every time an index is read (seeded per
+    (seed, index)): what a feature bank extracts once. Training draws fresh pastes per epoch instead (a
+    :class:`Paster` called with a per-(seed, epoch, image) generator, as the published recipes paste anew at
+    every iteration)."""
 
     def __init__(self, dataset, pool_root: str | Path, *, count=(1, 3), height_range=(0.08, 0.3), seed: int = 0):
-        self.dataset, self.pool = dataset, OutlierPool(pool_root)
-        self.count, self.height_range, self.seed = tuple(count), tuple(height_range), seed
+        self.dataset, self.paster = dataset, Paster(pool_root=pool_root, count=count, height_range=height_range)
+        self.pool, self.seed = self.paster.pool, seed
         self.class_names, self.split = dataset.class_names, f"{dataset.split}+pasted"
 
     @property
@@ -99,6 +115,4 @@ class PastedDataset:
         return len(self.dataset)
 
     def __getitem__(self, i: int) -> dict:
-        rng = np.random.default_rng([self.seed, i])
-        n = int(rng.integers(self.count[0], self.count[1] + 1))
-        return paste_objects(self.dataset[i], self.pool, rng, n, self.height_range)
+        return self.paster(self.dataset[i], np.random.default_rng([self.seed, i]))

@@ -33,7 +33,7 @@ from anomseg.files import check_fingerprint, output_lock, write_text_atomic
 from anomseg.models import ModelError, build_backbone, load_checkpoint, load_pretrained, save_checkpoint
 from anomseg.models.checkpoints import init_encoder
 from anomseg.models.base import resize_logits
-from anomseg.data.paste import PastedDataset
+from anomseg.data.paste import Paster
 from anomseg.train.augment import SegAugment, sample_seed
 from anomseg.train.losses import LOSSES, pixel_loss
 from anomseg.train.mask_losses import MASK_LOSSES, check_mask_loss_options, mask_loss
@@ -63,18 +63,25 @@ SCHEMA = schema_from_defaults(DEFAULTS, {
 })
 
 
-class _TrainSet(Dataset):
-    """Dataset items addressed by (index, seed): the seed fixes the augmentation."""
+PASTE_STREAM = 1  # the pasting's generator: [sample seed, 1], apart from the augmentation's
 
-    def __init__(self, dataset, augment: SegAugment):
-        self.dataset, self.augment = dataset, augment
+
+class _TrainSet(Dataset):
+    """Dataset items addressed by (index, seed): the seed (one per seed, epoch and image) fixes the pasted outliers
+    (fresh every epoch, pasted before the augmentation) and the augmentation."""
+
+    def __init__(self, dataset, augment: SegAugment, paster: Paster | None = None):
+        self.dataset, self.augment, self.paster = dataset, augment, paster
 
     def __len__(self):
         return len(self.dataset)
 
     def __getitem__(self, item):
         index, seed = item
-        s = self.augment(self.dataset[index], seed)
+        sample = self.dataset[index]
+        if self.paster is not None:
+            sample = self.paster(sample, np.random.default_rng([seed, PASTE_STREAM]))
+        s = self.augment(sample, seed)
         return (torch.from_numpy(np.ascontiguousarray(s["image"])), torch.from_numpy(np.ascontiguousarray(s["semantic"])),
                 torch.from_numpy(np.ascontiguousarray(s["anomaly"])))
 
@@ -280,10 +287,10 @@ def _train(cfg: dict, info: DistInfo, out: Path, progress: bool) -> dict:
     if loss_name not in LOSSES and loss_name not in MASK_LOSSES:
         raise ConfigError(f"train.loss.name={loss_name!r} is unknown; valid: {', '.join(LOSSES)} (pixel backbones), "
                           f"{', '.join(MASK_LOSSES)} (mask2former)")
-    if dc.get("paste"):  # outlier pixels from pasted objects (outlier exposure)
+    paster = None
+    if dc.get("paste"):  # outlier pixels from pasted objects (outlier exposure), drawn anew every epoch
         p = dc["paste"]
-        train_set = PastedDataset(train_set, p["pool"], count=p.get("count", (1, 3)),
-                                  height_range=p.get("height_range", (0.08, 0.3)), seed=cfg["seed"])
+        paster = Paster(pool_root=p["pool"], count=p.get("count", (1, 3)), height_range=p.get("height_range", (0.08, 0.3)))
     k = train_set.num_classes
     model = build_backbone(mc["backbone"], k + (loss_name == "background"), **mc.get("options", {}))
     if mc.get("pretrained"):  # ImageNet classification weights for the backbone part (the published recipes)
@@ -354,7 +361,7 @@ def _train(cfg: dict, info: DistInfo, out: Path, progress: bool) -> dict:
     if info.is_main:
         save_config(cfg, out / "config.yaml")
     augment = SegAugment(tuple(dc["crop"]), tuple(dc["scale"]), dc["flip"])
-    data = _TrainSet(train_set, augment)
+    data = _TrainSet(train_set, augment, paster)
     entry = history[-1] if history else {}
     end_epoch = tc["epochs"]
     if tc.get("stop_after_epochs"):  # a time-sliced job: run this many epochs now, resume later
