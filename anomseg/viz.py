@@ -121,7 +121,9 @@ def plot_histograms(hists: dict[str, ScoreHistogram], out_dir: Path, bins: int =
     return paths
 
 
-def _heat(score: np.ndarray) -> np.ndarray:
+def heat_map(score: np.ndarray) -> np.ndarray:
+    """A float (H, W) score map as uint8 (H, W, 3) RGB on matplotlib's inferno scale, stretched between its 1st and
+    99th percentiles (dark: low, bright: high)."""
     lo, hi = np.percentile(score, [1, 99])
     t = np.clip((score - lo) / max(hi - lo, 1e-12), 0, 1)
     return (_colormap("inferno")(t)[..., :3] * 255).astype(np.uint8)
@@ -188,8 +190,8 @@ def _note(tile: np.ndarray, text: str) -> np.ndarray:
     return tile
 
 
-def _label(tile: np.ndarray, text: str) -> np.ndarray:
-    """``text`` in the tile's top-left corner, scaled to fit its width."""
+def label_tile(tile: np.ndarray, text: str) -> np.ndarray:
+    """A copy of a uint8 (H, W, 3) tile with ``text`` in its top-left corner (white, outlined), scaled to fit."""
     tile = tile.copy()
     scale = min(1.0, max(0.3, tile.shape[1] / 700))
     (w, h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
@@ -207,7 +209,7 @@ def overlay_panel(image: np.ndarray, anomaly: np.ndarray, maps: dict[str, np.nda
 
     ``instances``: {method: an object with ``masks`` bool (M, H, W) and ``scores`` (M,)} outlined on that
     method's thresholded tile with their confidences (:class:`anomseg.instances.Instances`)."""
-    rows = [np.concatenate([_label(image, "input"), _label(ground_truth_view(image, anomaly),
+    rows = [np.concatenate([label_tile(image, "input"), label_tile(ground_truth_view(image, anomaly),
                                                            "anomaly outlined, void grey")], 1)]
     for name, score in maps.items():
         flagged = float((score >= thresholds[name]).mean())
@@ -217,7 +219,7 @@ def overlay_panel(image: np.ndarray, anomaly: np.ndarray, maps: dict[str, np.nda
         if inst is not None:
             tile = outline_instances(tile, inst.masks, inst.scores)
             text += f", {len(inst.scores)} instances"
-        rows.append(np.concatenate([_label(_heat(score), name), _label(tile, text)], 1))
+        rows.append(np.concatenate([label_tile(heat_map(score), name), label_tile(tile, text)], 1))
     return np.concatenate(rows, 0)
 
 

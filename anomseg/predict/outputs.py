@@ -95,7 +95,7 @@ def caption_bar(width: int, lines: list[str]) -> np.ndarray:
 def panel(image: np.ndarray, scores: np.ndarray, threshold: float, caption: list[str], instances=None) -> np.ndarray:
     """``caption`` (lines) above [frame: flagged pixels red, regions outlined | heat map], uint8 RGB; tiles of frames
     taller than :data:`PANEL_HEIGHT` are scaled down to it."""
-    from anomseg.viz import _heat, _label, outline_instances
+    from anomseg.viz import heat_map, label_tile, outline_instances
 
     h, w = scores.shape
     hit = scores >= threshold
@@ -103,13 +103,13 @@ def panel(image: np.ndarray, scores: np.ndarray, threshold: float, caption: list
     view[hit] = (0.35 * view[hit] + 0.65 * np.array([255, 0, 0])).astype(np.uint8)
     if instances is not None and len(instances.scores):
         view = outline_instances(view, instances.masks, instances.scores)
-    heat = _heat(scores)
+    heat = heat_map(scores)
     tiles = [view, heat]
     if h > PANEL_HEIGHT:
         size = (max(1, round(w * PANEL_HEIGHT / h)), PANEL_HEIGHT)
         tiles = [cv2.resize(t, size, interpolation=cv2.INTER_AREA) for t in tiles]
-    body = np.concatenate([_label(tiles[0], "flagged red, regions cyan"),
-                           _label(tiles[1], "score (heat: 1st..99th percentile)")], 1)
+    body = np.concatenate([label_tile(tiles[0], "flagged red, regions cyan"),
+                           label_tile(tiles[1], "score (heat: 1st..99th percentile)")], 1)
     return np.concatenate([caption_bar(body.shape[1], caption), body], 0)
 
 
