@@ -123,9 +123,17 @@ def test_interrupted_evaluation_resumes(setup, monkeypatch):
 
 
 def test_torchrun_two_processes_equal_one(setup):
-    """Sharded over 2 gloo ranks and merged equals one run, SMIYC components included."""
+    """Sharded over 2 gloo ranks and merged equals one run, SMIYC components included; the data check's count
+    warning is said once, not once per rank."""
+    import shutil
+
     tmp, cfg = setup
-    cfg = dict(cfg, components=True, component_track="obstacle")
+    data = tmp / "data_one_lost"  # a copy whose marker counts one test frame more than it holds: one warning
+    shutil.copytree(cfg["data"]["root"], data)
+    meta = json.loads((data / "synthetic.json").read_text())
+    meta["counts"]["test"] += 1
+    (data / "synthetic.json").write_text(json.dumps(meta))
+    cfg = dict(cfg, components=True, component_track="obstacle", data=dict(cfg["data"], root=str(data)))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}  # the same threads: the same float sums
     tool = str(ROOT / "tools" / "eval_caos.py")
     for name, launcher in (("one", []), ("two", ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"])):
@@ -133,6 +141,7 @@ def test_torchrun_two_processes_equal_one(setup):
         proc = subprocess.run([sys.executable, *launcher, tool, "--config", str(tmp / f"{name}.yaml")],
                               env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stderr.count("warning: ") == 1 and "the synthetic set was generated with" in proc.stderr, name
     a = json.loads((tmp / "one" / "report.json").read_text())
     b = json.loads((tmp / "two" / "report.json").read_text())
     assert a["methods"] == b["methods"] and a["miou"] == b["miou"]

@@ -344,6 +344,9 @@ def run_evaluation(cfg: dict, progress: bool = True) -> dict | None:
     check_methods(cfg)
     dataset = _dataset(cfg)  # before any folder is made: a wrong root leaves nothing behind
     info = init_distributed(cfg.get("device"))
+    if info.is_main:
+        for w in dataset.check_warnings:
+            print(f"warning: {w}", file=sys.stderr)
     out = Path(cfg["out"])
     with output_lock(out) if info.is_main else contextlib.nullcontext():
         run = _build(cfg, info, out, dataset, progress)
@@ -371,16 +374,14 @@ def _dataset(cfg: dict):
 def _check_download(dataset, d: dict) -> None:
     """``anomseg data check``'s quick form on the evaluated split (:func:`anomseg.data.check.check_split`): a missing
     file or a label of another size stops the run before anything is written; a frame count other than the official
-    one is a warning on stderr, kept in report.json (``data_check``)."""
+    one is a warning (on stderr from rank 0), kept in report.json (``data_check``)."""
     from anomseg.data.check import check_split
 
     problems, warnings = check_split(dataset, d["name"], d["root"], options=d.get("options", {}))
     if problems:
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
         raise DatasetError(f"{problems[0]}{more}; `anomseg data check {d['name']} {d['root']}` lists every problem")
-    for w in warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    dataset.check_warnings = warnings
+    dataset.check_warnings = warnings  # said once, by rank 0 (run_evaluation); every rank stops on a problem
 
 
 @dataclass
