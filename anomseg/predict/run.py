@@ -1,7 +1,7 @@
 """``anomseg predict``: an :class:`~anomseg.segmenter.AnomalySegmenter` over files, folders, globs, lists and videos.
 
 Streaming: one batch of frames (of one size) is in memory at a time, and each frame's outputs are written as soon as
-it is scored, so memory stays flat in the number of frames (``tools/bench/predict_memory.py`` measures it). The
+it is scored, so memory stays flat in the number of frames (``tools/bench/bench_predict.py`` measures it). The
 frames' records go to ``frames.jsonl`` as they finish (one JSON line each, flushed): a rerun into the same folder
 skips every frame whose record and files exist, and rewrites ``frames.csv`` / ``index.html`` from all records. The
 settings that change the outputs (pipeline weights, method, threshold, EMA, size, score format) are saved in
@@ -67,18 +67,19 @@ def _resize(image: np.ndarray, short_side: int | None) -> np.ndarray:
 
 
 def _frames(sources: list[Source], skip):
-    """(source, frame name, index, image or None) for every frame; None where ``skip(name)`` (not decoded for
-    images; a video's frames are decoded in order either way)."""
+    """(source, frame name, index, image or None, note, skipped) for every frame, ``skipped = skip(name)``; a skipped
+    image is not decoded (None), a video's frames are decoded in order either way."""
     for src in sources:
         if src.kind == "image":
             if skip(src.name):
-                yield src, src.name, 0, None, ""
+                yield src, src.name, 0, None, "", True
             else:
                 image, note = read_frame(src.path)
-                yield src, src.name, 0, image, note
+                yield src, src.name, 0, image, note, False
         else:
             for i, image in enumerate(video_frames(src.path)):
-                yield src, f"{src.name}/{i:06d}", i, image, ""
+                name = f"{src.name}/{i:06d}"
+                yield src, name, i, image, "", skip(name)
 
 
 def run_predict(segmenter, inputs, out, *, threshold: float | None = None, scores: str = "npy", batch_size: int = 4,
@@ -147,7 +148,8 @@ def run_predict(segmenter, inputs, out, *, threshold: float | None = None, score
         refiner = build_refiner(segmenter.instance_settings, segmenter.device)
         # the filter needs every frame of a video: a partly written video is scored again
         videos_with_ema = {s.name for s in sources if s.kind == "video"} if ema is not None else set()
-        total = sum(video_info(s.path)[1] if s.kind == "video" else 1 for s in sources)
+        videos = {s.name: video_info(s.path) for s in sources if s.kind == "video"}  # (fps, frames), opened once
+        total = sum(videos[s.name][1] if s.kind == "video" else 1 for s in sources)
         bar = _progress(total, progress)
         records: dict[str, dict] = {}
         state = {"ema": None, "video": None, "writer": None, "scored": 0}
@@ -179,7 +181,7 @@ def run_predict(segmenter, inputs, out, *, threshold: float | None = None, score
                 if src.kind == "video" and state["video"] != src.name:
                     finish_video()
                     state["video"] = src.name
-                    state["writer"] = VideoWriter(out / "videos" / f"{src.name}.mp4", video_info(src.path)[0])
+                    state["writer"] = VideoWriter(out / "videos" / f"{src.name}.mp4", videos[src.name][0])
                 if image is None:  # written before: only the video gets its panel back (if it is rewritten)
                     if state["writer"] is not None:
                         state["writer"].add_file(out / "panels" / f"{name}.jpg")
@@ -221,8 +223,7 @@ def run_predict(segmenter, inputs, out, *, threshold: float | None = None, score
         t_start = time.perf_counter()
         try:
             batch = []
-            for src, name, index, image, note in _frames(sources, skip):
-                skipped = skip(name)
+            for src, name, index, image, note, skipped in _frames(sources, skip):
                 if skipped and src.kind == "video" and src.name not in videos_with_ema:
                     image = None  # decoded (videos are read in order) but not scored again
                 shapes = {b[3].shape for b in batch if b[3] is not None}
